@@ -1,0 +1,32 @@
+# The two commands: `make demo` (set up, run the whole graph on synthetic data, print a summary)
+# and `make test` (set up, run the tests). `make dev` opens the Dagster UI.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+
+.PHONY: setup demo test dev clean
+
+setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+demo: setup
+	$(BIN)/pinnersage demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+dev: setup
+	$(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf data/pinnersage.duckdb data/pinnersage.duckdb.wal data/pin_index $(DAGSTER_HOME)

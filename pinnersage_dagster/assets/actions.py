@@ -1,0 +1,117 @@
+"""Daily action events and the 90-day window of each day."""
+
+
+from datetime import timedelta
+
+import dagster as dg
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from ..config import PinnerSageParams
+from ..core.contract import validate_actions
+from ..partitions import daily_partitions, partition_days, window_mapping
+from ..readers import day_bounds
+from ..resources import DataSource
+from ..warehouse import WINDOW_SQL, ensure_tables, replace_partition_from_query, replace_partitions
+from .candidates import pins
+from .constants import DUCKDB_POOL, GROUP
+
+WINDOW_STATS_SQL = """
+    WITH eligible AS (
+        SELECT user_id, count(*) AS n
+        FROM raw_actions r SEMI JOIN pins p ON r.pin_id = p.pin_id
+        WHERE r.partition_date BETWEEN ? AND ? GROUP BY user_id)
+    SELECT
+        (SELECT count(*) FROM raw_actions WHERE partition_date BETWEEN ? AND ?),
+        coalesce(sum(n), 0), count(*), count(*) FILTER (WHERE n > ?), coalesce(sum(greatest(n - ?, 0)), 0),
+        (SELECT count(*) FROM action_windows WHERE partition_date = ?)
+    FROM eligible
+"""
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    # loading a day is cheap I/O: a 90-day history load is one run, not 90
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool=DUCKDB_POOL,
+    kinds={"duckdb"},
+    deps=[pins],
+)
+def raw_actions(context: dg.AssetExecutionContext, duckdb: DuckDBResource, source: DataSource) -> dg.MaterializeResult:
+    """The valid repin/click events of partition day D (ts in [D, D+1) UTC).
+
+    Rows that break the contract (bad ids or action, bad or out-of-day timestamps, unknown
+    pins, repeated events) go to ``raw_actions_quarantine`` with their reason.
+    """
+    with duckdb.get_connection() as conn:
+        ensure_tables(conn)
+        known = conn.execute("SELECT pin_id FROM pins").df()["pin_id"].to_numpy()
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    read = accepted = quarantined = 0
+    reasons: dict[str, int] = {}
+    per_day = []
+    users: set[int] = set()
+    for day in partition_days(context):
+        start, end = day_bounds(day)
+        rows = source.read_actions(day)
+        validated = validate_actions(rows, day_start=start, day_end=end, now=now, known_pin_ids=known)
+        with duckdb.get_connection() as conn:
+            replace_partitions(conn, "raw_actions", validated.accepted.assign(partition_date=day), day, day)
+            replace_partitions(conn, "raw_actions_quarantine", validated.quarantine.assign(partition_date=day), day, day)
+        read += len(rows)
+        accepted += len(validated.accepted)
+        quarantined += len(validated.quarantine)
+        for reason, count in validated.reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+        per_day.append(len(validated.accepted))
+        users.update(validated.accepted["user_id"].unique().tolist())
+    assert read == accepted + quarantined  # the accounting identity: nothing is lost
+    return dg.MaterializeResult(
+        metadata={
+            "days": len(per_day),
+            "rows_read": read,
+            "dagster/row_count": accepted,
+            "rows_quarantined": quarantined,
+            "quarantine_reasons": reasons,
+            "users": len(users),
+            "accepted_per_day": dict(zip(map(str, partition_days(context)), per_day)) if len(per_day) <= 31 else "many",
+        }
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    deps=[dg.AssetDep(raw_actions, partition_mapping=window_mapping), pins],
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=7),
+    pool=DUCKDB_POOL,
+    kinds={"duckdb"},
+)
+def action_windows(
+    context: dg.AssetExecutionContext, duckdb: DuckDBResource, params: PinnerSageParams
+) -> dg.MaterializeResult:
+    """For day D: every user's distinct, valid actions of [D-89, D], capped to the most recent
+    ``max_actions_per_user`` per user, on pins still in the catalog."""
+    stats = []
+    cap = params.max_actions_per_user
+    for day in partition_days(context):
+        first = day - timedelta(days=params.window_days - 1)
+        with duckdb.get_connection() as conn:
+            ensure_tables(conn)
+            replace_partition_from_query(conn, "action_windows", day, WINDOW_SQL, [day, first, day, cap])
+            stats.append(conn.execute(WINDOW_STATS_SQL, [first, day, first, day, cap, cap, day]).fetchone())
+    in_window, eligible, users, capped_users, dropped_by_cap, kept = map(int, stats[-1])
+    return dg.MaterializeResult(
+        metadata={
+            "days_in_run": len(stats),
+            "window": f"{first} .. {day}",
+            "actions_in_window": in_window,
+            "dagster/row_count": kept,
+            "users": users,
+            "users_capped": capped_users,
+            "actions_dropped_by_cap": dropped_by_cap,
+            "actions_on_pins_not_in_catalog": in_window - eligible,
+            "max_actions_per_user": params.max_actions_per_user,
+        }
+    )

@@ -1,0 +1,97 @@
+"""Per-user Ward clusters of each day's window (paper, section 3.1.1)."""
+
+
+import time
+from datetime import date
+
+import dagster as dg
+import duckdb
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from ..config import PinnerSageParams
+from ..core.clustering import SINGLETON, cluster_users
+from ..partitions import daily_partitions, partition_days
+from ..reporting import distribution, frame_markdown, histogram_markdown, representative_user
+from ..warehouse import embedding_matrix, ensure_tables, query_arrow, replace_partitions
+from .actions import action_windows
+from .constants import DUCKDB_POOL, GROUP
+
+USER_PINS_SQL = """
+    SELECT w.user_id, w.pin_id, p.embedding
+    FROM (SELECT DISTINCT user_id, pin_id FROM action_windows WHERE partition_date = ?) w
+    JOIN pins p USING (pin_id)
+    ORDER BY w.user_id, w.pin_id
+"""
+
+CLUSTER_ROWS_SQL = """
+    SELECT CAST(? AS DATE) AS partition_date, user_id, cluster_id, any_value(kind) AS kind,
+           any_value(merge_cost) AS merge_cost, count(*) AS n_pins, list(pin_id ORDER BY pin_id) AS pin_ids
+    FROM members GROUP BY user_id, cluster_id ORDER BY user_id, cluster_id
+"""
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    deps=[action_windows],
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=7),
+    pool=DUCKDB_POOL,
+    kinds={"duckdb", "scipy"},
+)
+def user_clusters(
+    context: dg.AssetExecutionContext, duckdb: DuckDBResource, params: PinnerSageParams
+) -> dg.MaterializeResult:
+    """For day D: the Ward clusters of each user active in [D-89, D], with their member pins.
+
+    ``kind = 'ward'`` clusters follow Algorithm 1 at ``alpha``; a user with no Ward cluster
+    gets one ``singleton`` cluster per distinct pin.
+    """
+    for day in partition_days(context):
+        with duckdb.get_connection() as conn:
+            table = query_arrow(conn, USER_PINS_SQL, [day])
+        started = time.perf_counter()
+        members = cluster_users(
+            table.column("user_id").to_numpy(), table.column("pin_id").to_numpy(), embedding_matrix(table), params.alpha
+        )
+        seconds = time.perf_counter() - started
+        with duckdb.get_connection() as conn:
+            ensure_tables(conn)
+            clusters = _cluster_rows(conn, members, day)
+            replace_partitions(conn, "user_clusters", clusters, day, day)
+        context.log.info(f"{day}: {len(clusters)} clusters for {clusters['user_id'].nunique()} users in {seconds:.1f}s")
+    return dg.MaterializeResult(metadata=cluster_metadata(clusters, table.num_rows, seconds, params.alpha))
+
+
+def _cluster_rows(conn: duckdb.DuckDBPyConnection, members: pd.DataFrame, day: date) -> pd.DataFrame:
+    """One row per cluster with its member pins as a list, built by DuckDB."""
+    conn.register("members", members)
+    try:
+        return conn.execute(CLUSTER_ROWS_SQL, [day]).df()
+    finally:
+        conn.unregister("members")
+
+
+def cluster_metadata(clusters: pd.DataFrame, user_pins: int, seconds: float, alpha: float) -> dict[str, object]:
+    per_user = clusters.groupby("user_id").size()
+    ward = clusters[clusters["kind"] != SINGLETON]
+    fallback_users = int(clusters.loc[clusters["kind"] == SINGLETON, "user_id"].nunique())
+    user = representative_user(per_user)
+    preview = clusters[clusters["user_id"] == user][["cluster_id", "kind", "n_pins", "merge_cost", "pin_ids"]]
+    return {
+        "alpha": alpha,
+        "users": int(per_user.size),
+        "distinct_user_pins": user_pins,
+        "dagster/row_count": len(clusters),
+        "ward_clusters": len(ward),
+        "users_with_singleton_fallback": fallback_users,
+        "pins_in_ward_clusters": int(ward["n_pins"].sum()),
+        "clusters_per_user": distribution(per_user.to_numpy()),
+        "clusters_per_user_histogram": dg.MetadataValue.md(
+            histogram_markdown(per_user.to_numpy(), [1, 2, 3, 4, 6, 11, 21, 51, 101], "clusters")
+        ),
+        "cluster_size": distribution(clusters["n_pins"].to_numpy()),
+        "clustering_seconds": round(seconds, 2),
+        "example_user": dg.MetadataValue.md(f"user **{user}**\n\n" + frame_markdown(preview)) if user is not None else "",
+    }
+

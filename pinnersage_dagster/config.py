@@ -1,0 +1,45 @@
+"""The one typed configuration of the model and the system, with the paper's defaults.
+
+Injected into assets and checks as the ``params`` resource; change any field per run from
+the launchpad (``resources: params: config: {alpha: 1.0}``) or in ``definitions.py``.
+"""
+
+import dagster as dg
+from pydantic import Field
+
+from .partitions import WINDOW_DAYS
+
+
+class PinnerSageParams(dg.ConfigurableResource):
+    """PinnerSage parameters (paper sections 3 and 4)."""
+
+    window_days: int = Field(
+        default=WINDOW_DAYS, ge=1, le=WINDOW_DAYS,
+        description="Days of history per user (paper: 90). At most the partition mapping's window.",
+    )
+    alpha: float = Field(
+        default=1.3, gt=0,
+        description="Ward threshold on the paper's squared-distance scale: a merge whose Lance-Williams "
+        "distance d_ij <= alpha joins a cluster. Two single unit pins merge when cosine >= 1 - alpha/2. "
+        "Calibrated on the synthetic data (README, 'Choosing alpha').",
+    )
+    decay_lambda: float = Field(default=0.01, ge=0, description="Importance decay per day in Eq. 3 (paper: 0.01).")
+    max_actions_per_user: int = Field(
+        default=1000, ge=2, description="Most recent actions kept per user per window; bounds Ward's O(m^2)."
+    )
+    max_clusters_per_user: int = Field(
+        default=150, ge=1, description="Sanity bound for the clusters_per_user_within_bounds check (paper: heavy users 75-100)."
+    )
+    sampled_medoids: int = Field(default=3, ge=1, description="Medoids sampled per request (paper: 3).")
+    retrieval_budget: int = Field(default=400, ge=1, description="Recommendations per request (paper: 400).")
+    online_recent_actions: int = Field(default=20, ge=1, description="Same-day actions kept for the online update (paper: 20).")
+    quality_threshold: float = Field(
+        default=0.25, ge=0, le=1, description="Pins with quality below this never enter the candidate pool."
+    )
+    duplicate_cosine: float = Field(
+        default=0.95, gt=0, le=1, description="Pins at cosine >= this are near-duplicates; one representative is kept."
+    )
+    dedup_neighbours: int = Field(default=16, ge=1, description="Neighbours per pin in the approximate duplicate self-join.")
+    hnsw_m: int = Field(default=32, ge=4, description="HNSW graph degree M.")
+    hnsw_ef_construction: int = Field(default=200, ge=8, description="HNSW ef at build time.")
+    hnsw_ef: int = Field(default=200, ge=8, description="HNSW ef at query time (recall/latency trade-off).")

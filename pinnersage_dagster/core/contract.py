@@ -1,0 +1,182 @@
+"""The data contract: which rows of actions and pins are accepted, and why the others are not.
+
+Readers hand over typed columns (``NA`` where a value did not parse) next to the raw
+text of each value (``raw_*``), so a row that fails is quarantined with the exact value
+it had. Every row read ends up either accepted or quarantined with one reason (the
+first rule it breaks, in the order below): rows read = accepted + quarantined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+ACTIONS = ("repin", "click")
+ACTION_COLUMNS = ("user_id", "pin_id", "action", "ts")
+PIN_COLUMNS = ("pin_id", "embedding")
+OPTIONAL_PIN_COLUMNS = ("quality", "created_at")
+
+QUARANTINE_COLUMNS = ["source", "row_number", "reason", "detail"]
+
+
+class ContractError(ValueError):
+    """A whole input is unusable (missing file, missing column, unreadable content)."""
+
+
+@dataclass(frozen=True)
+class RawPins:
+    """Pin rows as read: typed values (NA where unparseable) beside their raw text."""
+
+    source: str
+    row_number: np.ndarray
+    pin_id: pd.Series  # Int64
+    raw_pin_id: pd.Series
+    embedding: pa.Array  # list<float>, null where absent or unparseable
+    quality: pd.Series  # Float64
+    raw_quality: pd.Series
+    created_at: pd.Series  # datetime64 (tz-naive UTC)
+    raw_created_at: pd.Series
+
+    def __len__(self) -> int:
+        return len(self.pin_id)
+
+
+@dataclass(frozen=True)
+class Validated:
+    accepted: pd.DataFrame
+    quarantine: pd.DataFrame  # QUARANTINE_COLUMNS + the raw values of the row
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self.quarantine["reason"].value_counts().sort_index().items()}
+
+
+def require_columns(columns: list[str], required: tuple[str, ...], source: str) -> None:
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ContractError(f"{source}: missing required column(s) {missing}; found {list(columns)}")
+
+
+def _assign_reason(reason: pd.Series, mask: pd.Series | np.ndarray, label: str) -> None:
+    reason[np.asarray(mask) & reason.isna().to_numpy()] = label
+
+
+def validate_actions(
+    rows: pd.DataFrame, *, day_start: pd.Timestamp, day_end: pd.Timestamp, now: pd.Timestamp, known_pin_ids: np.ndarray
+) -> Validated:
+    """Validate one day's action rows.
+
+    ``rows``: ``user_id, pin_id`` (Int64), ``action`` (string), ``ts`` (tz-naive UTC),
+    ``raw_user_id, raw_pin_id, raw_action, raw_ts`` (text or NA), ``source, row_number``.
+    Accepted rows have ts in [day_start, day_end), not after ``now``, a pin in
+    ``known_pin_ids``, and are not an exact repeat of an earlier row.
+    """
+    reason = pd.Series(pd.NA, index=rows.index, dtype="object")
+    for column in ("user_id", "pin_id"):
+        _assign_reason(reason, rows[f"raw_{column}"].isna(), f"null_{column}")
+        _assign_reason(reason, rows[column].isna(), f"invalid_{column}")
+    _assign_reason(reason, ~rows["action"].isin(ACTIONS).fillna(False), "invalid_action")
+    _assign_reason(reason, rows["raw_ts"].isna(), "null_ts")
+    _assign_reason(reason, rows["ts"].isna(), "unparseable_ts")
+    ts = rows["ts"]
+    _assign_reason(reason, ((ts < day_start) | (ts >= day_end)).fillna(False), "ts_outside_partition")
+    _assign_reason(reason, (ts > now).fillna(False), "ts_in_future")
+    known = rows["pin_id"].isin(known_pin_ids).fillna(False)
+    _assign_reason(reason, ~known, "unknown_pin_id")
+    candidate = reason.isna()
+    repeated = rows.duplicated(subset=["user_id", "pin_id", "action", "ts"], keep="first") & candidate
+    _assign_reason(reason, repeated, "duplicate_event")
+
+    ok = reason.isna().to_numpy()
+    accepted = pd.DataFrame(
+        {
+            "user_id": rows["user_id"][ok].astype("int64"),
+            "pin_id": rows["pin_id"][ok].astype("int64"),
+            "action": rows["action"][ok].astype(str),
+            "ts": rows["ts"][ok],
+        }
+    ).reset_index(drop=True)
+    quarantine = pd.DataFrame(
+        {
+            "source": rows["source"][~ok],
+            "row_number": rows["row_number"][~ok].astype("int64"),
+            "reason": reason[~ok].astype(str),
+            "detail": "",
+            "user_id": rows["raw_user_id"][~ok],
+            "pin_id": rows["raw_pin_id"][~ok],
+            "action": rows["raw_action"][~ok],
+            "ts": rows["raw_ts"][~ok],
+        }
+    ).reset_index(drop=True)
+    return Validated(accepted, quarantine)
+
+
+def validate_pins(raw: RawPins, *, expected_dim: int | None) -> tuple[Validated, np.ndarray]:
+    """Validate pin rows; returns (accepted ``pin_id, quality, created_at``, unit embeddings).
+
+    ``embedding`` is a list array (null where absent or unparseable). The dimension is
+    ``expected_dim`` if given, else the most common length. A missing quality means 1.0;
+    a missing ``created_at`` means "always existed".
+    """
+    pin_id, raw_pin_id, embedding = raw.pin_id.reset_index(drop=True), raw.raw_pin_id.reset_index(drop=True), raw.embedding
+    quality, raw_quality = raw.quality.reset_index(drop=True), raw.raw_quality.reset_index(drop=True)
+    created_at, raw_created_at = raw.created_at.reset_index(drop=True), raw.raw_created_at.reset_index(drop=True)
+    source, row_number = raw.source, raw.row_number
+    n = len(pin_id)
+    reason = pd.Series(pd.NA, index=pin_id.index, dtype="object")
+    detail = pd.Series("", index=pin_id.index, dtype="object")
+    _assign_reason(reason, raw_pin_id.isna(), "null_pin_id")
+    _assign_reason(reason, pin_id.isna(), "invalid_pin_id")
+
+    lengths = pc.list_value_length(embedding).to_numpy(zero_copy_only=False)
+    lengths = np.where(pd.isna(lengths), -1, lengths).astype(np.int64)
+    _assign_reason(reason, lengths < 0, "null_embedding")
+    dim = expected_dim
+    if dim is None:
+        present = lengths[lengths > 0]
+        dim = int(np.bincount(present).argmax()) if present.size else 0
+    wrong = (lengths >= 0) & (lengths != dim)
+    detail[wrong & reason.isna().to_numpy()] = [f"length {k}, expected {dim}" for k in lengths[wrong & reason.isna().to_numpy()]]
+    _assign_reason(reason, wrong, "wrong_dimension")
+
+    matrix = np.zeros((n, dim), dtype=np.float64)
+    shaped = lengths == dim
+    if shaped.any() and dim > 0:
+        flat = pc.list_flatten(embedding.filter(pa.array(shaped))).to_numpy(zero_copy_only=False)
+        matrix[shaped] = np.asarray(flat, dtype=np.float64).reshape(-1, dim)
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite = np.isfinite(matrix).all(axis=1)
+        norm = np.linalg.norm(np.where(np.isfinite(matrix), matrix, 0.0), axis=1)
+    _assign_reason(reason, ~finite, "non_finite_embedding")
+    _assign_reason(reason, norm <= 1e-12, "zero_norm_embedding")
+
+    quality_value = quality.astype("Float64").fillna(1.0)
+    _assign_reason(reason, raw_quality.notna() & quality.isna(), "invalid_quality")
+    _assign_reason(reason, ((quality_value < 0) | (quality_value > 1)).fillna(True), "invalid_quality")
+    _assign_reason(reason, raw_created_at.notna() & created_at.isna(), "unparseable_created_at")
+    candidate = reason.isna()
+    _assign_reason(reason, pin_id.duplicated(keep="first") & candidate, "duplicate_pin_id")
+
+    ok = reason.isna().to_numpy()
+    accepted = pd.DataFrame(
+        {
+            "pin_id": pin_id[ok].astype("int64").to_numpy(),
+            "quality": quality_value[ok].astype("float64").to_numpy(),
+            "created_at": created_at[ok].to_numpy(),
+        }
+    )
+    unit = (matrix[ok] / norm[ok, None]).astype(np.float32)
+    quarantine = pd.DataFrame(
+        {
+            "source": source,
+            "row_number": np.asarray(row_number)[~ok].astype(np.int64),
+            "reason": reason[~ok].astype(str).to_numpy(),
+            "detail": detail[~ok].to_numpy(),
+            "pin_id": raw_pin_id[~ok].to_numpy(),
+        }
+    )
+    return Validated(accepted, quarantine), unit

@@ -1,0 +1,48 @@
+"""Cluster representatives: the medoid (Eq. 2) and the importance score (Eq. 3).
+
+Both work on many clusters at once. Members are given as contiguous segments of rows
+(``segment_ids`` sorted ascending), so one call serves a whole batch of users.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def segment_medoids(embeddings: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
+    """Row index of each segment's medoid (Eq. 2), one entry per segment in order.
+
+    ``sum_j ||p_m - p_j||^2 = n * ||p_m - mean||^2 + const``, so the medoid is the member
+    nearest the segment mean and no m x m matrix is needed. Ties go to the lowest row.
+    """
+    if embeddings.shape[0] != segment_ids.shape[0]:
+        raise ValueError("embeddings and segment_ids must have the same number of rows")
+    if segment_ids.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if np.any(np.diff(segment_ids) < 0):
+        raise ValueError("segment_ids must be sorted so that each segment is contiguous")
+    x = np.asarray(embeddings, dtype=np.float64)
+    starts = np.flatnonzero(np.r_[True, segment_ids[1:] != segment_ids[:-1]])
+    sizes = np.diff(np.r_[starts, len(segment_ids)])
+    means = np.add.reduceat(x, starts, axis=0) / sizes[:, None]
+    segment_index = np.repeat(np.arange(len(starts)), sizes)
+    spread = np.einsum("ij,ij->i", x - means[segment_index], x - means[segment_index])
+    rows = np.arange(len(segment_ids))
+    order = np.lexsort((rows, spread, segment_index))
+    first_in_segment = np.r_[True, segment_index[order][1:] != segment_index[order][:-1]]
+    return order[first_in_segment]
+
+
+def segment_importance(
+    segment_of_action: np.ndarray, age_days: np.ndarray, n_segments: int, decay_lambda: float
+) -> np.ndarray:
+    """Importance of each segment (Eq. 3): the sum over its actions of exp(-lambda * age).
+
+    ``age_days`` is ``T_now - T[i]`` in days (fractional); ``decay_lambda`` is per day.
+    """
+    if decay_lambda < 0:
+        raise ValueError(f"decay_lambda must be >= 0, got {decay_lambda!r}")
+    if np.any(age_days < 0):
+        raise ValueError("an action is newer than T_now: ages must be >= 0")
+    weights = np.exp(-decay_lambda * np.asarray(age_days, dtype=np.float64))
+    return np.bincount(segment_of_action, weights=weights, minlength=n_segments)

@@ -1,0 +1,28 @@
+"""The one daily partitions definition shared by every partitioned asset and check.
+
+A partition is a UTC day [D 00:00, D+1 00:00). The last partition is yesterday, the
+last complete day. ``PINNERSAGE_START_DATE`` moves the first day (it is read when the
+definitions load, so it is fixed for a deployment).
+"""
+
+import os
+from datetime import date, timedelta
+
+import dagster as dg
+
+START_DATE = os.getenv("PINNERSAGE_START_DATE", "2026-01-01")
+WINDOW_DAYS = 90  # the paper's 90-day history; the partition mapping below is built from it
+
+daily_partitions = dg.DailyPartitionsDefinition(start_date=START_DATE)
+
+# partition D of a windowed asset reads raw_actions partitions D-89 .. D (90 days)
+window_mapping = dg.TimeWindowPartitionMapping(
+    start_offset=-(WINDOW_DAYS - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
+)
+
+
+def partition_days(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> list[date]:
+    """The days a run covers: one for a daily run, several for a range (backfill) run."""
+    window = context.partition_time_window
+    start, end = window.start.date(), window.end.date()
+    return [start + timedelta(days=i) for i in range((end - start).days)]

@@ -1,0 +1,128 @@
+"""Resources: the warehouse, the index store, and the data source (synthetic or files)."""
+
+from __future__ import annotations
+
+import os
+from abc import abstractmethod
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from .config import PinnerSageParams
+from .core.contract import RawPins
+from .core.synthetic import SyntheticWorld, generate_pins, generate_population
+from .partitions import START_DATE
+from .readers import partition_file, read_action_files, read_pin_files, synthetic_raw_actions, synthetic_raw_pins
+
+DEFAULT_DATABASE = "data/pinnersage.duckdb"
+DEFAULT_INDEX_ROOT = "data/pin_index"
+
+
+class DataSource(dg.ConfigurableResource):
+    """Where pins and action events come from. Implementations: synthetic world, or files."""
+
+    @abstractmethod
+    def read_pins(self) -> RawPins: ...
+
+    @abstractmethod
+    def read_actions(self, day: date) -> pd.DataFrame:
+        """Raw action rows for one UTC day, in the shape ``core.contract.validate_actions`` takes."""
+
+    def pin_truth(self) -> pd.DataFrame | None:
+        return None
+
+    def interest_truth(self) -> pd.DataFrame | None:
+        return None
+
+    @property
+    def expected_dim(self) -> int | None:
+        return None
+
+
+class SyntheticSource(DataSource):
+    """The built-in deterministic synthetic world (the embedded default)."""
+
+    seed: int = Field(default=7, description="Everything is a function of this seed.")
+    n_users: int = Field(default=2_000, ge=1)
+    n_pins: int = Field(default=20_000, ge=1_000)
+    dim: int = Field(default=256, ge=8)
+    dirty_share: float = Field(default=0.001, ge=0, le=0.5, description="Share of planted faulty action rows.")
+    epoch: str = Field(default=START_DATE, description="Day 0 of the synthetic timeline (YYYY-MM-DD).")
+
+    @property
+    def world(self) -> SyntheticWorld:
+        return SyntheticWorld(
+            seed=self.seed, n_users=self.n_users, n_pins=self.n_pins, dim=self.dim,
+            dirty_share=self.dirty_share, epoch=date.fromisoformat(self.epoch),
+        )
+
+    def read_pins(self) -> RawPins:
+        return synthetic_raw_pins(self.world, generate_pins(self.world))
+
+    def read_actions(self, day: date) -> pd.DataFrame:
+        return synthetic_raw_actions(self.world, day)
+
+    def pin_truth(self) -> pd.DataFrame:
+        return generate_pins(self.world).truth()
+
+    def interest_truth(self) -> pd.DataFrame:
+        return generate_population(self.world).truth(self.world.epoch)
+
+    @property
+    def expected_dim(self) -> int:
+        return self.dim
+
+
+class FileSource(DataSource):
+    """Your own data, per the data contract (README, 'Your own data')."""
+
+    pins_path: str = Field(description="A Parquet/CSV file or glob with pin_id, embedding[, quality, created_at].")
+    actions_path: str = Field(
+        description="Per-day Parquet/CSV files with user_id, pin_id, action, ts; '{date}' is replaced by YYYY-MM-DD."
+    )
+    embedding_dim: int | None = Field(default=None, description="Expected dimension; default: the most common one.")
+
+    def read_pins(self) -> RawPins:
+        return read_pin_files(self.pins_path)
+
+    def read_actions(self, day: date) -> pd.DataFrame:
+        return read_action_files(partition_file(self.actions_path, day))
+
+    @property
+    def expected_dim(self) -> int | None:
+        return self.embedding_dim
+
+
+class IndexStore(dg.ConfigurableResource):
+    """The directory that holds one published HNSW index per daily partition."""
+
+    root: str = DEFAULT_INDEX_ROOT
+
+    def partition_dir(self, partition: str) -> Path:
+        path = Path(self.root) / partition
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def build_resources() -> dict[str, dg.ConfigurableResource]:
+    """Resources for this deployment, chosen by environment variables (README, 'Configuration')."""
+    if os.getenv("PINNERSAGE_SOURCE", "synthetic") == "files":
+        source: DataSource = FileSource(
+            pins_path=dg.EnvVar("PINNERSAGE_PINS_PATH"), actions_path=dg.EnvVar("PINNERSAGE_ACTIONS_PATH")
+        )
+    else:
+        source = SyntheticSource(
+            n_users=int(os.getenv("PINNERSAGE_SYNTHETIC_USERS", "2000")),
+            n_pins=int(os.getenv("PINNERSAGE_SYNTHETIC_PINS", "20000")),
+            seed=int(os.getenv("PINNERSAGE_SYNTHETIC_SEED", "7")),
+        )
+    return {
+        "duckdb": DuckDBResource(database=os.getenv("PINNERSAGE_DUCKDB_PATH", DEFAULT_DATABASE)),
+        "index_store": IndexStore(root=os.getenv("PINNERSAGE_INDEX_ROOT", DEFAULT_INDEX_ROOT)),
+        "source": source,
+        "params": PinnerSageParams(),
+    }

@@ -1,0 +1,144 @@
+"""The DuckDB warehouse: table definitions and the few reads and writes the assets share.
+
+Table name = asset name. Partitioned tables carry ``partition_date`` and are written by
+``replace_partitions``: delete the run's window and insert, in one transaction, so a
+re-run replaces a partition and a reader sees either the old rows or the new ones.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+PARTITIONED_TABLES: dict[str, str] = {
+    "raw_actions": "partition_date DATE NOT NULL, user_id BIGINT NOT NULL, pin_id BIGINT NOT NULL, "
+    "action VARCHAR NOT NULL, ts TIMESTAMP NOT NULL",
+    "raw_actions_quarantine": "partition_date DATE NOT NULL, source VARCHAR, row_number BIGINT, "
+    "reason VARCHAR NOT NULL, detail VARCHAR, user_id VARCHAR, pin_id VARCHAR, action VARCHAR, ts VARCHAR",
+    "action_windows": "partition_date DATE NOT NULL, user_id BIGINT NOT NULL, pin_id BIGINT NOT NULL, "
+    "action VARCHAR NOT NULL, ts TIMESTAMP NOT NULL",
+    "user_clusters": "partition_date DATE NOT NULL, user_id BIGINT NOT NULL, cluster_id BIGINT NOT NULL, "
+    "kind VARCHAR NOT NULL, merge_cost DOUBLE, n_pins BIGINT NOT NULL, pin_ids BIGINT[] NOT NULL",
+    "user_medoids": "partition_date DATE NOT NULL, user_id BIGINT NOT NULL, cluster_id BIGINT NOT NULL, "
+    "medoid_pin_id BIGINT NOT NULL, importance DOUBLE NOT NULL, size BIGINT NOT NULL, "
+    "n_actions BIGINT NOT NULL, kind VARCHAR NOT NULL",
+}
+
+CATALOG_TABLES: dict[str, str] = {
+    "pins_quarantine": "source VARCHAR, row_number BIGINT, reason VARCHAR NOT NULL, detail VARCHAR, pin_id VARCHAR",
+    "candidate_pool": "pin_id BIGINT NOT NULL, quality DOUBLE NOT NULL, created_at TIMESTAMP, n_duplicates BIGINT NOT NULL",
+    "candidate_pool_exclusions": "pin_id BIGINT NOT NULL, reason VARCHAR NOT NULL, representative_pin_id BIGINT, cosine DOUBLE",
+    "synthetic_pin_truth": "pin_id BIGINT NOT NULL, category BIGINT, topic BIGINT, duplicate_of BIGINT, low_quality BOOLEAN",
+    "synthetic_interest_truth": "user_id BIGINT NOT NULL, topic BIGINT, weight DOUBLE, start_date DATE, end_date DATE",
+}
+
+
+def ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
+    for name, columns in {**PARTITIONED_TABLES, **CATALOG_TABLES}.items():
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+
+
+def table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
+
+
+def replace_partitions(
+    conn: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame | pa.Table, first: date, last: date
+) -> int:
+    """Replace partitions [first, last] of ``table`` with ``rows`` (which carry ``partition_date``)."""
+    columns = [c.split()[0] for c in PARTITIONED_TABLES[table].split(", ")]
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(f"DELETE FROM {table} WHERE partition_date BETWEEN ? AND ?", [first, last])
+        conn.register("incoming_rows", rows)
+        conn.execute(f"INSERT INTO {table} SELECT {', '.join(columns)} FROM incoming_rows")
+        conn.unregister("incoming_rows")
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+    return len(rows)
+
+
+def replace_table(conn: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame | pa.Table) -> int:
+    """Replace the whole content of an unpartitioned catalog table, atomically."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(f"DELETE FROM {table}")
+        conn.register("incoming_rows", rows)
+        columns = [c.split()[0] for c in CATALOG_TABLES[table].split(", ")]
+        conn.execute(f"INSERT INTO {table} SELECT {', '.join(columns)} FROM incoming_rows")
+        conn.unregister("incoming_rows")
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+    return len(rows)
+
+
+def write_pins(conn: duckdb.DuckDBPyConnection, accepted: pd.DataFrame, embeddings: np.ndarray) -> None:
+    """Replace the pin catalog. The embedding column is ``FLOAT[d]`` for the data's dimension d."""
+    dim = int(embeddings.shape[1])
+    table = pa.table(
+        {
+            "pin_id": pa.array(accepted["pin_id"].to_numpy(), pa.int64()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.astype(np.float32).ravel()), dim),
+            "quality": pa.array(accepted["quality"].to_numpy(), pa.float64()),
+            "created_at": pa.array(pd.to_datetime(accepted["created_at"]).astype("datetime64[us]"), pa.timestamp("us")),
+        }
+    )
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(
+            f"CREATE OR REPLACE TABLE pins (pin_id BIGINT NOT NULL, embedding FLOAT[{dim}] NOT NULL, "
+            "quality DOUBLE NOT NULL, created_at TIMESTAMP)"
+        )
+        conn.register("incoming_pins", table)
+        conn.execute("INSERT INTO pins SELECT pin_id, embedding, quality, created_at FROM incoming_pins ORDER BY pin_id")
+        conn.unregister("incoming_pins")
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def embedding_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
+    """The ``FLOAT[d]`` column of an Arrow result as an (n, d) float32 matrix."""
+    array = table.column(column).combine_chunks()
+    if len(array) == 0:
+        dim = array.type.list_size if hasattr(array.type, "list_size") else 0
+        return np.empty((0, dim), dtype=np.float32)
+    return array.values.to_numpy(zero_copy_only=False).reshape(len(array), -1).astype(np.float32, copy=False)
+
+
+def query_arrow(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
+    return conn.execute(sql, params or []).to_arrow_table()
+
+
+WINDOW_SQL = """
+    SELECT CAST(? AS DATE) AS partition_date, user_id, pin_id, action, ts
+    FROM (
+        SELECT DISTINCT r.user_id, r.pin_id, r.action, r.ts
+        FROM raw_actions r SEMI JOIN pins p ON r.pin_id = p.pin_id
+        WHERE r.partition_date BETWEEN ? AND ?
+    )
+    QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, pin_id DESC, action) <= ?
+"""
+
+
+def replace_partition_from_query(
+    conn: duckdb.DuckDBPyConnection, table: str, day: date, select_sql: str, params: list
+) -> None:
+    """Replace partition ``day`` of ``table`` with the rows of a SELECT, in one transaction."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(f"DELETE FROM {table} WHERE partition_date = ?", [day])
+        conn.execute(f"INSERT INTO {table} {select_sql}", params)
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
