@@ -104,7 +104,7 @@ def read_pin_files(pattern: str) -> RawPins:
                 FROM {_relation_sql(path)}
             """
             try:
-                parts.append(conn.execute(sql, [path, path]).to_arrow_table())
+                parts.append(conn.sql(sql, params=[path, path]).to_arrow_table())
             except duckdb.Error as exc:
                 raise ContractError(f"{path}: cannot be read: {exc}") from exc
     finally:

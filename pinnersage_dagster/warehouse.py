@@ -116,7 +116,7 @@ def embedding_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
 
 
 def query_arrow(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
-    return conn.execute(sql, params or []).to_arrow_table()
+    return conn.sql(sql, params=params or []).to_arrow_table()
 
 
 WINDOW_SQL = """

@@ -13,7 +13,8 @@ def segment_medoids(embeddings: np.ndarray, segment_ids: np.ndarray) -> np.ndarr
     """Row index of each segment's medoid (Eq. 2), one entry per segment in order.
 
     ``sum_j ||p_m - p_j||^2 = n * ||p_m - mean||^2 + const``, so the medoid is the member
-    nearest the segment mean and no m x m matrix is needed. Ties go to the lowest row.
+    nearest the segment mean and no m x m matrix is needed. Ties (within 1e-9 relative)
+    go to the lowest row.
     """
     if embeddings.shape[0] != segment_ids.shape[0]:
         raise ValueError("embeddings and segment_ids must have the same number of rows")
@@ -26,12 +27,13 @@ def segment_medoids(embeddings: np.ndarray, segment_ids: np.ndarray) -> np.ndarr
     sizes = np.diff(np.r_[starts, len(segment_ids)])
     means = np.add.reduceat(x, starts, axis=0) / sizes[:, None]
     segment_index = np.repeat(np.arange(len(starts)), sizes)
-    spread = np.einsum("ij,ij->i", x - means[segment_index], x - means[segment_index])
-    rows = np.arange(len(segment_ids))
-    order = np.lexsort((rows, spread, segment_index))
-    first_in_segment = np.r_[True, segment_index[order][1:] != segment_index[order][:-1]]
-    return order[first_in_segment]
-
+    centred = x - means[segment_index]
+    spread = np.einsum("ij,ij->i", centred, centred)
+    # equal Eq. 2 costs can differ in the last bits; treat them as ties and take the lowest row
+    lowest = np.minimum.reduceat(spread, starts)[segment_index]
+    candidate = np.flatnonzero(spread <= lowest + 1e-9 * np.maximum(lowest, 1e-12))
+    _, first = np.unique(segment_index[candidate], return_index=True)
+    return candidate[first]
 
 def segment_importance(
     segment_of_action: np.ndarray, age_days: np.ndarray, n_segments: int, decay_lambda: float

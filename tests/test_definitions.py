@@ -1,0 +1,116 @@
+"""Definitions load and validate; the schedule targets yesterday; backfills over a range work."""
+
+import os
+import subprocess
+import sys
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from pinnersage_dagster.assets import all_assets
+from pinnersage_dagster.checks import all_checks
+from pinnersage_dagster.definitions import defs
+from pinnersage_dagster.partitions import daily_partitions
+
+from .conftest import DAY, check_results, make_resources, materialize_history, range_tags
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_definitions_hold_the_whole_graph():
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"pins", "candidate_pool", "pin_index", "raw_actions", "action_windows", "user_clusters", "user_medoids"}
+    job = defs.resolve_job_def("pinnersage_daily_job")
+    assert job.partitions_def == daily_partitions
+    assert defs.resolve_schedule_def("pinnersage_daily_schedule").cron_schedule == "0 2 * * *"
+    policies = {a.key.to_user_string(): a.backfill_policy for a in all_assets if a.partitions_def}
+    assert policies["raw_actions"] == dg.BackfillPolicy.single_run()
+    assert policies["user_clusters"] == dg.BackfillPolicy.multi_run(7)
+    assert policies["pin_index"] == dg.BackfillPolicy.multi_run(1)
+    check_names = {key.name for check in all_checks for key in check.check_keys}
+    assert check_names == {
+        "every_active_user_has_a_cluster", "clusters_per_user_within_bounds", "medoid_is_cluster_member",
+        "importance_is_finite_and_positive", "pin_index_matches_candidate_pool",
+    }
+    assert all(a.op.pool == "duckdb" for a in all_assets)  # one warehouse writer at a time
+
+
+def test_dagster_definitions_validate(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    run = subprocess.run(
+        [str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "All code locations passed validation" in run.stdout + run.stderr
+
+
+def test_schedule_requests_the_latest_complete_day():
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 22, 2, 0, tzinfo=timezone.utc))
+    result = defs.resolve_schedule_def("pinnersage_daily_schedule").evaluate_tick(context)
+    assert [r.partition_key for r in result.run_requests] == ["2026-11-21"]
+    assert result.run_requests[0].job_name == "pinnersage_daily_job"
+
+
+def test_instance_config_serializes_warehouse_steps(tmp_path):
+    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    try:
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 4
+    finally:
+        instance.dispose()
+
+
+@pytest.mark.slow
+def test_backfill_as_one_range_run_equals_daily_runs(tmp_path):
+    """A 3-day range run (what a backfill launches) writes the same rows as three daily runs."""
+    days = [DAY - timedelta(days=2), DAY - timedelta(days=1), DAY]
+    selection = dg.AssetSelection.assets("action_windows", "user_clusters", "user_medoids")
+    ranged, daily = make_resources(tmp_path / "ranged"), make_resources(tmp_path / "daily")
+    for resources in (ranged, daily):
+        (Path(resources["duckdb"].database)).parent.mkdir(parents=True)
+        assert materialize_history(resources, DAY, days=12).success
+    result = dg.materialize([*all_assets, *all_checks], selection=selection, resources=ranged, tags=range_tags(days[0], DAY))
+    assert result.success and all(check_results(result).values())
+    assert len(result.asset_materializations_for_node("user_medoids")) == 3  # one per partition
+    for day in days:
+        assert dg.materialize(all_assets, selection=selection, resources=daily, partition_key=day.isoformat()).success
+
+    import duckdb
+
+    def rows(resources):
+        with duckdb.connect(resources["duckdb"].database, read_only=True) as conn:
+            return conn.execute(
+                "SELECT partition_date, user_id, cluster_id, medoid_pin_id, importance FROM user_medoids ORDER BY ALL"
+            ).fetchall()
+
+    assert rows(ranged) == rows(daily)
+    assert {r[0] for r in rows(ranged)} == set(days)
+
+
+@pytest.mark.slow
+def test_backfill_from_the_cli(tmp_path):
+    """`dagster asset materialize --partition-range` over raw_actions, the single-run asset."""
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path),
+        "PINNERSAGE_DUCKDB_PATH": str(tmp_path / "w.duckdb"),
+        "PINNERSAGE_INDEX_ROOT": str(tmp_path / "idx"),
+        "PINNERSAGE_SYNTHETIC_USERS": "50",
+        "PINNERSAGE_SYNTHETIC_PINS": "2000",
+    }
+    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    base = [str(BIN / "dagster"), "asset", "materialize", "-m", "pinnersage_dagster.definitions"]
+    for args in (["--select", "pins"], ["--select", "raw_actions", "--partition-range", "2026-06-01...2026-06-05"]):
+        run = subprocess.run(base + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    import duckdb
+
+    with duckdb.connect(env["PINNERSAGE_DUCKDB_PATH"], read_only=True) as conn:
+        days = conn.execute("SELECT DISTINCT partition_date FROM raw_actions ORDER BY 1").fetchall()
+    assert [d[0] for d in days] == [date(2026, 6, 1) + timedelta(days=i) for i in range(5)]
