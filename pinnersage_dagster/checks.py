@@ -16,6 +16,7 @@ import numpy as np
 from dagster_duckdb import DuckDBResource
 
 from .assets.clusters import user_clusters
+from .assets.constants import DUCKDB_POOL
 from .assets.index import POOL_AT_SQL, pin_index
 from .assets.medoids import user_medoids
 from .config import PinnerSageParams
@@ -118,7 +119,7 @@ def _evaluate_days(
     return dg.AssetCheckResult(passed=passed, severity=severity, metadata=metadata)
 
 
-@dg.asset_check(asset=user_clusters, partitions_def=daily_partitions)
+@dg.asset_check(asset=user_clusters, partitions_def=daily_partitions, pool=DUCKDB_POOL)
 def every_active_user_has_a_cluster(
     context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource
 ) -> dg.AssetCheckResult:
@@ -127,7 +128,7 @@ def every_active_user_has_a_cluster(
         return _evaluate_days(context, lambda day: evaluate_every_active_user_has_a_cluster(conn, day))
 
 
-@dg.asset_check(asset=user_clusters, partitions_def=daily_partitions)
+@dg.asset_check(asset=user_clusters, partitions_def=daily_partitions, pool=DUCKDB_POOL)
 def clusters_per_user_within_bounds(
     context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource, params: PinnerSageParams
 ) -> dg.AssetCheckResult:
@@ -140,7 +141,7 @@ def clusters_per_user_within_bounds(
         )
 
 
-@dg.asset_check(asset=user_medoids, partitions_def=daily_partitions, blocking=True)
+@dg.asset_check(asset=user_medoids, partitions_def=daily_partitions, pool=DUCKDB_POOL, blocking=True)
 def medoid_is_cluster_member(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
     """Each medoid is a member of its own cluster and one of the user's action pins in the window;
     every cluster has a medoid. Blocking: nothing downstream serves a bad medoid table."""
@@ -148,7 +149,7 @@ def medoid_is_cluster_member(context: dg.AssetCheckExecutionContext, duckdb: Duc
         return _evaluate_days(context, lambda day: evaluate_medoid_is_cluster_member(conn, day))
 
 
-@dg.asset_check(asset=user_medoids, partitions_def=daily_partitions)
+@dg.asset_check(asset=user_medoids, partitions_def=daily_partitions, pool=DUCKDB_POOL)
 def importance_is_finite_and_positive(
     context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource
 ) -> dg.AssetCheckResult:
@@ -157,7 +158,7 @@ def importance_is_finite_and_positive(
         return _evaluate_days(context, lambda day: evaluate_importance_is_finite_and_positive(conn, day))
 
 
-@dg.asset_check(asset=pin_index, partitions_def=daily_partitions, blocking=True)
+@dg.asset_check(asset=pin_index, partitions_def=daily_partitions, pool=DUCKDB_POOL, blocking=True)
 def pin_index_matches_candidate_pool(
     context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource, index_store: IndexStore
 ) -> dg.AssetCheckResult:

@@ -31,6 +31,8 @@ def run_demo(day: date, window_days: int) -> None:
     warnings.filterwarnings("ignore")
     instance = dg.DagsterInstance.get()  # persistent: $DAGSTER_HOME, so the UI shows these runs
     first = day - timedelta(days=window_days - 1)
+    # the full run log goes to the instance (see it in the UI); the terminal shows warnings only
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     started = time.perf_counter()
     print(f"[1/2] catalog and {window_days} days of actions ({first} .. {day}) in one range run", flush=True)
     history = dg.materialize(
@@ -38,13 +40,14 @@ def run_demo(day: date, window_days: int) -> None:
         selection=dg.AssetSelection.assets("pins", "raw_actions"),
         resources=defs.resources,
         instance=instance,
+        run_config=quiet,
         tags={"dagster/asset_partition_range_start": first.isoformat(), "dagster/asset_partition_range_end": day.isoformat()},
     )
     if not history.success:
         sys.exit("loading the history failed; see the run in the Dagster UI (make dev)")
     print(f"[2/2] pinnersage_daily_job for partition {day} (all assets and checks)", flush=True)
     result = defs.resolve_job_def("pinnersage_daily_job").execute_in_process(
-        partition_key=day.isoformat(), instance=instance, raise_on_error=False
+        partition_key=day.isoformat(), instance=instance, run_config=quiet, raise_on_error=False
     )
     checks = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     failed = [c.check_name for c in checks if not c.passed]
@@ -108,6 +111,29 @@ def summary(day: date, database: str | None = None, index_root: str | None = Non
     )
 
 
+def calibrate_alpha(day: date, alphas: list[float], users: int, warehouse: bool) -> str:
+    from .core.calibration import alpha_sweep, synthetic_window
+    from .core.synthetic import SyntheticWorld
+    from .warehouse import embedding_matrix, query_arrow
+
+    if warehouse:
+        from .assets.clusters import USER_PINS_SQL
+
+        database = os.getenv("PINNERSAGE_DUCKDB_PATH", DEFAULT_DATABASE)
+        with duckdb.connect(database, read_only=True) as conn:
+            table = query_arrow(conn, USER_PINS_SQL, [day])
+        sweep = alpha_sweep(
+            table.column("user_id").to_numpy(), table.column("pin_id").to_numpy(), embedding_matrix(table), alphas
+        )
+        title = f"alpha sweep on action_windows of {day} ({database})"
+    else:
+        world = SyntheticWorld(n_users=users)
+        user_ids, pin_ids, embeddings, topics = synthetic_window(world, day)
+        sweep = alpha_sweep(user_ids, pin_ids, embeddings, alphas, labels=topics)
+        title = f"alpha sweep on the synthetic world (seed {world.seed}, {users} users, window ending {day})"
+    return f"{title}\n\n{frame_markdown(sweep, max_rows=len(sweep))}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pinnersage", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,10 +142,19 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--window-days", type=int, default=90)
     show = sub.add_parser("summary", help="summarize a materialized partition")
     show.add_argument("--date", type=date.fromisoformat, default=None)
+    calibrate = sub.add_parser("calibrate", help="sweep alpha: cluster shape, and recovery on synthetic data")
+    calibrate.add_argument("--date", type=date.fromisoformat, default=None)
+    calibrate.add_argument("--alphas", default="0.5,0.7,0.9,1.1,1.3,1.6,2.0,3.0,4.0")
+    calibrate.add_argument("--users", type=int, default=2000, help="synthetic users")
+    calibrate.add_argument(
+        "--warehouse", action="store_true", help="sweep your own materialized action_windows partition instead"
+    )
     args = parser.parse_args(argv)
     day = args.date or latest_partition()
     if args.command == "demo":
         run_demo(day, args.window_days)
+    elif args.command == "calibrate":
+        print(calibrate_alpha(day, [float(a) for a in args.alphas.split(",")], args.users, args.warehouse))
     else:
         print(summary(day))
 

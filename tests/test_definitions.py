@@ -35,7 +35,7 @@ def test_definitions_hold_the_whole_graph():
         "every_active_user_has_a_cluster", "clusters_per_user_within_bounds", "medoid_is_cluster_member",
         "importance_is_finite_and_positive", "pin_index_matches_candidate_pool",
     }
-    assert all(a.op.pool == "duckdb" for a in all_assets)  # one warehouse writer at a time
+    assert all(a.op.pool == "duckdb" for a in [*all_assets, *all_checks])  # one warehouse user at a time
 
 
 def test_dagster_definitions_validate(tmp_path):

@@ -69,6 +69,7 @@ def candidate_pool(
         quality_threshold=params.quality_threshold,
         duplicate_cosine=params.duplicate_cosine,
         neighbours=params.dedup_neighbours,
+        ef=params.dedup_ef,
     )
     seconds = time.perf_counter() - started
     with duckdb.get_connection() as conn:

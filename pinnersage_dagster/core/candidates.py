@@ -40,7 +40,7 @@ def refine_candidate_pool(
     quality_threshold: float,
     duplicate_cosine: float,
     neighbours: int = 16,
-    ef: int = 64,
+    ef: int = 128,
     num_threads: int = -1,
 ) -> RefinedPool:
     """Quality filter then near-duplicate collapse. ``embeddings`` must be unit rows."""

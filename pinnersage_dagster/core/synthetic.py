@@ -11,8 +11,8 @@ any day are generated independently of every other day, so one partition can be
   Zipf-like. ``duplicate_share`` of pins are planted near-duplicates (cosine 0.975-0.995
   to an original, created after it); ``low_quality_share`` get a quality score below 0.2,
   the rest 0.3-1.0. Pins are created over the year before and after ``epoch``.
-- **Users.** A heavy-tailed number of interests (topics; median ~4, up to 60) and of
-  activity (log-normal events/day: ~40 actions in 90 days at the median, ~1,500 at p99).
+- **Users.** A heavy-tailed number of interests (topics; median 3, capped at 60) and of
+  activity (log-normal events/day: ~40 actions in 90 days at the median, ~1,300 at p99).
   Half of a user's interests are lifelong, the others live 2-16 weeks: interests drift.
 - **Events.** Each day, each user makes Poisson(rate) actions; each picks an interest
   alive that day (by weight), then a pin of that topic already created; ``repin`` 30%,

@@ -1,0 +1,76 @@
+"""Choosing alpha: sweep it over users' windows and report cluster shape and, with labels, recovery."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+
+from .clustering import SINGLETON, cluster_users
+from .metrics import adjusted_rand_index, purity
+from .synthetic import UNKNOWN_PIN_ID, SyntheticWorld, generate_day_actions, generate_pins
+
+
+def alpha_sweep(
+    user_ids: np.ndarray,
+    pin_ids: np.ndarray,
+    embeddings: np.ndarray,
+    alphas: list[float],
+    labels: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """One row per alpha. Rows of the input are distinct (user, pin), sorted by user.
+
+    Without ``labels``: clusters per user and the share of pins that land in a Ward cluster.
+    With ``labels`` (a planted topic per row): mean per-user adjusted Rand index and purity,
+    where each pin outside every Ward cluster counts as its own cluster.
+    """
+    rows = []
+    for alpha in alphas:
+        members = cluster_users(user_ids, pin_ids, embeddings, alpha)
+        ward = members[members["kind"] != SINGLETON]
+        per_user = members.groupby("user_id")["cluster_id"].nunique()
+        row = {
+            "alpha": alpha,
+            "single_pin_merge_cosine": round(1 - alpha / 2, 3),
+            "clusters_per_user_p50": float(per_user.median()),
+            "clusters_per_user_p90": float(per_user.quantile(0.9)),
+            "clusters_per_user_max": int(per_user.max()),
+            "pins_in_ward_clusters": round(len(ward) / len(pin_ids), 3),
+            "users_without_ward_cluster": int(per_user.size - ward["user_id"].nunique()),
+        }
+        if labels is not None:
+            row.update(_recovery(user_ids, pin_ids, labels, ward))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _recovery(user_ids: np.ndarray, pin_ids: np.ndarray, labels: np.ndarray, ward: pd.DataFrame) -> dict[str, float]:
+    assigned = ward.set_index(["user_id", "pin_id"])["cluster_id"]
+    key = pd.MultiIndex.from_arrays([user_ids, pin_ids])
+    predicted = assigned.reindex(key).to_numpy(dtype=float, copy=True)
+    outside = np.isnan(predicted)
+    predicted[outside] = -1 - np.arange(outside.sum())  # every unclustered pin is its own cluster
+    aris, purities = [], []
+    starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])
+    for start, end in zip(starts, np.r_[starts[1:], len(user_ids)]):
+        if end - start >= 2:
+            aris.append(adjusted_rand_index(labels[start:end], predicted[start:end]))
+            purities.append(purity(labels[start:end], predicted[start:end]))
+    return {"mean_adjusted_rand_index": round(float(np.mean(aris)), 4), "mean_purity": round(float(np.mean(purities)), 4)}
+
+
+def synthetic_window(
+    world: SyntheticWorld, day: date, window_days: int = 90, max_actions_per_user: int = 1000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (user, pin) rows of the window ending ``day``, as the pipeline sees them,
+    with embeddings and each pin's planted topic."""
+    pins = generate_pins(world)
+    frames = [generate_day_actions(world, day - timedelta(days=i)) for i in range(window_days)]
+    actions = pd.concat(frames, ignore_index=True)
+    actions = actions[actions["pin_id"] != UNKNOWN_PIN_ID].drop_duplicates()
+    actions = actions.sort_values(["user_id", "ts"], ascending=[True, False]).groupby("user_id").head(max_actions_per_user)
+    distinct = actions[["user_id", "pin_id"]].drop_duplicates().sort_values(["user_id", "pin_id"])
+    row_of = pd.Series(np.arange(len(pins.pin_id)), index=pins.pin_id)
+    rows = row_of.reindex(distinct["pin_id"].to_numpy()).to_numpy()
+    return distinct["user_id"].to_numpy(), distinct["pin_id"].to_numpy(), pins.embedding[rows], pins.topic[rows]
