@@ -7,6 +7,8 @@ re-run replaces a partition and a reader sees either the old rows or the new one
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 
 import duckdb
@@ -46,37 +48,45 @@ def table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
 
 
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """All statements inside commit together or not at all."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _column_names(definition: str) -> str:
+    return ", ".join(c.split()[0] for c in definition.split(", "))
+
+
+def _insert(conn: duckdb.DuckDBPyConnection, table: str, columns: str, rows: pd.DataFrame | pa.Table) -> None:
+    conn.register("incoming_rows", rows)
+    try:
+        conn.execute(f"INSERT INTO {table} SELECT {columns} FROM incoming_rows")
+    finally:
+        conn.unregister("incoming_rows")
+
+
 def replace_partitions(
     conn: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame | pa.Table, first: date, last: date
 ) -> int:
     """Replace partitions [first, last] of ``table`` with ``rows`` (which carry ``partition_date``)."""
-    columns = [c.split()[0] for c in PARTITIONED_TABLES[table].split(", ")]
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute(f"DELETE FROM {table} WHERE partition_date BETWEEN ? AND ?", [first, last])
-        conn.register("incoming_rows", rows)
-        conn.execute(f"INSERT INTO {table} SELECT {', '.join(columns)} FROM incoming_rows")
-        conn.unregister("incoming_rows")
-        conn.execute("COMMIT")
-    except Exception:
-        conn.execute("ROLLBACK")
-        raise
+        _insert(conn, table, _column_names(PARTITIONED_TABLES[table]), rows)
     return len(rows)
 
 
 def replace_table(conn: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame | pa.Table) -> int:
     """Replace the whole content of an unpartitioned catalog table, atomically."""
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute(f"DELETE FROM {table}")
-        conn.register("incoming_rows", rows)
-        columns = [c.split()[0] for c in CATALOG_TABLES[table].split(", ")]
-        conn.execute(f"INSERT INTO {table} SELECT {', '.join(columns)} FROM incoming_rows")
-        conn.unregister("incoming_rows")
-        conn.execute("COMMIT")
-    except Exception:
-        conn.execute("ROLLBACK")
-        raise
+        _insert(conn, table, _column_names(CATALOG_TABLES[table]), rows)
     return len(rows)
 
 
@@ -90,20 +100,13 @@ def write_pins(conn: duckdb.DuckDBPyConnection, accepted: pd.DataFrame, embeddin
             "quality": pa.array(accepted["quality"].to_numpy(), pa.float64()),
             "created_at": pa.array(pd.to_datetime(accepted["created_at"]).astype("datetime64[us]"), pa.timestamp("us")),
         }
-    )
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    ).sort_by("pin_id")
+    with transaction(conn):
         conn.execute(
             f"CREATE OR REPLACE TABLE pins (pin_id BIGINT NOT NULL, embedding FLOAT[{dim}] NOT NULL, "
             "quality DOUBLE NOT NULL, created_at TIMESTAMP)"
         )
-        conn.register("incoming_pins", table)
-        conn.execute("INSERT INTO pins SELECT pin_id, embedding, quality, created_at FROM incoming_pins ORDER BY pin_id")
-        conn.unregister("incoming_pins")
-        conn.execute("COMMIT")
-    except Exception:
-        conn.execute("ROLLBACK")
-        raise
+        _insert(conn, "pins", "pin_id, embedding, quality, created_at", table)
 
 
 def embedding_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
@@ -134,11 +137,6 @@ def replace_partition_from_query(
     conn: duckdb.DuckDBPyConnection, table: str, day: date, select_sql: str, params: list
 ) -> None:
     """Replace partition ``day`` of ``table`` with the rows of a SELECT, in one transaction."""
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute(f"DELETE FROM {table} WHERE partition_date = ?", [day])
         conn.execute(f"INSERT INTO {table} {select_sql}", params)
-        conn.execute("COMMIT")
-    except Exception:
-        conn.execute("ROLLBACK")
-        raise

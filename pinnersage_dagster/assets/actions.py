@@ -66,7 +66,8 @@ def raw_actions(context: dg.AssetExecutionContext, duckdb: DuckDBResource, sourc
             reasons[reason] = reasons.get(reason, 0) + count
         per_day.append(len(validated.accepted))
         users.update(validated.accepted["user_id"].unique().tolist())
-    assert read == accepted + quarantined  # the accounting identity: nothing is lost
+    if read != accepted + quarantined:  # the accounting identity: nothing is lost
+        raise RuntimeError(f"rows read {read} != accepted {accepted} + quarantined {quarantined}")
     return dg.MaterializeResult(
         metadata={
             "days": len(per_day),
