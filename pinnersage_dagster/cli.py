@@ -1,4 +1,4 @@
-"""Command line: ``pinnersage demo`` runs the whole graph for one day; ``pinnersage summary`` prints it."""
+"""Command line: the demo, summaries, alpha calibration, and the recommender (recommend, interests, serve)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from .core.hnsw import IndexIntegrityError, read_manifest
 from .reporting import distribution, frame_markdown
-from .resources import DEFAULT_DATABASE, DEFAULT_INDEX_ROOT
+from .resources import DEFAULT_DATABASE, DEFAULT_INDEX_ROOT, DEFAULT_SERVING_ROOT
 
 
 def latest_partition() -> date:
@@ -134,6 +134,51 @@ def calibrate_alpha(day: date, alphas: list[float], users: int, warehouse: bool)
     return f"{title}\n\n{frame_markdown(sweep, max_rows=len(sweep))}"
 
 
+def _service(serving_root: str | None, refresh: bool = True):
+    from .config import PinnerSageParams
+    from .serving.service import RecommenderService, ServiceSettings
+    from .serving.store import SnapshotManager
+
+    params = PinnerSageParams()
+    settings = ServiceSettings(
+        sampled_medoids=params.sampled_medoids,
+        retrieval_budget=params.retrieval_budget,
+        online_recent_actions=params.online_recent_actions,
+    )
+    root = serving_root or os.getenv("PINNERSAGE_SERVING_ROOT", DEFAULT_SERVING_ROOT)
+    service = RecommenderService(SnapshotManager(Path(root)), settings)
+    if refresh:
+        service.manager.refresh()
+        if service.manager.current is None:
+            sys.exit(f"no loadable serving snapshot under {root}: run `make demo` (or materialize serving_snapshot)")
+    return service
+
+
+def _user_report(args: argparse.Namespace) -> str:
+    import pandas as pd
+
+    service = _service(args.serving_root)
+    if args.command == "interests":
+        result = service.interests(args.user_id)
+        table = pd.DataFrame(result["interests"])
+        head = f"interests of user {args.user_id} (snapshot {result['snapshot']['partition']})"
+        return head + "\n" + (frame_markdown(table, max_rows=50) if len(table) else "(none: cold-start user)")
+    result = service.recommend(args.user_id, seed=args.seed)
+    sampled = ", ".join(f"{m['medoid_pin_id']} (cluster {m['cluster_id']})" for m in result["sampled"]) or "none"
+    head = (f"{len(result['items'])} recommendations for user {args.user_id} from {result['source']} "
+            f"(snapshot {result['snapshot']['partition']}); sampled medoids: {sampled}")
+    return head + "\n" + frame_markdown(pd.DataFrame(result["items"]), max_rows=args.limit)
+
+
+def serve(host: str, port: int, serving_root: str | None, refresh_seconds: float) -> None:
+    import uvicorn
+
+    from .serving.api import create_app
+
+    app = create_app(_service(serving_root, refresh=False), refresh_seconds=refresh_seconds)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pinnersage", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,7 +194,24 @@ def main(argv: list[str] | None = None) -> None:
     calibrate.add_argument(
         "--warehouse", action="store_true", help="sweep your own materialized action_windows partition instead"
     )
+    rec = sub.add_parser("recommend", help="recommendations for a user from the newest serving snapshot")
+    rec.add_argument("user_id", type=int)
+    rec.add_argument("--seed", type=int, default=None)
+    rec.add_argument("--limit", type=int, default=20, help="items to print (of up to 400)")
+    rec.add_argument("--serving-root", default=None)
+    intr = sub.add_parser("interests", help="a user's interests (medoid pins with importance)")
+    intr.add_argument("user_id", type=int)
+    intr.add_argument("--serving-root", default=None)
+    srv = sub.add_parser("serve", help="start the HTTP API (FastAPI + uvicorn)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--serving-root", default=None)
+    srv.add_argument("--refresh-seconds", type=float, default=30.0, help="how often to look for a newer snapshot")
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args.host, args.port, args.serving_root, args.refresh_seconds)
+    if args.command in ("recommend", "interests"):
+        return print(_user_report(args))
     day = args.date or latest_partition()
     if args.command == "demo":
         run_demo(day, args.window_days)

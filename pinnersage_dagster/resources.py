@@ -20,6 +20,7 @@ from .readers import partition_file, read_action_files, read_pin_files, syntheti
 
 DEFAULT_DATABASE = "data/pinnersage.duckdb"
 DEFAULT_INDEX_ROOT = "data/pin_index"
+DEFAULT_SERVING_ROOT = "data/serving"
 
 
 class DataSource(dg.ConfigurableResource):
@@ -108,6 +109,17 @@ class IndexStore(dg.ConfigurableResource):
         return path
 
 
+class ServingStore(dg.ConfigurableResource):
+    """The directory that holds one published serving snapshot per daily partition."""
+
+    root: str = DEFAULT_SERVING_ROOT
+
+    def partition_dir(self, partition: str) -> Path:
+        path = Path(self.root) / partition
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources for this deployment, chosen by environment variables (README, 'Configuration')."""
     if os.getenv("PINNERSAGE_SOURCE", "synthetic") == "files":
@@ -123,6 +135,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "duckdb": DuckDBResource(database=os.getenv("PINNERSAGE_DUCKDB_PATH", DEFAULT_DATABASE)),
         "index_store": IndexStore(root=os.getenv("PINNERSAGE_INDEX_ROOT", DEFAULT_INDEX_ROOT)),
+        "serving_store": ServingStore(root=os.getenv("PINNERSAGE_SERVING_ROOT", DEFAULT_SERVING_ROOT)),
         "source": source,
         "params": PinnerSageParams(),
     }

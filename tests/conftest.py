@@ -12,11 +12,11 @@ from dagster_duckdb import DuckDBResource
 from pinnersage_dagster.assets import all_assets
 from pinnersage_dagster.checks import all_checks
 from pinnersage_dagster.config import PinnerSageParams
-from pinnersage_dagster.resources import IndexStore, SyntheticSource
+from pinnersage_dagster.resources import IndexStore, ServingStore, SyntheticSource
 
 DAY = date(2026, 6, 10)
 WINDOW = 10
-PARTITIONED = ["action_windows", "user_clusters", "user_medoids", "pin_index"]
+PARTITIONED = ["action_windows", "user_clusters", "user_medoids", "pin_index", "serving_snapshot"]
 
 
 @dataclass
@@ -42,6 +42,7 @@ def make_resources(root: Path, **params) -> dict:
     return {
         "duckdb": DuckDBResource(database=str(root / "warehouse.duckdb")),
         "index_store": IndexStore(root=str(root / "pin_index")),
+        "serving_store": ServingStore(root=str(root / "serving")),
         "source": SyntheticSource(n_users=80, n_pins=3_000, seed=5),
         "params": PinnerSageParams(window_days=WINDOW, **params),
     }

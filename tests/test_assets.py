@@ -15,7 +15,7 @@ from pinnersage_dagster.resources import FileSource
 
 from .conftest import DAY, PARTITIONED, WINDOW, make_resources, materialize_day, materialize_history
 
-TABLES = ["raw_actions", "raw_actions_quarantine", *PARTITIONED[:-1], "pins", "candidate_pool", "candidate_pool_exclusions"]
+TABLES = ["raw_actions", "raw_actions_quarantine", *PARTITIONED[:3], "pins", "candidate_pool", "candidate_pool_exclusions"]
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
 
 

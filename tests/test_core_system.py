@@ -73,7 +73,7 @@ def test_index_publish_load_and_refusal(tmp_path):
     build.write_bytes(bytes(data))
     with pytest.raises(IndexIntegrityError, match="checksum"):
         load_index(tmp_path)
-    with pytest.raises(IndexIntegrityError, match="no published index"):
+    with pytest.raises(IndexIntegrityError, match="nothing published"):
         load_index(tmp_path / "missing")
 
 

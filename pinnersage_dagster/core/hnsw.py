@@ -1,38 +1,27 @@
 """The HNSW index artifact: build, publish atomically with a manifest, load and verify.
 
-Layout of one index partition directory::
-
-    <partition_dir>/manifest.json        # the published pointer, replaced atomically
-    <partition_dir>/builds/<build_id>/index.bin
-    <partition_dir>/builds/<build_id>/pin_ids.npy
-
-Labels inside hnswlib are row numbers 0..n-1; ``pin_ids.npy`` maps them to pin ids, so
-any int64 pin id (negative included) can be indexed. A reader only ever follows
-``manifest.json``, which is written last, so it never sees a half-written build.
+Labels inside hnswlib are row numbers 0..n-1; ``pin_ids.npy`` maps them to pin ids, so any
+int64 pin id (negative included) can be indexed. Publishing follows ``core.artifacts``:
+a reader only ever sees a complete, checksum-verified build.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
-import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import hnswlib
 import numpy as np
 
-MANIFEST = "manifest.json"
+from .artifacts import ArtifactIntegrityError, publish, sha256
+from .artifacts import read_manifest as read_artifact_manifest
+
 INDEX_FILE = "index.bin"
 IDS_FILE = "pin_ids.npy"
 SPACE = "ip"  # inner product on unit vectors = cosine; hnswlib distance is 1 - cosine
 
-
-class IndexIntegrityError(RuntimeError):
-    """A published index does not match its manifest."""
+IndexIntegrityError = ArtifactIntegrityError
 
 
 @dataclass(frozen=True)
@@ -50,8 +39,8 @@ class IndexManifest:
     built_at: str
     hnswlib_version: str
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def pin_ids_checksum(pin_ids: np.ndarray) -> str:
@@ -84,89 +73,56 @@ def publish_index(
     ef: int,
 ) -> IndexManifest:
     """Write the build aside, verify it loads, then swap the manifest in atomically."""
-    build_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    build_dir = partition_dir / "builds" / build_id
-    build_dir.mkdir(parents=True)
-    index.save_index(str(build_dir / INDEX_FILE))
-    np.save(build_dir / IDS_FILE, np.asarray(pin_ids, dtype=np.int64))
-    for name in (INDEX_FILE, IDS_FILE):
-        _fsync(build_dir / name)
-    manifest = IndexManifest(
-        source_partition=source_partition,
-        dimension=int(index.dim),
-        count=int(len(pin_ids)),
-        space=SPACE,
-        M=M,
-        ef_construction=ef_construction,
-        ef=ef,
-        build_id=build_id,
-        pin_ids_sha256=pin_ids_checksum(pin_ids),
-        files={name: _sha256(build_dir / name) for name in (INDEX_FILE, IDS_FILE)},
-        built_at=datetime.now(timezone.utc).isoformat(),
-        hnswlib_version=getattr(hnswlib, "__version__", "unknown"),
+
+    def write(build_dir: Path) -> dict:
+        index.save_index(str(build_dir / INDEX_FILE))
+        np.save(build_dir / IDS_FILE, np.asarray(pin_ids, dtype=np.int64))
+        return {
+            "source_partition": source_partition,
+            "dimension": int(index.dim),
+            "count": int(len(pin_ids)),
+            "space": SPACE,
+            "M": M,
+            "ef_construction": ef_construction,
+            "ef": ef,
+            "pin_ids_sha256": pin_ids_checksum(pin_ids),
+            "hnswlib_version": getattr(hnswlib, "__version__", "unknown"),
+        }
+
+    manifest = publish(
+        partition_dir, write, verify=lambda d, m: open_index_files(d / INDEX_FILE, d / IDS_FILE, IndexManifest(**m))
     )
-    _open_verified(build_dir, manifest)  # refuse to publish what cannot be read back
-    tmp = partition_dir / f".{MANIFEST}.{build_id}.tmp"
-    tmp.write_text(manifest.to_json())
-    _fsync(tmp)
-    os.replace(tmp, partition_dir / MANIFEST)
-    _remove_stale_builds(partition_dir, keep=build_id)
-    return manifest
+    return IndexManifest(**manifest)
 
 
 def read_manifest(partition_dir: Path) -> IndexManifest:
-    path = partition_dir / MANIFEST
     try:
-        return IndexManifest(**json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise IndexIntegrityError(f"no published index: {path} does not exist") from None
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise IndexIntegrityError(f"unreadable index manifest {path}: {exc}") from exc
+        return IndexManifest(**read_artifact_manifest(partition_dir))
+    except TypeError as exc:
+        raise IndexIntegrityError(f"unreadable index manifest in {partition_dir}: {exc}") from exc
 
 
 def load_index(partition_dir: Path) -> tuple[hnswlib.Index, np.ndarray, IndexManifest]:
     """Load the published index of a partition, verifying checksums against its manifest."""
     manifest = read_manifest(partition_dir)
-    index, pin_ids = _open_verified(partition_dir / "builds" / manifest.build_id, manifest)
-    index.set_ef(manifest.ef)
+    build_dir = partition_dir / "builds" / manifest.build_id
+    index, pin_ids = open_index_files(build_dir / INDEX_FILE, build_dir / IDS_FILE, manifest)
     return index, pin_ids, manifest
 
 
-def _open_verified(build_dir: Path, manifest: IndexManifest) -> tuple[hnswlib.Index, np.ndarray]:
-    for name, expected in manifest.files.items():
-        path = build_dir / name
-        if not path.exists():
+def open_index_files(index_path: Path, ids_path: Path, manifest: IndexManifest) -> tuple[hnswlib.Index, np.ndarray]:
+    """Verify an index file and its pin-id file against ``manifest`` and open them."""
+    for path, name in ((index_path, INDEX_FILE), (ids_path, IDS_FILE)):
+        if not path.is_file():
             raise IndexIntegrityError(f"{path} is missing")
-        if _sha256(path) != expected:
+        if sha256(path) != manifest.files[name]:
             raise IndexIntegrityError(f"{path} does not match the checksum in its manifest")
-    pin_ids = np.load(build_dir / IDS_FILE)
+    pin_ids = np.load(ids_path)
     if len(pin_ids) != manifest.count or pin_ids_checksum(pin_ids) != manifest.pin_ids_sha256:
-        raise IndexIntegrityError(f"{build_dir / IDS_FILE} does not hold the {manifest.count} pins of its manifest")
+        raise IndexIntegrityError(f"{ids_path} does not hold the {manifest.count} pins of its manifest")
     index = hnswlib.Index(space=manifest.space, dim=manifest.dimension)
-    index.load_index(str(build_dir / INDEX_FILE), max_elements=max(manifest.count, 1))
+    index.load_index(str(index_path), max_elements=max(manifest.count, 1))
     if index.get_current_count() != manifest.count:
-        raise IndexIntegrityError(
-            f"{build_dir / INDEX_FILE} holds {index.get_current_count()} items, manifest says {manifest.count}"
-        )
+        raise IndexIntegrityError(f"{index_path} holds {index.get_current_count()} items, manifest says {manifest.count}")
+    index.set_ef(manifest.ef)
     return index, pin_ids
-
-
-def _remove_stale_builds(partition_dir: Path, keep: str) -> None:
-    for build in (partition_dir / "builds").iterdir():
-        if build.name != keep:
-            shutil.rmtree(build, ignore_errors=True)
-    for tmp in partition_dir.glob(f".{MANIFEST}.*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())

@@ -1,0 +1,83 @@
+"""The serving snapshot of each day: what the recommendation service loads."""
+
+import dagster as dg
+import numpy as np
+from dagster_duckdb import DuckDBResource
+
+from ..config import PinnerSageParams
+from ..partitions import daily_partitions, partition_days
+from ..readers import day_bounds
+from ..resources import IndexStore, ServingStore
+from ..serving.snapshot import publish_snapshot
+from ..warehouse import embedding_matrix, query_arrow
+from .actions import action_windows
+from .candidates import candidate_pool
+from .clusters import user_clusters
+from .constants import DUCKDB_POOL, GROUP
+from .index import pin_index
+from .medoids import user_medoids
+
+MEMBERS_SQL = """
+    SELECT user_id, cluster_id, unnest(pin_ids) AS pin_id FROM user_clusters WHERE partition_date = ?
+"""
+SEEN_SQL = "SELECT DISTINCT user_id, pin_id FROM action_windows WHERE partition_date = ?"
+# cold start: the window's most acted-on pins that are in the pool as of that day
+POPULAR_SQL = """
+    SELECT w.pin_id FROM action_windows w JOIN candidate_pool c USING (pin_id)
+    WHERE w.partition_date = ? AND (c.created_at IS NULL OR c.created_at < ?)
+    GROUP BY w.pin_id ORDER BY count(*) DESC, w.pin_id LIMIT ?
+"""
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=daily_partitions,
+    deps=[user_medoids, user_clusters, action_windows, pin_index, candidate_pool],
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+    pool=DUCKDB_POOL,
+    kinds={"parquet"},
+)
+def serving_snapshot(
+    context: dg.AssetExecutionContext,
+    duckdb: DuckDBResource,
+    params: PinnerSageParams,
+    index_store: IndexStore,
+    serving_store: ServingStore,
+) -> dg.MaterializeResult:
+    """For day D: user_medoids of D paired with pin_index of D, plus what the online path needs
+    (cluster members and centroids, seen pins, popular pins, catalog embeddings), published
+    atomically with checksums. The recommendation service serves the newest one that loads."""
+    for day in partition_days(context):
+        _, end = day_bounds(day)
+        with duckdb.get_connection() as conn:
+            medoids = conn.execute("SELECT * EXCLUDE (partition_date) FROM user_medoids WHERE partition_date = ?", [day]).df()
+            members = conn.execute(MEMBERS_SQL, [day]).df()
+            seen = conn.execute(SEEN_SQL, [day]).df()
+            popular = conn.execute(POPULAR_SQL, [day, end, params.retrieval_budget]).df()["pin_id"].to_numpy()
+            catalog = query_arrow(conn, "SELECT pin_id, embedding FROM pins ORDER BY pin_id")
+        manifest = publish_snapshot(
+            serving_store.partition_dir(day.isoformat()),
+            partition=day.isoformat(),
+            batch_time=end,
+            medoids=medoids,
+            members=members,
+            seen=seen,
+            popular=popular,
+            catalog_ids=catalog.column("pin_id").to_numpy(),
+            catalog_embeddings=embedding_matrix(catalog),
+            index_dir=index_store.partition_dir(day.isoformat()),
+            alpha=params.alpha,
+            decay_lambda=params.decay_lambda,
+        )
+        context.log.info(f"{day}: snapshot {manifest['build_id']} for {manifest['users']} users")
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(serving_store.partition_dir(day.isoformat()) / "manifest.json")),
+            "build_id": manifest["build_id"],
+            "users": manifest["users"],
+            "dagster/row_count": manifest["clusters"],
+            "index_build_id": manifest["index"]["build_id"],
+            "popular_pins": int(len(popular)),
+            "catalog_pins": catalog.num_rows,
+        }
+    )

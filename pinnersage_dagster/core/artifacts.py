@@ -1,0 +1,118 @@
+"""Atomically published, checksummed file artifacts (the HNSW index, the serving snapshot).
+
+Layout of one artifact partition::
+
+    <partition_dir>/manifest.json           # the published pointer, replaced atomically
+    <partition_dir>/builds/<build_id>/...   # the files of one build, never modified once written
+
+A build is written aside, every file is fsynced and hashed, an optional verifier reads it
+back, and only then does ``os.replace`` swap the manifest in. A reader follows the manifest
+and checks the hashes, so it sees a complete build or refuses it, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+MANIFEST = "manifest.json"
+
+
+class ArtifactIntegrityError(RuntimeError):
+    """A published artifact is missing, unreadable, or does not match its manifest."""
+
+
+def publish(
+    partition_dir: Path,
+    write: Callable[[Path], dict[str, Any]],
+    verify: Callable[[Path, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Write a build with ``write(build_dir) -> manifest fields``, verify it, publish it."""
+    build_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    build_dir = partition_dir / "builds" / build_id
+    build_dir.mkdir(parents=True)
+    fields = write(build_dir)
+    files = {}
+    for path in sorted(build_dir.iterdir()):
+        fsync(path)
+        files[path.name] = sha256(path)
+    manifest = {
+        **fields,
+        "build_id": build_id,
+        "files": files,
+        "built_at": datetime.now(timezone.utc).isoformat(),
+    }
+    if verify is not None:
+        verify(build_dir, manifest)  # refuse to publish what cannot be read back
+    tmp = partition_dir / f".{MANIFEST}.{build_id}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    fsync(tmp)
+    os.replace(tmp, partition_dir / MANIFEST)
+    _remove_stale_builds(partition_dir, keep=build_id)
+    return manifest
+
+
+def read_manifest(partition_dir: Path) -> dict[str, Any]:
+    path = partition_dir / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactIntegrityError(f"nothing published: {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactIntegrityError(f"unreadable manifest {path}: {exc}") from exc
+
+
+def verified_build(partition_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The published build directory and its manifest, after checking every file's sha256."""
+    manifest = read_manifest(partition_dir)
+    try:
+        build_dir = partition_dir / "builds" / manifest["build_id"]
+        files = manifest["files"]
+    except KeyError as exc:
+        raise ArtifactIntegrityError(f"manifest in {partition_dir} lacks {exc}") from None
+    check_files(build_dir, files)
+    return build_dir, manifest
+
+
+def check_files(build_dir: Path, files: dict[str, str]) -> None:
+    for name, expected in files.items():
+        path = build_dir / name
+        if not path.is_file():
+            raise ArtifactIntegrityError(f"{path} is missing")
+        if sha256(path) != expected:
+            raise ArtifactIntegrityError(f"{path} does not match the checksum in its manifest")
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Share an immutable published file without copying it when the filesystem allows."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _remove_stale_builds(partition_dir: Path, keep: str) -> None:
+    for build in (partition_dir / "builds").iterdir():
+        if build.name != keep:
+            shutil.rmtree(build, ignore_errors=True)
+    for tmp in partition_dir.glob(f".{MANIFEST}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())

@@ -1,0 +1,231 @@
+"""The HTTP API (FastAPI): recommendations, interests, events, health, metrics.
+
+Limits: request bodies over ``max_body_bytes`` (1 MiB) get 413; an events batch holds at most
+1,000 events; ``budget`` is 1..retrieval_budget. Malformed input gets 422 with FastAPI's
+field-by-field detail; before any snapshot is published every data endpoint answers 503.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from pydantic import BaseModel, Field
+
+from .service import NoSnapshotError, RecommenderService
+
+INT64 = {"ge": -(2**63), "le": 2**63 - 1}
+MAX_EVENTS = 1_000
+
+
+class Event(BaseModel):
+    user_id: int = Field(**INT64)
+    pin_id: int = Field(**INT64)
+    action: Literal["repin", "click"]
+    ts: datetime = Field(description="ISO 8601; without a zone it is UTC")
+
+
+class EventBatch(BaseModel):
+    events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class SnapshotInfo(BaseModel):
+    partition: str
+    version: str
+    index_build: str
+
+
+class Item(BaseModel):
+    pin_id: int
+    score: float | None = Field(description="cosine to the medoid that produced it; null for cold start")
+    cluster_id: int | None
+    medoid_pin_id: int | None
+
+
+class SampledMedoid(BaseModel):
+    cluster_id: int
+    medoid_pin_id: int
+    importance: float
+    online_updated: bool
+
+
+class Recommendations(BaseModel):
+    user_id: int
+    source: Literal["pinnersage", "popular"] = Field(description="'popular' for users with no interests (cold start)")
+    snapshot: SnapshotInfo
+    per_medoid: int = Field(description="floor(budget / number of sampled medoids)")
+    sampled: list[SampledMedoid]
+    items: list[Item]
+
+
+class InterestOut(BaseModel):
+    cluster_id: int
+    medoid_pin_id: int
+    importance: float
+    size: int
+    kind: Literal["ward", "singleton", "online"]
+    online_updated: bool
+    online_actions: int
+
+
+class Interests(BaseModel):
+    user_id: int
+    snapshot: SnapshotInfo
+    interests: list[InterestOut]
+
+
+class Rejection(BaseModel):
+    index: int
+    reason: Literal["unknown_pin_id", "covered_by_batch", "ts_in_future", "duplicate_event", "invalid_action"]
+
+
+class EventsResult(BaseModel):
+    accepted: int
+    rejected: list[Rejection]
+    snapshot: SnapshotInfo
+
+
+class Health(BaseModel):
+    status: Literal["ok", "no_snapshot"]
+    snapshot: SnapshotInfo | None
+    refused_snapshots: list[dict[str, str]]
+    cache_entries: int
+    cache_hit_rate: float
+    online_users: int
+
+
+class Problem(BaseModel):
+    detail: Any
+
+
+class _ServiceCollector:
+    def __init__(self, service: RecommenderService) -> None:
+        self.service = service
+
+    def collect(self):
+        cache = self.service.cache
+        hit_rate = GaugeMetricFamily("pinnersage_medoid_cache_hit_rate", "Share of medoid ANN lookups served from cache")
+        hit_rate.add_metric([], cache.hit_rate)
+        entries = GaugeMetricFamily("pinnersage_medoid_cache_entries", "Medoids held in the cache")
+        entries.add_metric([], len(cache))
+        online = GaugeMetricFamily("pinnersage_online_users", "Users with same-day events held online")
+        online.add_metric([], self.service.events.users)
+        info = InfoMetricFamily("pinnersage_snapshot", "The serving snapshot")
+        snapshot = self.service.manager.current
+        if snapshot is not None:
+            info.add_metric([], {"partition": snapshot.partition, "version": snapshot.version})
+        yield from (hit_rate, entries, online, info)
+
+
+def create_app(service: RecommenderService, *, refresh_seconds: float | None = 30.0, max_body_bytes: int = 1 << 20) -> FastAPI:
+    registry = CollectorRegistry()
+    latency = Histogram(
+        "pinnersage_request_seconds", "Request latency by endpoint", ["endpoint"], registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    )
+    responses = Counter("pinnersage_responses", "Responses by endpoint and status", ["endpoint", "status"], registry=registry)
+    registry.register(_ServiceCollector(service))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        service.manager.refresh()
+        if refresh_seconds:
+            service.manager.start(refresh_seconds)
+        yield
+        service.manager.stop()
+
+    app = FastAPI(
+        title="PinnerSage recommendations",
+        version="1.0",
+        description="Multi-interest recommendations (PinnerSage, KDD 2020) served from the newest daily snapshot, "
+        "updated online with the day's events.",
+        lifespan=lifespan,
+    )
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            return JSONResponse({"detail": f"request body over {max_body_bytes} bytes"}, status_code=413)
+        if request.method in ("POST", "PUT", "PATCH") and length is None:
+            return JSONResponse({"detail": "Content-Length is required"}, status_code=411)
+        return await call_next(request)
+
+    def answer(endpoint: str, started: float, payload: Any, status: int = 200) -> JSONResponse:
+        latency.labels(endpoint).observe(time.perf_counter() - started)
+        responses.labels(endpoint, str(status)).inc()
+        return JSONResponse(payload, status_code=status)
+
+    def unavailable(endpoint: str, started: float, exc: Exception) -> JSONResponse:
+        return answer(endpoint, started, {"detail": str(exc)}, 503)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        responses.labels(request.url.path.split("/")[-1] or "root", "422").inc()
+        return JSONResponse({"detail": _jsonable(exc.errors())}, status_code=422)
+
+    errors = {503: {"model": Problem, "description": "No snapshot published yet"}, 422: {"model": Problem}}
+
+    @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=errors)
+    def recommendations(
+        user_id: int = Path(**INT64),
+        seed: int | None = Query(None, ge=0, le=2**63 - 1, description="fix the medoid sampling (tests, replays)"),
+        exclude_seen: bool = Query(True, description="leave out pins the user already acted on"),
+        budget: int | None = Query(None, ge=1, le=service.settings.retrieval_budget, description="at most this many items"),
+    ):
+        """Sample up to 3 medoids by importance, fetch floor(budget / e) neighbours each, merge."""
+        started = time.perf_counter()
+        try:
+            return answer("recommendations", started, service.recommend(user_id, seed=seed, exclude_seen=exclude_seen, budget=budget))
+        except NoSnapshotError as exc:
+            return unavailable("recommendations", started, exc)
+
+    @app.get("/v1/users/{user_id}/interests", response_model=Interests, responses=errors)
+    def interests(user_id: int = Path(**INT64)):
+        """The user's clusters: medoid pin, importance now, size, and whether today's events updated it."""
+        started = time.perf_counter()
+        try:
+            return answer("interests", started, service.interests(user_id))
+        except NoSnapshotError as exc:
+            return unavailable("interests", started, exc)
+
+    @app.post("/v1/events", response_model=EventsResult, responses={**errors, 413: {"model": Problem}})
+    def post_events(batch: EventBatch):
+        """Same-day actions. Each is accepted or rejected with a reason; accepted ones count at once."""
+        started = time.perf_counter()
+        try:
+            result = service.post_events([e.model_dump() for e in batch.events])
+        except NoSnapshotError as exc:
+            return unavailable("events", started, exc)
+        return answer("events", started, result)
+
+    @app.get("/health", response_model=Health)
+    def health():
+        snapshot = service.manager.current
+        return {
+            "status": "ok" if snapshot else "no_snapshot",
+            "snapshot": {"partition": snapshot.partition, "version": snapshot.version,
+                         "index_build": snapshot.index_manifest.build_id} if snapshot else None,
+            "refused_snapshots": [vars(r) for r in service.manager.refusals.values()],
+            "cache_entries": len(service.cache),
+            "cache_hit_rate": service.cache.hit_rate,
+            "online_users": service.events.users,
+        }
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics():
+        """Prometheus text format: latency histograms, responses, cache hit rate, snapshot version."""
+        return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _jsonable(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: (v if isinstance(v, (str, int, float, list, type(None))) else str(v)) for k, v in e.items()} for e in errors]

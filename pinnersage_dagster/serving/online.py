@@ -1,0 +1,157 @@
+"""Same-day online updates (paper, section 4.2, "lightweight online inference").
+
+The only online state is each user's most recent ``keep`` (20) events *after* the served
+batch (``ts >= batch_time``, the end of the snapshot's day). A user's interests are derived
+from the snapshot's clusters plus those events, every time they are asked for, so a newer
+snapshot supersedes the online state at once: events it already covers are dropped.
+
+The rule, per event in time order, for event pin x (unit embedding):
+
+1. if x is already a member of one of the user's clusters, that cluster gets the action;
+2. else, for each cluster c (n pins, centroid mu), the Ward cost of merging {x} into c is
+   ``d = 2 * n / (n + 1) * ||mu - x||^2`` (Eq. 1 on the paper's scale, as in Algorithm 1);
+   if the lowest cost is <= alpha, x joins that cluster (centroid and size are updated and
+   the medoid is recomputed as the member nearest the new centroid, Eq. 2);
+3. otherwise x starts a new cluster (``kind = 'online'``) whose medoid is x.
+
+Importance at time t (Eq. 3 with the new times): the batch importance decayed from
+``batch_time`` to t, plus ``exp(-lambda * age)`` for each online action in the cluster.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .snapshot import ServingSnapshot
+
+DAY = pd.Timedelta(days=1)
+
+
+@dataclass(frozen=True, order=True)
+class OnlineEvent:
+    ts: pd.Timestamp  # tz-naive UTC
+    user_id: int
+    pin_id: int
+    action: str
+
+
+@dataclass
+class Interest:
+    cluster_id: int
+    medoid_pin_id: int
+    importance: float
+    size: int
+    kind: str
+    online_updated: bool = False
+    online_actions: int = 0
+    centroid: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    members: list[int] = field(default_factory=list, repr=False)
+
+
+class OnlineEvents:
+    """Recent events per user, bounded per user (``keep``) and in users (LRU, ``max_users``)."""
+
+    def __init__(self, keep: int = 20, max_users: int = 1_000_000) -> None:
+        self.keep = keep
+        self.max_users = max_users
+        self._events: OrderedDict[int, deque[OnlineEvent]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, event: OnlineEvent) -> bool:
+        """Keep the event; False if the user already has this exact event."""
+        with self._lock:
+            events = self._events.setdefault(event.user_id, deque(maxlen=self.keep))
+            self._events.move_to_end(event.user_id)
+            if event in events:
+                return False
+            ordered = sorted([*events, event])  # late arrivals still keep the most recent `keep`
+            events.clear()
+            events.extend(ordered[-self.keep :])
+            while len(self._events) > self.max_users:
+                self._events.popitem(last=False)
+            return True
+
+    def for_user(self, user_id: int, after: pd.Timestamp) -> list[OnlineEvent]:
+        with self._lock:
+            return [e for e in self._events.get(user_id, ()) if e.ts >= after]
+
+    def prune(self, before: pd.Timestamp) -> int:
+        """Drop events a newer batch covers; returns how many were dropped."""
+        dropped = 0
+        with self._lock:
+            for user_id in list(self._events):
+                events = self._events[user_id]
+                kept = [e for e in events if e.ts >= before]
+                dropped += len(events) - len(kept)
+                if kept:
+                    events.clear()
+                    events.extend(kept)
+                else:
+                    del self._events[user_id]
+        return dropped
+
+    @property
+    def users(self) -> int:
+        return len(self._events)
+
+
+def user_interests(
+    snapshot: ServingSnapshot, user_id: int, events: list[OnlineEvent], now: pd.Timestamp
+) -> list[Interest]:
+    """The user's clusters from the snapshot, updated with today's events (rule above)."""
+    rows = snapshot.user_rows(user_id)
+    medoids = snapshot.medoids.iloc[rows]
+    decay = snapshot.decay_lambda
+    batch_decay = float(np.exp(-decay * max((now - snapshot.batch_time) / DAY, 0.0)))
+    members = snapshot.user_members(user_id)
+    member_lists = members.groupby("cluster_id")["pin_id"].apply(list).to_dict() if len(members) else {}
+    interests = [
+        Interest(
+            cluster_id=int(m.cluster_id),
+            medoid_pin_id=int(m.medoid_pin_id),
+            importance=float(m.importance) * batch_decay,
+            size=int(m.size),
+            kind=str(m.kind),
+            centroid=snapshot.centroids[rows.start + i].astype(np.float64),
+            members=list(member_lists.get(int(m.cluster_id), [])),
+        )
+        for i, m in enumerate(medoids.itertuples(index=False))
+    ]
+    for event in sorted(events):
+        x = snapshot.embeddings(np.array([event.pin_id]))[0].astype(np.float64)
+        weight = float(np.exp(-decay * max((now - event.ts) / DAY, 0.0)))
+        target = next((c for c in interests if event.pin_id in c.members), None)
+        if target is None:
+            target = _absorb(snapshot, interests, event.pin_id, x)
+        target.importance += weight
+        target.online_actions += 1
+        target.online_updated = True
+    return interests
+
+
+def _absorb(snapshot: ServingSnapshot, interests: list[Interest], pin_id: int, x: np.ndarray) -> Interest:
+    """Join the cluster of lowest Ward merge cost if it is within alpha, else start a new one."""
+    if interests:
+        costs = [2.0 * c.size / (c.size + 1) * float(np.sum((c.centroid - x) ** 2)) for c in interests]
+        best = int(np.argmin(costs))
+        if costs[best] <= snapshot.alpha:
+            c = interests[best]
+            c.centroid = (c.centroid * c.size + x) / (c.size + 1)
+            c.size += 1
+            c.members.append(pin_id)
+            member_x = snapshot.embeddings(np.array(c.members)).astype(np.float64)
+            spread = np.sum((member_x - c.centroid) ** 2, axis=1)
+            ties = np.flatnonzero(spread <= spread.min() * (1 + 1e-9) + 1e-15)
+            c.medoid_pin_id = int(min(np.array(c.members)[ties]))
+            return c
+    new_id = max((c.cluster_id for c in interests), default=-1) + 1
+    fresh = Interest(
+        cluster_id=new_id, medoid_pin_id=pin_id, importance=0.0, size=1, kind="online", centroid=x, members=[pin_id]
+    )
+    interests.append(fresh)
+    return fresh

@@ -1,0 +1,55 @@
+"""Retrieval (paper, section 4): sample medoids by importance, fetch floor(budget / e) neighbours each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Candidate:
+    pin_id: int
+    score: float  # cosine similarity to the medoid that produced it
+    cluster_id: int
+    medoid_pin_id: int
+
+
+def sample_medoids(importance: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of up to ``n`` clusters drawn without replacement, proportionally to importance.
+
+    Successive sampling: each draw picks among the clusters not yet drawn with probability
+    proportional to their importance (numpy's ``choice(replace=False, p=...)``).
+    """
+    importance = np.asarray(importance, dtype=np.float64)
+    if importance.size == 0 or n <= 0:
+        return np.empty(0, dtype=np.int64)
+    if np.any(~np.isfinite(importance)) or np.any(importance <= 0):
+        raise ValueError("importances must be finite and positive")
+    n = min(n, importance.size)
+    return rng.choice(importance.size, size=n, replace=False, p=importance / importance.sum())
+
+
+def per_medoid_budget(budget: int, sampled: int) -> int:
+    """The paper's floor(400 / e) neighbours per sampled embedding."""
+    return budget // sampled if sampled else 0
+
+
+def merge_candidates(
+    neighbours: list[tuple[int, int, np.ndarray, np.ndarray]], k: int, budget: int, exclude: np.ndarray
+) -> list[Candidate]:
+    """Merge per-medoid neighbour lists into one set of at most ``budget`` pins.
+
+    ``neighbours``: (cluster_id, medoid_pin_id, pin_ids, scores) per sampled medoid, each sorted
+    by score. Each medoid contributes its best ``k`` pins not in ``exclude``; a pin reached from
+    several medoids keeps its best score and the medoid that gave it. Result sorted by score.
+    """
+    best: dict[int, Candidate] = {}
+    for cluster_id, medoid_pin_id, pin_ids, scores in neighbours:
+        keep = ~np.isin(pin_ids, exclude) if exclude.size else np.ones(len(pin_ids), dtype=bool)
+        for pin_id, score in zip(pin_ids[keep][:k].tolist(), scores[keep][:k].tolist()):
+            current = best.get(pin_id)
+            if current is None or score > current.score:
+                best[pin_id] = Candidate(pin_id, score, cluster_id, medoid_pin_id)
+    ranked = sorted(best.values(), key=lambda c: (-c.score, c.pin_id))
+    return ranked[:budget]

@@ -1,0 +1,174 @@
+"""The recommender: interests and recommendations per user, and the online event intake."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .cache import MedoidCache, Neighbours
+from .online import OnlineEvent, OnlineEvents, user_interests
+from .retrieval import merge_candidates, per_medoid_budget, sample_medoids
+from .snapshot import ServingSnapshot
+from .store import SnapshotManager
+
+ACTIONS = ("repin", "click")
+
+
+class NoSnapshotError(RuntimeError):
+    """Nothing has been published yet (or nothing loadable)."""
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    sampled_medoids: int = 3
+    retrieval_budget: int = 400
+    online_recent_actions: int = 20
+    exclusion_margin: int = 64  # extra neighbours fetched per medoid so exclusion rarely shortens lists
+    cache_entries: int = 200_000
+    cold_start_size: int = 400
+    future_tolerance_seconds: float = 300.0
+
+
+def utc_now() -> pd.Timestamp:
+    return pd.Timestamp.now(tz="UTC").tz_localize(None)
+
+
+class RecommenderService:
+    def __init__(self, manager: SnapshotManager, settings: ServiceSettings | None = None) -> None:
+        self.settings = settings or ServiceSettings()
+        self.manager = manager
+        self.cache = MedoidCache(self.settings.cache_entries)
+        self.events = OnlineEvents(keep=self.settings.online_recent_actions)
+        previous = manager.on_swap
+
+        def on_swap(snapshot: ServingSnapshot) -> None:
+            self.events.prune(before=snapshot.batch_time)  # the new batch supersedes what it covers
+            if previous is not None:
+                previous(snapshot)
+
+        manager.on_swap = on_swap
+
+    def snapshot(self) -> ServingSnapshot:
+        snapshot = self.manager.current
+        if snapshot is None:
+            raise NoSnapshotError("no serving snapshot has been published yet: materialize serving_snapshot")
+        return snapshot
+
+    def interests(self, user_id: int, now: pd.Timestamp | None = None) -> dict[str, Any]:
+        snapshot = self.snapshot()
+        now = now or utc_now()
+        interests = user_interests(snapshot, user_id, self.events.for_user(user_id, snapshot.batch_time), now)
+        return {
+            "user_id": user_id,
+            "snapshot": _snapshot_info(snapshot),
+            "interests": [
+                {
+                    "cluster_id": c.cluster_id,
+                    "medoid_pin_id": c.medoid_pin_id,
+                    "importance": round(c.importance, 6),
+                    "size": c.size,
+                    "kind": c.kind,
+                    "online_updated": c.online_updated,
+                    "online_actions": c.online_actions,
+                }
+                for c in sorted(interests, key=lambda c: -c.importance)
+            ],
+        }
+
+    def recommend(
+        self,
+        user_id: int,
+        *,
+        seed: int | None = None,
+        exclude_seen: bool = True,
+        budget: int | None = None,
+        now: pd.Timestamp | None = None,
+    ) -> dict[str, Any]:
+        snapshot = self.snapshot()
+        now = now or utc_now()
+        budget = budget or self.settings.retrieval_budget
+        events = self.events.for_user(user_id, snapshot.batch_time)
+        interests = user_interests(snapshot, user_id, events, now)
+        seen = np.union1d(snapshot.seen(user_id), [e.pin_id for e in events]) if exclude_seen else np.empty(0, np.int64)
+        if not interests:
+            return self._cold_start(snapshot, user_id, budget, seen)
+        rng = np.random.default_rng(seed)
+        chosen = [interests[i] for i in sample_medoids([c.importance for c in interests], self.settings.sampled_medoids, rng)]
+        k = per_medoid_budget(budget, len(chosen))
+        depth = min(k + min(len(seen), self.settings.exclusion_margin), snapshot.index_manifest.count)
+        neighbours = []
+        for c in chosen:
+            pin_ids, scores = self.cache.get(
+                snapshot.version, c.medoid_pin_id, depth, lambda d, pin=c.medoid_pin_id: self._ann(snapshot, pin, d)
+            )
+            neighbours.append((c.cluster_id, c.medoid_pin_id, pin_ids, scores))
+        items = merge_candidates(neighbours, k, budget, seen)
+        return {
+            "user_id": user_id,
+            "source": "pinnersage",
+            "snapshot": _snapshot_info(snapshot),
+            "per_medoid": k,
+            "sampled": [
+                {"cluster_id": c.cluster_id, "medoid_pin_id": c.medoid_pin_id, "importance": round(c.importance, 6),
+                 "online_updated": c.online_updated}
+                for c in chosen
+            ],
+            "items": [
+                {"pin_id": i.pin_id, "score": round(i.score, 6), "cluster_id": i.cluster_id, "medoid_pin_id": i.medoid_pin_id}
+                for i in items
+            ],
+        }
+
+    def _ann(self, snapshot: ServingSnapshot, medoid_pin_id: int, depth: int) -> Neighbours:
+        if depth <= 0:
+            return np.empty(0, np.int64), np.empty(0)
+        query = snapshot.embeddings(np.array([medoid_pin_id]))
+        labels, distances = snapshot.index.knn_query(query, k=depth)
+        return snapshot.index_pin_ids[labels[0]], 1.0 - distances[0].astype(np.float64)
+
+    def _cold_start(self, snapshot: ServingSnapshot, user_id: int, budget: int, seen: np.ndarray) -> dict[str, Any]:
+        """Users with no interests get the window's most acted-on pool pins, most popular first."""
+        popular = snapshot.popular[~np.isin(snapshot.popular, seen)][:budget] if seen.size else snapshot.popular[:budget]
+        return {
+            "user_id": user_id,
+            "source": "popular",
+            "snapshot": _snapshot_info(snapshot),
+            "per_medoid": 0,
+            "sampled": [],
+            "items": [{"pin_id": int(p), "score": None, "cluster_id": None, "medoid_pin_id": None} for p in popular],
+        }
+
+    def post_events(self, events: list[dict[str, Any]], now: pd.Timestamp | None = None) -> dict[str, Any]:
+        """Validate and keep events; returns accepted count and each rejected event with its reason."""
+        snapshot = self.snapshot()
+        now = now or utc_now()
+        accepted, rejected = 0, []
+        for position, raw in enumerate(events):
+            event, reason = self._validate(snapshot, raw, now)
+            if event is not None and not self.events.add(event):
+                reason = "duplicate_event"
+            if reason:
+                rejected.append({"index": position, "reason": reason})
+            else:
+                accepted += 1
+        return {"accepted": accepted, "rejected": rejected, "snapshot": _snapshot_info(snapshot)}
+
+    def _validate(self, snapshot: ServingSnapshot, raw: dict[str, Any], now: pd.Timestamp) -> tuple[OnlineEvent | None, str]:
+        if raw["action"] not in ACTIONS:
+            return None, "invalid_action"
+        ts = pd.Timestamp(raw["ts"])
+        ts = ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
+        if snapshot.catalog_rows(np.array([raw["pin_id"]]))[0] < 0:
+            return None, "unknown_pin_id"
+        if ts < snapshot.batch_time:
+            return None, "covered_by_batch"
+        if ts > now + pd.Timedelta(seconds=self.settings.future_tolerance_seconds):
+            return None, "ts_in_future"
+        return OnlineEvent(ts=ts, user_id=int(raw["user_id"]), pin_id=int(raw["pin_id"]), action=raw["action"]), ""
+
+
+def _snapshot_info(snapshot: ServingSnapshot) -> dict[str, str]:
+    return {"partition": snapshot.partition, "version": snapshot.version, "index_build": snapshot.index_manifest.build_id}
