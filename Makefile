@@ -30,3 +30,7 @@ dev: setup
 
 clean:
 	rm -rf data/pinnersage.duckdb data/pinnersage.duckdb.wal data/pin_index $(DAGSTER_HOME)
+
+.PHONY: bench-serving
+bench-serving: setup
+	$(BIN)/python benchmarks/serving_load.py

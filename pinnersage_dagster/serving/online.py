@@ -105,23 +105,21 @@ def user_interests(
 ) -> list[Interest]:
     """The user's clusters from the snapshot, updated with today's events (rule above)."""
     rows = snapshot.user_rows(user_id)
-    medoids = snapshot.medoids.iloc[rows]
     decay = snapshot.decay_lambda
     batch_decay = float(np.exp(-decay * max((now - snapshot.batch_time) / DAY, 0.0)))
-    members = snapshot.user_members(user_id)
-    member_lists = members.groupby("cluster_id")["pin_id"].apply(list).to_dict() if len(members) else {}
+    columns = {name: values[rows].tolist() for name, values in snapshot.medoid_columns.items()}
     interests = [
-        Interest(
-            cluster_id=int(m.cluster_id),
-            medoid_pin_id=int(m.medoid_pin_id),
-            importance=float(m.importance) * batch_decay,
-            size=int(m.size),
-            kind=str(m.kind),
-            centroid=snapshot.centroids[rows.start + i].astype(np.float64),
-            members=list(member_lists.get(int(m.cluster_id), [])),
+        Interest(cluster_id=c, medoid_pin_id=m, importance=i * batch_decay, size=n, kind=k)
+        for c, m, i, n, k in zip(
+            columns["cluster_id"], columns["medoid_pin_id"], columns["importance"], columns["size"], columns["kind"]
         )
-        for i, m in enumerate(medoids.itertuples(index=False))
     ]
+    if not events:
+        return interests  # the common case: no online state, nothing more to derive
+    member_clusters, member_pins = snapshot.user_members(user_id)
+    for offset, interest in enumerate(interests):
+        interest.centroid = snapshot.centroids[rows.start + offset].astype(np.float64)
+        interest.members = member_pins[member_clusters == interest.cluster_id].tolist()
     for event in sorted(events):
         x = snapshot.embeddings(np.array([event.pin_id]))[0].astype(np.float64)
         weight = float(np.exp(-decay * max((now - event.ts) / DAY, 0.0)))

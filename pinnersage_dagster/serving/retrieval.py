@@ -44,12 +44,27 @@ def merge_candidates(
     by score. Each medoid contributes its best ``k`` pins not in ``exclude``; a pin reached from
     several medoids keeps its best score and the medoid that gave it. Result sorted by score.
     """
-    best: dict[int, Candidate] = {}
+    pins, scores, clusters, medoids = merge_arrays(neighbours, k, budget, exclude)
+    return [Candidate(*row) for row in zip(pins.tolist(), scores.tolist(), clusters.tolist(), medoids.tolist())]
+
+
+def merge_arrays(
+    neighbours: list[tuple[int, int, np.ndarray, np.ndarray]], k: int, budget: int, exclude: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``merge_candidates`` as parallel arrays (pin_id, score, cluster_id, medoid_pin_id), vectorized."""
+    parts = []
     for cluster_id, medoid_pin_id, pin_ids, scores in neighbours:
-        keep = ~np.isin(pin_ids, exclude) if exclude.size else np.ones(len(pin_ids), dtype=bool)
-        for pin_id, score in zip(pin_ids[keep][:k].tolist(), scores[keep][:k].tolist()):
-            current = best.get(pin_id)
-            if current is None or score > current.score:
-                best[pin_id] = Candidate(pin_id, score, cluster_id, medoid_pin_id)
-    ranked = sorted(best.values(), key=lambda c: (-c.score, c.pin_id))
-    return ranked[:budget]
+        if exclude.size:
+            keep = ~np.isin(pin_ids, exclude)
+            pin_ids, scores = pin_ids[keep], scores[keep]
+        pin_ids, scores = pin_ids[:k], scores[:k]
+        parts.append((pin_ids, scores, np.full(len(pin_ids), cluster_id), np.full(len(pin_ids), medoid_pin_id)))
+    if not parts:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, np.empty(0), empty, empty
+    pins, scores, clusters, medoids = (np.concatenate(column) for column in zip(*parts))
+    order = np.lexsort((pins, -scores))  # best score first, then lowest pin id
+    pins, scores, clusters, medoids = pins[order], scores[order], clusters[order], medoids[order]
+    _, first = np.unique(pins, return_index=True)  # first occurrence = the best score of that pin
+    first = np.sort(first)[:budget]
+    return pins[first], scores[first], clusters[first], medoids[first]

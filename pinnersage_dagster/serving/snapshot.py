@@ -119,15 +119,27 @@ class ServingSnapshot:
     _member_users: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        # plain arrays: the request path never touches pandas
         self._medoid_users = self.medoids["user_id"].to_numpy()
+        self.medoid_columns = {
+            "cluster_id": self.medoids["cluster_id"].to_numpy(),
+            "medoid_pin_id": self.medoids["medoid_pin_id"].to_numpy(),
+            "importance": self.medoids["importance"].to_numpy(),
+            "size": self.medoids["size"].to_numpy(),
+            "kind": self.medoids["kind"].to_numpy(dtype=object),
+        }
         self._member_users = self.members["user_id"].to_numpy()
+        self._member_clusters = self.members["cluster_id"].to_numpy()
+        self._member_pins = self.members["pin_id"].to_numpy()
 
     def user_rows(self, user_id: int) -> slice:
         """Rows of ``medoids``/``centroids`` that belong to ``user_id`` (empty if none)."""
         return _block(self._medoid_users, user_id)
 
-    def user_members(self, user_id: int) -> pd.DataFrame:
-        return self.members.iloc[_block(self._member_users, user_id)]
+    def user_members(self, user_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(cluster_id, pin_id) of every member of the user's clusters."""
+        block = _block(self._member_users, user_id)
+        return self._member_clusters[block], self._member_pins[block]
 
     def seen(self, user_id: int) -> np.ndarray:
         return self.seen_pin[_block(self.seen_user, user_id)]

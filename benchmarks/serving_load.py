@@ -1,0 +1,206 @@
+"""Load benchmark of the recommendation service on loopback.
+
+1. Builds (once, cached under benchmarks/.cache/) a serving snapshot of ``--pins`` synthetic
+   pins (default 300,000, all indexed, HNSW M=32 ef_construction=200 ef=200) and the
+   PinnerSage medoids of ``--users`` users from a 90-day synthetic window.
+2. Starts the real server (``pinnersage serve``, uvicorn, one process) on 127.0.0.1.
+3. From a separate process (``benchmarks/loadgen.py``), with a bounded, self-stopping load:
+   - baseline: GET /health, the framework's floor on this machine, in the same run;
+   - cold: every user's recommendations once, in random order, on an empty medoid cache;
+   - warm: the same users again (the cache now holds their medoids).
+4. Writes ``benchmarks/results/serving.md`` and ``serving.json``.
+
+Run: ``make bench-serving`` (or ``.venv/bin/python benchmarks/serving_load.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pinnersage_dagster.core.clustering import cluster_users, summarize_clusters  # noqa: E402
+from pinnersage_dagster.core.hnsw import build_index, publish_index  # noqa: E402
+from pinnersage_dagster.core.synthetic import (  # noqa: E402
+    UNKNOWN_PIN_ID,
+    SyntheticWorld,
+    generate_day_actions,
+    generate_pins,
+)
+from pinnersage_dagster.serving.snapshot import publish_snapshot  # noqa: E402
+
+DAY = date(2026, 6, 30)
+PARTITION = DAY.isoformat()
+
+
+def build_snapshot(root: Path, n_pins: int, n_users: int, seed: int) -> dict:
+    """The snapshot of one synthetic day: what `serving_snapshot` publishes, without the warehouse."""
+    world = SyntheticWorld(n_pins=n_pins, n_users=n_users, seed=seed, dirty_share=0.0)
+    pins = generate_pins(world)
+    actions = pd.concat([generate_day_actions(world, DAY - timedelta(days=i)) for i in range(90)], ignore_index=True)
+    actions = actions[actions.pin_id != UNKNOWN_PIN_ID].drop_duplicates()
+    actions = actions.sort_values(["user_id", "ts"], ascending=[True, False]).groupby("user_id").head(1000)
+    distinct = actions[["user_id", "pin_id"]].drop_duplicates().sort_values(["user_id", "pin_id"])
+    order = np.argsort(pins.pin_id)
+    ids, x = pins.pin_id[order], pins.embedding[order]
+    rows = np.searchsorted(ids, distinct.pin_id.to_numpy())
+    members = cluster_users(distinct.user_id.to_numpy(), distinct.pin_id.to_numpy(), x[rows], alpha=1.3)
+    members = members.sort_values(["user_id", "cluster_id", "pin_id"]).reset_index(drop=True)
+    medoids = summarize_clusters(
+        members, x[np.searchsorted(ids, members.pin_id.to_numpy())], actions, now=pd.Timestamp(DAY + timedelta(days=1)),
+        decay_lambda=0.01,
+    )
+    started = time.perf_counter()
+    index_dir = root / "pin_index" / PARTITION
+    index_dir.mkdir(parents=True, exist_ok=True)
+    publish_index(index_dir, build_index(x, M=32, ef_construction=200, ef=200), ids,
+                  source_partition=PARTITION, M=32, ef_construction=200, ef=200)
+    index_seconds = time.perf_counter() - started
+    popular = actions.pin_id.value_counts().index.to_numpy()[:400]
+    publish_snapshot(
+        root / "serving" / PARTITION, partition=PARTITION, batch_time=pd.Timestamp(DAY + timedelta(days=1)),
+        medoids=medoids, members=members, seen=distinct, popular=popular, catalog_ids=ids, catalog_embeddings=x,
+        index_dir=index_dir, alpha=1.3, decay_lambda=0.01,
+    )
+    return {"pins": n_pins, "users": int(medoids.user_id.nunique()), "clusters": len(medoids),
+            "index_build_seconds": round(index_seconds, 1)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, timeout: float = 300.0) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                health = json.loads(response.read())
+                if health["status"] == "ok":
+                    return health
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("server did not become ready")
+
+
+def load(port: int, users: list[int], connections: int, max_seconds: float, path: str | None = None) -> dict:
+    users_file = ROOT / "benchmarks" / ".cache" / "users.txt"
+    users_file.write_text("\n".join(map(str, users)))
+    command = [sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), "--port", str(port), "--users-file",
+               str(users_file), "--connections", str(connections), "--max-seconds", str(max_seconds)]
+    if path:
+        command += ["--path", path]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=max_seconds + 60, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measured(port: int, users: list[int], args: argparse.Namespace) -> dict:
+    """One load phase with the medoid-cache hit rate measured over that phase only."""
+    before = health(port)
+    result = load(port, users, args.connections, args.max_seconds)
+    after = health(port)
+    hits, misses = after["cache_hits"] - before["cache_hits"], after["cache_misses"] - before["cache_misses"]
+    result["cache_hit_rate"] = round(hits / (hits + misses), 3) if hits + misses else None
+    return result
+
+
+def health(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pins", type=int, default=300_000)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--requests", type=int, default=20_000, help="requests per phase (users asked)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--max-seconds", type=float, default=90.0, help="each phase stops by itself after this")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--warmup-passes", type=int, default=3, help="unmeasured passes between cold and warm")
+    args = parser.parse_args()
+
+    cache = ROOT / "benchmarks" / ".cache" / f"serving-{args.pins}-{args.users}-{args.seed}"
+    built = cache / "built.json"
+    if not built.exists():
+        print(f"building a {args.pins:,}-pin snapshot (once; cached in {cache.relative_to(ROOT)})", flush=True)
+        built.parent.mkdir(parents=True, exist_ok=True)
+        built.write_text(json.dumps(build_snapshot(cache, args.pins, args.users, args.seed)))
+    info = json.loads(built.read_text())
+
+    port = free_port()
+    env = {**os.environ, "PINNERSAGE_SERVING_ROOT": str(cache / "serving")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pinnersage_dagster.cli", "serve", "--port", str(port), "--refresh-seconds", "3600"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_ready(port)
+        rng = np.random.default_rng(args.seed)
+        users = rng.permutation(np.arange(1, args.users + 1))[: args.requests].tolist()
+        phases = {"baseline: GET /health": load(port, users, args.connections, args.max_seconds, "/health")}
+        # cold: first sight of every user, on an empty cache; warm-up: the same users until every medoid
+        # they can sample has been fetched once; warm: the same users again, measured
+        phases["cold cache"] = measured(port, users, args)
+        for _ in range(args.warmup_passes):
+            load(port, rng.permutation(users).tolist(), args.connections, args.max_seconds)
+        phases["warm cache"] = measured(port, rng.permutation(users).tolist(), args)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    report(info, phases, args)
+
+
+def report(info: dict, phases: dict, args: argparse.Namespace) -> None:
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    command = (f"make bench-serving  # = .venv/bin/python benchmarks/serving_load.py --pins {args.pins} "
+               f"--users {args.users} --requests {args.requests} --connections {args.connections}")
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    (out / "serving.json").write_text(json.dumps({"snapshot": info, "phases": phases, "command": command,
+                                                  "machine": machine}, indent=2))
+    baseline = phases["baseline: GET /health"]["requests_per_second"]
+    lines = [
+        "# Recommendation service under load",
+        "",
+        f"Reproduce: `{command}`",
+        "",
+        f"Machine: {machine}; server and load generator share it (one uvicorn process, one load process).",
+        f"Snapshot: {info['pins']:,} pins in the HNSW index (M=32, ef=200), {info['users']:,} users, "
+        f"{info['clusters']:,} clusters (built in {info['index_build_seconds']} s).",
+        "Each request: sample up to 3 medoids by importance, floor(400/e) neighbours each, exclude seen pins, "
+        "merge, JSON with up to 400 items.",
+        "",
+        "| phase | requests | errors | req/s | p50 ms | p90 ms | p99 ms | ratio to baseline req/s | cache hit rate in phase |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, p in phases.items():
+        lines.append(
+            f"| {name} | {p['requests']} | {p['errors']} | {p['requests_per_second']} | {p['p50_ms']} | {p['p90_ms']} | "
+            f"{p['p99_ms']} | {p['requests_per_second'] / baseline:.2f} | {p.get('cache_hit_rate', '')} |"
+        )
+    lines += ["", f"Connections: {args.connections}; each phase stops after {args.requests} requests or "
+              f"{args.max_seconds:.0f} s, whichever comes first."]
+    (out / "serving.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
