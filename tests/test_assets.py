@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 
 from pinnersage_dagster.assets import all_assets
@@ -143,3 +144,24 @@ def test_a_file_that_cannot_be_read_fails_the_run_naming_it(tmp_path):
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "missing.parquet: no such file" in failure.event_specific_data.error.to_string()
+
+
+def test_serving_snapshot_pairs_the_days_medoids_with_the_days_index(graph):
+    from pinnersage_dagster.serving.service import RecommenderService
+    from pinnersage_dagster.serving.snapshot import load_snapshot
+    from pinnersage_dagster.serving.store import SnapshotManager
+
+    serving = Path(graph.resources["serving_store"].root)
+    snapshot = load_snapshot(serving / DAY.isoformat())
+    index_manifest = read_manifest(Path(graph.resources["index_store"].root) / DAY.isoformat())
+    assert snapshot.index_manifest.build_id == index_manifest.build_id
+    assert snapshot.partition == DAY.isoformat() and snapshot.batch_time == pd.Timestamp(DAY + timedelta(days=1))
+    with graph.connect(read_only=True) as conn:
+        users, clusters = conn.execute("SELECT count(DISTINCT user_id), count(*) FROM user_medoids").fetchone()
+        one_user = conn.execute("SELECT min(user_id) FROM user_medoids").fetchone()[0]
+    assert snapshot.medoids.user_id.nunique() == users and len(snapshot.medoids) == clusters
+    service = RecommenderService(SnapshotManager(serving))
+    service.manager.refresh()
+    result = service.recommend(one_user, seed=0, now=pd.Timestamp(DAY + timedelta(days=1, hours=3)))
+    assert result["source"] == "pinnersage" and result["items"]
+    assert not set(snapshot.seen(one_user).tolist()) & {i["pin_id"] for i in result["items"]}
