@@ -93,6 +93,13 @@ def summary(day: date, database: str | None = None, index_root: str | None = Non
         index_line = f"{manifest.count} pins, d={manifest.dimension}, M={manifest.M}, ef={manifest.ef}, build {manifest.build_id}"
     except IndexIntegrityError as exc:
         index_line = f"not available ({exc})"
+    try:
+        from .core.artifacts import read_manifest as read_artifact
+
+        serving = read_artifact(Path(os.getenv("PINNERSAGE_SERVING_ROOT", DEFAULT_SERVING_ROOT)) / day.isoformat())
+        serving_line = f"{serving['users']} users, {serving['clusters']} interests, build {serving['build_id']} (pinnersage serve)"
+    except IndexIntegrityError as exc:
+        serving_line = f"not available ({exc})"
     d = distribution(per_user)
     counts = np.bincount(np.minimum(per_user, 11).astype(int), minlength=12)[1:] if per_user.size else np.zeros(11, int)
     buckets = ", ".join(f"{k}:{c}" for k, c in zip([*map(str, range(1, 11)), "11+"], counts))
@@ -105,6 +112,7 @@ def summary(day: date, database: str | None = None, index_root: str | None = Non
             f"  clusters per user (count: users): {buckets}",
             f"  catalog pins: {catalog}   candidate pool: {pool}",
             f"  pin index: {index_line}",
+            f"  serving snapshot: {serving_line}",
             f"  interests of user {user} (medoid pins by importance):",
             frame_markdown(interests, max_rows=15),
         ]
