@@ -34,3 +34,9 @@ clean:
 .PHONY: bench-serving
 bench-serving: setup
 	$(BIN)/python benchmarks/serving_load.py
+
+# the committed report in docs/evaluation is for this split day (synthetic data, deterministic seed)
+SPLIT_DAY ?= 2026-11-14
+.PHONY: evaluate
+evaluate: setup
+	$(BIN)/pinnersage evaluate --split-day $(SPLIT_DAY) --output docs/evaluation

@@ -23,13 +23,25 @@ def latest_partition() -> date:
     return datetime.now(timezone.utc).date() - timedelta(days=1)
 
 
+def _instance():
+    """The persistent Dagster instance: $DAGSTER_HOME, else the project's .dagster_home (make setup)."""
+    import dagster as dg
+
+    if not os.getenv("DAGSTER_HOME"):
+        home = Path.cwd() / ".dagster_home"
+        if not (home / "dagster.yaml").exists():
+            sys.exit("DAGSTER_HOME is not set and ./.dagster_home does not exist: run `make setup` first")
+        os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
 def run_demo(day: date, window_days: int) -> None:
     import dagster as dg
 
     from .definitions import defs
 
     warnings.filterwarnings("ignore")
-    instance = dg.DagsterInstance.get()  # persistent: $DAGSTER_HOME, so the UI shows these runs
+    instance = _instance()  # persistent, so the UI shows these runs
     first = day - timedelta(days=window_days - 1)
     # the full run log goes to the instance (see it in the UI); the terminal shows warnings only
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -142,6 +154,51 @@ def calibrate_alpha(day: date, alphas: list[float], users: int, warehouse: bool)
     return f"{title}\n\n{frame_markdown(sweep, max_rows=len(sweep))}"
 
 
+def run_evaluation(split_day: date, seeds: int, max_users: int, output: str | None) -> None:
+    """Materialize what a split needs (history, the day-before graph), then offline_evaluation."""
+    import shutil
+
+    import dagster as dg
+
+    from .assets.evaluation import HORIZON_DAYS, REPORT_ROOT
+    from .definitions import defs
+
+    warnings.filterwarnings("ignore")
+    instance = _instance()
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    before = split_day - timedelta(days=1)
+    first, last = before - timedelta(days=89), split_day + timedelta(days=HORIZON_DAYS - 1)
+    if last >= datetime.now(timezone.utc).date():
+        sys.exit(f"the test window ends {last}: pick a split day at least {HORIZON_DAYS} days before today")
+    steps = [
+        (f"actions {first} .. {last} in one range run", dict(
+            selection=dg.AssetSelection.assets("pins", "raw_actions"),
+            tags={"dagster/asset_partition_range_start": first.isoformat(),
+                  "dagster/asset_partition_range_end": last.isoformat()})),
+        (f"the daily graph for {before}", dict(
+            selection=dg.AssetSelection.groups("pinnersage") - dg.AssetSelection.assets("pins", "raw_actions"),
+            partition_key=before.isoformat())),
+        (f"offline_evaluation for split day {split_day} ({seeds} seeds, <= {max_users} users)", dict(
+            selection=dg.AssetSelection.assets("offline_evaluation"), partition_key=split_day.isoformat(),
+            run_config={**quiet, "ops": {"offline_evaluation": {"config": {"seeds": seeds, "max_users": max_users}}}})),
+    ]
+    for number, (label, kwargs) in enumerate(steps, 1):
+        print(f"[{number}/{len(steps)}] {label}", flush=True)
+        kwargs.setdefault("run_config", quiet)
+        result = dg.materialize([*defs.assets], resources=defs.resources, instance=instance, raise_on_error=False, **kwargs)
+        if not result.success:
+            sys.exit(f"step {number} failed; see the run in the Dagster UI (make dev)")
+    report_dir = Path(REPORT_ROOT) / split_day.isoformat()
+    print(f"report: {report_dir / 'report.md'}")
+    if output:
+        target = Path(output)
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(report_dir / "report.md", target / "offline-evaluation.md")
+        shutil.copy(report_dir / "curve.png", target / "curve.png")
+        print(f"copied to {target / 'offline-evaluation.md'}")
+    print((report_dir / "report.md").read_text())
+
+
 def _service(serving_root: str | None, refresh: bool = True):
     from .config import PinnerSageParams
     from .serving.service import RecommenderService, ServiceSettings
@@ -215,7 +272,14 @@ def main(argv: list[str] | None = None) -> None:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--serving-root", default=None)
     srv.add_argument("--refresh-seconds", type=float, default=30.0, help="how often to look for a newer snapshot")
+    ev = sub.add_parser("evaluate", help="offline evaluation (Tables 4-5, Figure 7) for a split day")
+    ev.add_argument("--split-day", type=date.fromisoformat, default=None, help="default: 8 days ago")
+    ev.add_argument("--seeds", type=int, default=5)
+    ev.add_argument("--max-users", type=int, default=1000)
+    ev.add_argument("--output", default=None, help="also copy report.md and curve.png here (e.g. docs/evaluation)")
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        return run_evaluation(args.split_day or latest_partition() - timedelta(days=7), args.seeds, args.max_users, args.output)
     if args.command == "serve":
         return serve(args.host, args.port, args.serving_root, args.refresh_seconds)
     if args.command in ("recommend", "interests"):

@@ -165,3 +165,20 @@ def test_serving_snapshot_pairs_the_days_medoids_with_the_days_index(graph):
     result = service.recommend(one_user, seed=0, now=pd.Timestamp(DAY + timedelta(days=1, hours=3)))
     assert result["source"] == "pinnersage" and result["items"]
     assert not set(snapshot.seen(one_user).tolist()) & {i["pin_id"] for i in result["items"]}
+
+
+@pytest.mark.slow
+def test_offline_evaluation_asset_writes_its_report(graph_copy, tmp_path):
+    split = DAY + timedelta(days=1)
+    resources = graph_copy.resources
+    assert dg.materialize(all_assets, selection=["raw_actions"], resources=resources,
+                          tags={"dagster/asset_partition_range_start": split.isoformat(),
+                                "dagster/asset_partition_range_end": (split + timedelta(days=6)).isoformat()}).success
+    config = {"seeds": 1, "max_users": 40, "min_train_actions": 3, "report_root": str(tmp_path / "reports")}
+    result = dg.materialize(all_assets, selection=["offline_evaluation"], resources=resources,
+                            partition_key=split.isoformat(), run_config={"ops": {"offline_evaluation": {"config": config}}})
+    meta = metadata_of(result, "offline_evaluation")
+    assert meta["users"] > 10 and "Table 4" in meta["report"] and "data:image/png;base64," in meta["report"]
+    report = tmp_path / "reports" / split.isoformat()
+    assert (report / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| PinnerSage (Ward, medoid, λ=0.01) |" in (report / "report.md").read_text()

@@ -11,5 +11,9 @@ from .clusters import user_clusters
 from .index import pin_index
 from .medoids import user_medoids
 from .serving import serving_snapshot
+from .evaluation import offline_evaluation
 
-all_assets = [pins, candidate_pool, pin_index, raw_actions, action_windows, user_clusters, user_medoids, serving_snapshot]
+all_assets = [
+    pins, candidate_pool, pin_index, raw_actions, action_windows, user_clusters, user_medoids, serving_snapshot,
+    offline_evaluation,
+]

@@ -1,0 +1,291 @@
+"""Offline evaluation (paper, section 5.3): retrieval, ranking and diversity of user embeddings.
+
+Protocol. For a split day d, each user's history is the product's ``action_windows``
+partition of d-1 (the 90 days before d, capped); the test set is the distinct pins the user
+acted on in [d, d + horizon). A user is evaluated if they have at least one test pin and at
+least ``min_train_actions`` history actions. Pin embeddings are fixed.
+
+Choices the paper leaves open, made here:
+- metrics are averaged per user, then over users (each user weighs the same);
+- test pins are all distinct test-action pins, repeats of history pins included, and
+  recommendation sets are not filtered by history (the paper filters neither);
+- retrieval uses the product's HNSW index of day d-1 (the candidate pool), so test pins that
+  are not in the pool (low quality, duplicates) can be relevant but never recalled;
+- ranking: each test pin against 20 random catalog pins per test pin (no impression log in
+  the data contract), scored by the maximum cosine to the user's (sampled) embeddings; ties
+  rank the action *after* the impressions (pessimistic);
+- T_now for decay and importance is the start of day d;
+- models that sample (PinnerSage with importance sampling, K-means initialisation) run once
+  per seed; tables give the mean and the standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.cluster.vq import kmeans2
+
+from .clustering import cluster_users, summarize_clusters
+from .metrics import adjusted_rand_index, purity
+
+BUDGET = 400
+IMPRESSIONS_PER_ACTION = 20
+
+
+# ---------------------------------------------------------------- metrics (per user)
+
+
+def relevance(test_x: np.ndarray, rec_x: np.ndarray, threshold: float) -> float:
+    """Share of test pins with cosine >= threshold to some recommended pin."""
+    if len(test_x) == 0:
+        return float("nan")
+    if len(rec_x) == 0:
+        return 0.0
+    return float(np.mean((test_x @ rec_x.T).max(axis=1) >= threshold))
+
+
+def recall(test_pins: np.ndarray, rec_pins: np.ndarray) -> float:
+    """Share of test pins found in the recommendation set."""
+    if len(test_pins) == 0:
+        return float("nan")
+    return float(np.mean(np.isin(test_pins, rec_pins)))
+
+
+def diversity(rec_x: np.ndarray) -> float:
+    """Mean pairwise cosine distance within a set of unit vectors, in O(n d):
+    sum_{i != j} <x_i, x_j> = ||sum x||^2 - n."""
+    n = len(rec_x)
+    if n < 2:
+        return 0.0
+    total = rec_x.astype(np.float64).sum(axis=0)
+    mean_cos = (float(total @ total) - n) / (n * (n - 1))
+    return 1.0 - mean_cos
+
+
+def ranking_metrics(action_scores: np.ndarray, impression_scores: np.ndarray) -> tuple[float, float]:
+    """R-precision (share of actions in the top k, k = number of actions) and the mean
+    reciprocal rank of the actions. Ties rank actions after impressions."""
+    k = len(action_scores)
+    if k == 0:
+        return float("nan"), float("nan")
+    scores = np.r_[action_scores, impression_scores]
+    is_action = np.r_[np.ones(k, bool), np.zeros(len(impression_scores), bool)]
+    order = np.lexsort((is_action, -scores))  # score desc; on ties impressions first
+    ranks = np.empty(len(scores), dtype=np.int64)
+    ranks[order] = np.arange(1, len(scores) + 1)
+    r_precision = float(np.mean(ranks[:k] <= k))
+    reciprocal_rank = float(np.mean(1.0 / ranks[:k]))
+    return r_precision, reciprocal_rank
+
+
+def calibrated_threshold(x: np.ndarray, rng: np.random.Generator, quantile: float = 0.99, pairs: int = 200_000) -> float:
+    """The cosine that only (1 - quantile) of random pin pairs exceed."""
+    i, j = rng.integers(0, len(x), pairs), rng.integers(0, len(x), pairs)
+    keep = i != j
+    cos = np.einsum("ij,ij->i", x[i[keep]], x[j[keep]])
+    return float(np.quantile(cos, quantile))
+
+
+# ---------------------------------------------------------------- user representations
+
+
+@dataclass
+class Users:
+    """History and test sets of the evaluated users, with a catalog embedding lookup."""
+
+    history: pd.DataFrame  # user_id, pin_id, ts (tz-naive UTC), sorted by user, ts
+    test: pd.DataFrame  # user_id, pin_id (distinct)
+    catalog_ids: np.ndarray  # sorted
+    catalog_x: np.ndarray  # unit rows aligned with catalog_ids
+    now: pd.Timestamp
+    user_ids: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.user_ids = np.unique(self.test["user_id"].to_numpy())
+
+    def x(self, pin_ids: np.ndarray) -> np.ndarray:
+        return self.catalog_x[np.searchsorted(self.catalog_ids, np.asarray(pin_ids))]
+
+
+# A representation: for each user, embeddings (e x d) and their importance weights (e,)
+Representation = dict[int, tuple[np.ndarray, np.ndarray]]
+
+
+def last_pin(users: Users) -> Representation:
+    last = users.history.groupby("user_id").tail(1)
+    return {int(u): (users.x([p]), np.ones(1)) for u, p in zip(last["user_id"], last["pin_id"])}
+
+
+def decay_average(users: Users, decay_lambda: float) -> Representation:
+    h = users.history
+    age = (users.now - h["ts"]).dt.total_seconds().to_numpy() / 86400.0
+    weighted = users.x(h["pin_id"].to_numpy()) * np.exp(-decay_lambda * age)[:, None]
+    sums = pd.DataFrame(weighted).groupby(h["user_id"].to_numpy()).sum()
+    out = {}
+    for u, row in zip(sums.index, sums.to_numpy()):
+        out[int(u)] = ((row / max(np.linalg.norm(row), 1e-12))[None, :].astype(np.float32), np.ones(1))
+    return out
+
+
+def distinct_pins(users: Users) -> pd.DataFrame:
+    return users.history[["user_id", "pin_id"]].drop_duplicates().sort_values(["user_id", "pin_id"], kind="stable")
+
+
+def ward_members(users: Users, alpha: float) -> pd.DataFrame:
+    """The product's clustering (``core.clustering.cluster_users``, Algorithm 1 at alpha)."""
+    d = distinct_pins(users)
+    return cluster_users(d["user_id"].to_numpy(), d["pin_id"].to_numpy(), users.x(d["pin_id"].to_numpy()), alpha)
+
+
+def complete_linkage_members(users: Users, alpha: float) -> pd.DataFrame:
+    """Complete linkage cut where every pair in a cluster has squared distance <= alpha;
+    pins in no cluster are dropped, with the product's singleton fallback."""
+    return _members_by(users, lambda x: _complete_labels(x, alpha))
+
+
+def kmeans_members(users: Users, k: int, seed: int) -> pd.DataFrame:
+    """K-means on each user's distinct pins, k = min(k, pins), seeded ++ initialisation."""
+    rng = np.random.default_rng(seed)
+    return _members_by(users, lambda x: _kmeans_labels(x, k, rng))
+
+
+def _complete_labels(x: np.ndarray, alpha: float) -> np.ndarray:
+    if len(x) < 2:
+        return np.full(len(x), -1)
+    labels = fcluster(linkage(x.astype(np.float64), method="complete"), t=np.sqrt(alpha), criterion="distance")
+    sizes = np.bincount(labels)
+    return np.where(sizes[labels] >= 2, labels, -1)
+
+
+def _kmeans_labels(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    k = min(k, len(x))
+    if k < 2:
+        return np.zeros(len(x), dtype=np.int64)
+    with warnings.catch_warnings():  # an empty cluster simply does not appear in the labels
+        warnings.simplefilter("ignore", UserWarning)
+        _, labels = kmeans2(x.astype(np.float64), k, minit="++", seed=rng)
+    return labels
+
+
+def _members_by(users: Users, labels_of: Callable[[np.ndarray], np.ndarray]) -> pd.DataFrame:
+    d = distinct_pins(users)
+    frames = []
+    for user, block in d.groupby("user_id", sort=True):
+        pins = block["pin_id"].to_numpy()
+        labels = labels_of(users.x(pins))
+        kind = "cluster"
+        if np.all(labels < 0):  # the product's fallback: one singleton per pin
+            labels, kind = np.arange(len(pins)), "singleton"
+        keep = labels >= 0
+        _, cluster_id = np.unique(labels[keep], return_inverse=True)
+        frames.append(pd.DataFrame({"user_id": user, "cluster_id": cluster_id, "pin_id": pins[keep], "kind": kind}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["user_id", "cluster_id", "pin_id", "kind"])
+
+
+def cluster_representation(users: Users, members: pd.DataFrame, decay_lambda: float, embedding: str) -> Representation:
+    """Each cluster as its medoid (Eq. 2, the product's code) or its normalised centroid,
+    weighted by importance (Eq. 3, the product's code) with ``decay_lambda``."""
+    members = members.sort_values(["user_id", "cluster_id", "pin_id"], kind="stable").reset_index(drop=True)
+    member_x = users.x(members["pin_id"].to_numpy())
+    summary = summarize_clusters(members, member_x, users.history, now=users.now, decay_lambda=decay_lambda)
+    if embedding == "medoid":
+        vectors = users.x(summary["medoid_pin_id"].to_numpy())
+    elif embedding == "centroid":
+        keys = members[["user_id", "cluster_id"]].to_numpy()
+        starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
+        sums = np.add.reduceat(member_x.astype(np.float64), starts, axis=0)
+        vectors = (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+    else:
+        raise ValueError(f"unknown cluster embedding {embedding!r}")
+    out: Representation = {}
+    user_col = summary["user_id"].to_numpy()
+    bounds = np.flatnonzero(np.r_[True, user_col[1:] != user_col[:-1], True])
+    importance = summary["importance"].to_numpy()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        out[int(user_col[start])] = (vectors[start:end], importance[start:end])
+    return out
+
+
+# ---------------------------------------------------------------- running a model
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    relevance: float
+    relevance_calibrated: float
+    recall: float
+    r_precision: float
+    reciprocal_rank: float
+    diversity: float
+
+
+def evaluate_representation(
+    users: Users,
+    representation: Representation,
+    search: Callable[[np.ndarray, int], np.ndarray],
+    *,
+    sampled: int | None,
+    rng: np.random.Generator,
+    threshold: float,
+    calibrated: float,
+    negatives: dict[int, np.ndarray],
+) -> ModelResult:
+    """Metrics of one representation. ``sampled``: draw that many embeddings by importance
+    (without replacement, as the product does); None keeps every embedding (single-embedding
+    models have one). ``search(queries, k)`` returns k nearest pin ids per query row."""
+    test = users.test.groupby("user_id")["pin_id"].apply(np.asarray)
+    rows = []
+    for user in users.user_ids.tolist():
+        if user not in representation:
+            continue
+        vectors, weights = representation[user]
+        if sampled is not None and len(vectors) > sampled:
+            chosen = rng.choice(len(vectors), size=sampled, replace=False, p=weights / weights.sum())
+            vectors = vectors[chosen]
+        k = BUDGET // len(vectors)
+        recs = np.unique(search(vectors, k).ravel())
+        test_pins = test[user]
+        test_x, rec_x = users.x(test_pins), users.x(recs)
+        action_scores = (test_x @ vectors.T).max(axis=1)
+        impression_scores = (users.x(negatives[user]) @ vectors.T).max(axis=1)
+        r_prec, rr = ranking_metrics(action_scores, impression_scores)
+        rows.append(
+            (relevance(test_x, rec_x, threshold), relevance(test_x, rec_x, calibrated), recall(test_pins, recs),
+             r_prec, rr, diversity(rec_x))
+        )
+    means = np.nanmean(np.asarray(rows, dtype=np.float64), axis=0) if rows else np.full(6, np.nan)
+    return ModelResult(*map(float, means))
+
+
+def sample_negatives(users: Users, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """20 random catalog pins per test pin, none of them a test pin of that user."""
+    out = {}
+    for user, pins in users.test.groupby("user_id")["pin_id"]:
+        n = IMPRESSIONS_PER_ACTION * len(pins)
+        draw = users.catalog_ids[rng.integers(0, len(users.catalog_ids), n + 50)]
+        out[int(user)] = draw[~np.isin(draw, pins.to_numpy())][:n]
+    return out
+
+
+def recovery(users: Users, members: pd.DataFrame, topic_of: pd.Series) -> dict[str, float]:
+    """Mean per-user ARI and purity of ``members`` against planted topics (unclustered pins
+    count as their own cluster)."""
+    d = distinct_pins(users)
+    assigned = members.set_index(["user_id", "pin_id"])["cluster_id"]
+    aris, purities = [], []
+    for user, block in d.groupby("user_id"):
+        if len(block) < 2:
+            continue
+        pins = block["pin_id"].to_numpy()
+        predicted = assigned.reindex(pd.MultiIndex.from_product([[user], pins])).to_numpy(dtype=float, copy=True)
+        missing = np.isnan(predicted)
+        predicted[missing] = -1 - np.arange(missing.sum())
+        truth = topic_of.reindex(pins).to_numpy()
+        aris.append(adjusted_rand_index(truth, predicted))
+        purities.append(purity(truth, predicted))
+    return {"adjusted_rand_index": float(np.mean(aris)), "purity": float(np.mean(purities))}

@@ -1,0 +1,153 @@
+"""Offline evaluation: each metric on tiny hand-computed cases, each baseline's construction."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pinnersage_dagster.core.evaluation import (
+    Users,
+    calibrated_threshold,
+    cluster_representation,
+    complete_linkage_members,
+    decay_average,
+    diversity,
+    evaluate_representation,
+    kmeans_members,
+    last_pin,
+    ranking_metrics,
+    recall,
+    relevance,
+    ward_members,
+)
+from pinnersage_dagster.core.offline import BASELINE, PINNERSAGE, run_offline
+
+E = np.eye(4, dtype=np.float32)
+
+
+def test_relevance_and_recall_by_hand():
+    test = np.array([E[0], E[1], (E[2] + E[3]) / np.sqrt(2)])
+    recs = np.array([E[0], E[2]])
+    assert relevance(test, recs, 0.8) == pytest.approx(1 / 3)  # only E0 has a twin (cos 1); cos(t3, E2) = 0.707
+    assert relevance(test, recs, 0.7) == pytest.approx(2 / 3)
+    assert relevance(test, np.empty((0, 4)), 0.8) == 0.0
+    assert recall(np.array([1, 2, 3, 4]), np.array([2, 4, 9])) == pytest.approx(0.5)
+
+
+def test_diversity_is_mean_pairwise_cosine_distance():
+    assert diversity(np.array([E[0], E[1]])) == pytest.approx(1.0)  # orthogonal
+    assert diversity(np.array([E[0], E[0], E[1]])) == pytest.approx(1 - (1 + 0 + 0) / 3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    cos = x @ x.T
+    brute = 1 - (cos.sum() - 30) / (30 * 29)
+    assert diversity(x) == pytest.approx(brute)
+
+
+def test_ranking_metrics_by_hand():
+    # actions score 0.9 and 0.3; impressions 0.5, 0.4, 0.1 -> ranks 1 and 4
+    r_prec, rr = ranking_metrics(np.array([0.9, 0.3]), np.array([0.5, 0.4, 0.1]))
+    assert r_prec == pytest.approx(0.5)  # top 2 holds one action
+    assert rr == pytest.approx((1 / 1 + 1 / 4) / 2)
+    # a tie ranks the action after the impression (pessimistic)
+    assert ranking_metrics(np.array([0.5]), np.array([0.5])) == (0.0, 0.5)
+
+
+def test_calibrated_threshold_is_the_99th_percentile_of_random_pairs():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2000, 32))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    t = calibrated_threshold(x, np.random.default_rng(2))
+    i, j = rng.integers(0, 2000, 50_000), rng.integers(0, 2000, 50_000)
+    share = np.mean(np.einsum("ij,ij->i", x[i], x[j])[i != j] >= t)
+    assert share == pytest.approx(0.01, abs=0.003)
+
+
+def small_users() -> Users:
+    """User 1: three actions on topic 0 then one on topic 1 (most recent); user 2: one pin."""
+    ids = np.array([10, 11, 12, 20, 21, 30])
+    x = np.array([E[0], E[0] * 0.99 + E[3] * 0.14, E[0] * 0.98 + E[2] * 0.2, E[1], E[1] * 0.99 + E[2] * 0.14, E[2]])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    now = pd.Timestamp("2026-03-10")
+    history = pd.DataFrame(
+        {
+            "user_id": [1, 1, 1, 1, 2],
+            "pin_id": [10, 11, 12, 20, 30],
+            "ts": pd.to_datetime(["2026-03-01", "2026-03-02", "2026-03-03", "2026-03-09", "2026-03-05"]),
+        }
+    )
+    test = pd.DataFrame({"user_id": [1, 2], "pin_id": [21, 30]})
+    return Users(history=history, test=test, catalog_ids=ids, catalog_x=x, now=now)
+
+
+def test_single_embedding_baselines():
+    users = small_users()
+    last = last_pin(users)
+    assert np.allclose(last[1][0], users.x([20]))  # the most recent action
+    decay = decay_average(users, 0.0)[1][0][0]
+    expected = users.x([10, 11, 12, 20]).sum(axis=0)
+    assert np.allclose(decay, expected / np.linalg.norm(expected), atol=1e-6)
+    recent = decay_average(users, 10.0)[1][0][0]  # a huge lambda: the last pin dominates
+    assert recent @ users.x([20])[0] > 0.99
+
+
+def test_cluster_baselines_are_built_as_stated():
+    users = small_users()
+    ward = ward_members(users, alpha=1.3)
+    groups = sorted(ward[ward.user_id == 1].groupby("cluster_id").pin_id.apply(frozenset).tolist(), key=min)
+    assert groups == [frozenset({10, 11, 12})]  # pin 20 merges with nothing: not a cluster (Algorithm 1)
+    assert ward[ward.user_id == 2].kind.tolist() == ["singleton"]  # the product's fallback
+    medoid = cluster_representation(users, ward, 0.01, "medoid")[1]
+    assert np.allclose(medoid[0][0], users.x([10])[0])  # nearest the mean of {10, 11, 12}
+    assert medoid[1][0] == pytest.approx(sum(np.exp(-0.01 * d) for d in (9, 8, 7)))
+    centroid = cluster_representation(users, ward, 0.01, "centroid")[1][0][0]
+    mean = users.x([10, 11, 12]).mean(axis=0)
+    assert np.allclose(centroid, mean / np.linalg.norm(mean), atol=1e-6)
+    assert kmeans_members(users, 5, seed=0).query("user_id == 1").cluster_id.nunique() == 4  # k = min(5, 4 pins)
+    complete = complete_linkage_members(users, alpha=1.3)
+    assert sorted(complete.query("user_id == 1").pin_id) == [10, 11, 12]
+
+
+def test_evaluate_representation_uses_floor_budget_per_embedding():
+    users = small_users()
+    asked = []
+
+    def search(queries, k):
+        asked.append((len(queries), k))
+        return np.tile(users.catalog_ids[:3], (len(queries), 1))
+
+    rep = {1: (users.x([10, 20, 30]), np.ones(3)), 2: (users.x([30]), np.ones(1))}
+    negatives = {1: np.array([30] * 20), 2: np.array([10] * 20)}
+    result = evaluate_representation(users, rep, search, sampled=2, rng=np.random.default_rng(0), threshold=0.8,
+                                     calibrated=0.8, negatives=negatives)
+    assert asked == [(2, 200), (1, 400)]
+    assert 0 <= result.relevance <= 1 and 0 <= result.recall <= 1
+
+
+@pytest.mark.slow
+def test_offline_run_compares_every_model_on_synthetic_users():
+    from datetime import date, timedelta
+
+    from pinnersage_dagster.core.hnsw import build_index
+    from pinnersage_dagster.core.synthetic import UNKNOWN_PIN_ID, SyntheticWorld, generate_day_actions, generate_pins
+
+    world = SyntheticWorld(n_users=150, n_pins=5000, seed=9, dirty_share=0)
+    pins = generate_pins(world)
+    order = np.argsort(pins.pin_id)
+    ids, x = pins.pin_id[order], pins.embedding[order]
+    split = date(2026, 7, 1)
+    frame = lambda days: pd.concat([generate_day_actions(world, d) for d in days])  # noqa: E731
+    history = frame([split - timedelta(days=i) for i in range(1, 61)]).query(f"pin_id != {UNKNOWN_PIN_ID}")
+    test = frame([split + timedelta(days=i) for i in range(7)])[["user_id", "pin_id"]].drop_duplicates()
+    keep = np.intersect1d(history.user_id.unique(), test.user_id.unique())
+    users = Users(history=history[history.user_id.isin(keep)].sort_values(["user_id", "ts"]).reset_index(drop=True),
+                  test=test[test.user_id.isin(keep)].reset_index(drop=True), catalog_ids=ids, catalog_x=x,
+                  now=pd.Timestamp(split))
+    index = build_index(x, M=16, ef_construction=100, ef=200)
+    search = lambda q, k: ids[index.knn_query(q, k=k)[0]]  # noqa: E731
+    report = run_offline(users, search, alpha=1.3, seeds=2, alphas=(0.5, 1.3), max_embeddings=3,
+                         topic_of=pd.Series(pins.topic[order], index=ids))
+    assert len(report.table) == 12 and report.table.loc[BASELINE, "relevance_lift"] == 0
+    main = report.table.loc[PINNERSAGE]
+    assert main.relevance > report.table.loc["Decay average (λ=0.01)", "relevance"] > report.table.loc[BASELINE, "relevance"]
+    assert list(report.curve.e) == [1, 2, 3] and len(report.alpha_sweep) == 2
