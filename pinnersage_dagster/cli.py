@@ -137,11 +137,11 @@ def calibrate_alpha(day: date, alphas: list[float], users: int, warehouse: bool)
     from .warehouse import embedding_matrix, query_arrow
 
     if warehouse:
-        from .assets.clusters import USER_PINS_SQL
+        from .assets.clusters import ALL_USERS, USER_PINS_SQL
 
         database = os.getenv("PINNERSAGE_DUCKDB_PATH", DEFAULT_DATABASE)
         with duckdb.connect(database, read_only=True) as conn:
-            table = query_arrow(conn, USER_PINS_SQL, [day])
+            table = query_arrow(conn, USER_PINS_SQL, [day, *ALL_USERS])
         sweep = alpha_sweep(
             table.column("user_id").to_numpy(), table.column("pin_id").to_numpy(), embedding_matrix(table), alphas
         )

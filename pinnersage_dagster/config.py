@@ -27,6 +27,13 @@ class PinnerSageParams(dg.ConfigurableResource):
     max_actions_per_user: int = Field(
         default=1000, ge=2, description="Most recent actions kept per user per window; bounds Ward's O(m^2)."
     )
+    batch_rows: int = Field(
+        default=200_000, ge=1,
+        description="Distinct (user, pin) rows read and clustered at once; bounds memory whatever the number of users.",
+    )
+    clustering_workers: int = Field(
+        default=0, ge=0, description="Processes for Ward clustering; 0 means one per core, 1 means in-process.",
+    )
     max_clusters_per_user: int = Field(
         default=150, ge=1, description="Sanity bound for the clusters_per_user_within_bounds check (paper: heavy users 75-100)."
     )

@@ -140,3 +140,24 @@ def replace_partition_from_query(
     with transaction(conn):
         conn.execute(f"DELETE FROM {table} WHERE partition_date = ?", [day])
         conn.execute(f"INSERT INTO {table} {select_sql}", params)
+
+
+def user_batches(conn: duckdb.DuckDBPyConnection, day: date, max_rows: int) -> list[tuple[int, int, int]]:
+    """Contiguous user-id ranges of ``action_windows`` for ``day``, each holding at most
+    ``max_rows`` distinct (user, pin) rows (a single heavier user is a batch of its own).
+    Returns (first user, last user, rows) per batch."""
+    counts = conn.execute(
+        "SELECT user_id, count(DISTINCT pin_id) AS n FROM action_windows WHERE partition_date = ? "
+        "GROUP BY user_id ORDER BY user_id",
+        [day],
+    ).df()
+    batches, start, rows = [], 0, 0
+    users, sizes = counts["user_id"].to_numpy(), counts["n"].to_numpy()
+    for i, n in enumerate(sizes.tolist()):
+        if rows and rows + n > max_rows:
+            batches.append((int(users[start]), int(users[i - 1]), rows))
+            start, rows = i, 0
+        rows += n
+    if rows:
+        batches.append((int(users[start]), int(users[-1]), rows))
+    return batches

@@ -1,28 +1,32 @@
 """Per-user Ward clusters of each day's window (paper, section 3.1.1)."""
 
 
+import os
 import time
 from datetime import date
 
 import dagster as dg
 import duckdb
+import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from ..config import PinnerSageParams
-from ..core.clustering import SINGLETON, cluster_users
+from ..core.clustering import SINGLETON, ClusteringPool, cluster_users
 from ..partitions import daily_partitions, partition_days
 from ..reporting import distribution, frame_markdown, histogram_markdown, representative_user
-from ..warehouse import embedding_matrix, ensure_tables, query_arrow, replace_partitions
+from ..warehouse import embedding_matrix, ensure_tables, query_arrow, replace_partitions, user_batches
 from .actions import action_windows
 from .constants import DUCKDB_POOL, GROUP
 
 USER_PINS_SQL = """
     SELECT w.user_id, w.pin_id, p.embedding
-    FROM (SELECT DISTINCT user_id, pin_id FROM action_windows WHERE partition_date = ?) w
+    FROM (SELECT DISTINCT user_id, pin_id FROM action_windows
+          WHERE partition_date = ? AND user_id BETWEEN ? AND ?) w
     JOIN pins p USING (pin_id)
     ORDER BY w.user_id, w.pin_id
 """
+ALL_USERS = (-(2**63), 2**63 - 1)
 
 CLUSTER_ROWS_SQL = """
     SELECT CAST(? AS DATE) AS partition_date, user_id, cluster_id, any_value(kind) AS kind,
@@ -47,20 +51,44 @@ def user_clusters(
     ``kind = 'ward'`` clusters follow Algorithm 1 at ``alpha``; a user with no Ward cluster
     gets one ``singleton`` cluster per distinct pin.
     """
-    for day in partition_days(context):
-        with duckdb.get_connection() as conn:
-            table = query_arrow(conn, USER_PINS_SQL, [day])
-        started = time.perf_counter()
-        members = cluster_users(
-            table.column("user_id").to_numpy(), table.column("pin_id").to_numpy(), embedding_matrix(table), params.alpha
-        )
-        seconds = time.perf_counter() - started
-        with duckdb.get_connection() as conn:
-            ensure_tables(conn)
-            clusters = _cluster_rows(conn, members, day)
-            replace_partitions(conn, "user_clusters", clusters, day, day)
-        context.log.info(f"{day}: {len(clusters)} clusters for {clusters['user_id'].nunique()} users in {seconds:.1f}s")
-    return dg.MaterializeResult(metadata=cluster_metadata(clusters, table.num_rows, seconds, params.alpha))
+    workers = params.clustering_workers or os.cpu_count() or 1
+    with ClusteringPool(workers) as pool:
+        for day in partition_days(context):
+            with duckdb.get_connection() as conn:
+                batches = user_batches(conn, day, params.batch_rows)
+            started, parts, user_pins = time.perf_counter(), [], 0
+            for first, last, _ in batches:  # read and cluster a bounded slice of users at a time
+                with duckdb.get_connection() as conn:
+                    table = query_arrow(conn, USER_PINS_SQL, [day, first, last])
+                user_pins += table.num_rows
+                parts.append(
+                    pool.cluster(
+                        table.column("user_id").to_numpy(), table.column("pin_id").to_numpy(),
+                        embedding_matrix(table), params.alpha,
+                    )
+                )
+                del table
+            seconds = time.perf_counter() - started
+            members = pd.concat(parts, ignore_index=True) if parts else cluster_users(*_empty_batch(), params.alpha)
+            with duckdb.get_connection() as conn:
+                ensure_tables(conn)
+                clusters = _cluster_rows(conn, members, day)
+                replace_partitions(conn, "user_clusters", clusters, day, day)
+            context.log.info(
+                f"{day}: {len(clusters)} clusters for {clusters['user_id'].nunique()} users in {seconds:.1f}s "
+                f"({len(batches)} batches, {workers} workers)"
+            )
+    metadata = cluster_metadata(clusters, user_pins, seconds, params.alpha)
+    metadata.update({
+        "batches": len(batches),
+        "largest_batch_rows": max((b[2] for b in batches), default=0),
+        "clustering_workers": workers,
+    })
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _empty_batch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, 1), np.float32)
 
 
 def _cluster_rows(conn: duckdb.DuckDBPyConnection, members: pd.DataFrame, day: date) -> pd.DataFrame:

@@ -4,6 +4,7 @@
 from datetime import timedelta
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
@@ -12,7 +13,7 @@ from ..core.clustering import summarize_clusters
 from ..partitions import daily_partitions, partition_days
 from ..readers import day_bounds
 from ..reporting import distribution, frame_markdown, representative_user
-from ..warehouse import embedding_matrix, ensure_tables, query_arrow, replace_partitions
+from ..warehouse import embedding_matrix, ensure_tables, query_arrow, replace_partitions, user_batches
 from .actions import action_windows
 from .clusters import user_clusters
 from .constants import DUCKDB_POOL, GROUP
@@ -21,10 +22,10 @@ MEMBERS_SQL = """
     SELECT c.user_id, c.cluster_id, c.kind, m.pin_id, p.embedding
     FROM user_clusters c, unnest(c.pin_ids) AS m(pin_id)
     JOIN pins p ON p.pin_id = m.pin_id
-    WHERE c.partition_date = ?
+    WHERE c.partition_date = ? AND c.user_id BETWEEN ? AND ?
     ORDER BY c.user_id, c.cluster_id, m.pin_id
 """
-ACTIONS_SQL = "SELECT user_id, pin_id, ts FROM action_windows WHERE partition_date = ?"
+ACTIONS_SQL = "SELECT user_id, pin_id, ts FROM action_windows WHERE partition_date = ? AND user_id BETWEEN ? AND ?"
 
 
 @dg.asset(
@@ -45,18 +46,25 @@ def user_medoids(
     T_now = D+1 00:00 UTC, the end of the partition (Eq. 3).
     """
     for day in partition_days(context):
-        with duckdb.get_connection() as conn:
-            members_table = query_arrow(conn, MEMBERS_SQL, [day])
-            actions = conn.execute(ACTIONS_SQL, [day]).df()
-        members = members_table.drop(["embedding"]).to_pandas()
         _, now = day_bounds(day)
-        medoids = summarize_clusters(
-            members, embedding_matrix(members_table), actions, now=now, decay_lambda=params.decay_lambda
-        )
+        with duckdb.get_connection() as conn:
+            batches = user_batches(conn, day, params.batch_rows)
+        parts = []
+        for first, last, _ in batches:  # a bounded slice of users at a time
+            with duckdb.get_connection() as conn:
+                members_table = query_arrow(conn, MEMBERS_SQL, [day, first, last])
+                actions = conn.execute(ACTIONS_SQL, [day, first, last]).df()
+            members = members_table.drop(["embedding"]).to_pandas()
+            parts.append(
+                summarize_clusters(members, embedding_matrix(members_table), actions, now=now, decay_lambda=params.decay_lambda)
+            )
+        medoids = pd.concat(parts, ignore_index=True) if parts else summarize_clusters(
+            pd.DataFrame(columns=["user_id", "cluster_id", "pin_id", "kind"]), np.empty((0, 1)), pd.DataFrame(
+                columns=["user_id", "pin_id", "ts"]), now=now, decay_lambda=params.decay_lambda)
         with duckdb.get_connection() as conn:
             ensure_tables(conn)
             replace_partitions(conn, "user_medoids", medoids.assign(partition_date=day), day, day)
-        context.log.info(f"{day}: {len(medoids)} medoids for {medoids['user_id'].nunique()} users")
+        context.log.info(f"{day}: {len(medoids)} medoids for {medoids['user_id'].nunique()} users ({len(batches)} batches)")
     return dg.MaterializeResult(metadata=medoid_metadata(medoids, params.decay_lambda, now - timedelta(days=1)))
 
 

@@ -10,6 +10,10 @@ A user for whom Algorithm 1 yields no cluster (every pin too far from every othe
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
 import numpy as np
 import pandas as pd
 
@@ -33,7 +37,7 @@ def user_segments(user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cluster_users(
-    user_ids: np.ndarray, pin_ids: np.ndarray, embeddings: np.ndarray, alpha: float
+    user_ids: np.ndarray, pin_ids: np.ndarray, embeddings: np.ndarray, alpha: float, *, reference: bool = False
 ) -> pd.DataFrame:
     """Ward clusters for a batch of users.
 
@@ -50,7 +54,7 @@ def cluster_users(
     for start, end in zip(starts.tolist(), ends.tolist()):
         if np.unique(pin_ids[start:end]).size != end - start:
             raise ValueError(f"user {user_ids[start]} has a pin twice: deduplicate pins per user first")
-        result = ward_clusters(embeddings[start:end], alpha)
+        result = ward_clusters(embeddings[start:end], alpha, reference=reference)
         if result.n_clusters == 0:
             cluster_id[start:end] = np.arange(end - start)
             continue
@@ -70,6 +74,65 @@ def cluster_users(
             "merge_cost": merge_cost[keep],
         }
     )
+
+
+class ClusteringPool:
+    """Runs ``cluster_users`` on both cores: users are split into chunks of similar Ward cost
+    (sum of m^2) and clustered in worker processes. ``workers <= 1`` runs in this process.
+
+    Workers are spawned (not forked: safe inside any host process) with one BLAS thread each,
+    so two workers do not oversubscribe two cores. Use as a context manager.
+    """
+
+    def __init__(self, workers: int, chunks_per_worker: int = 4) -> None:
+        self.workers = max(1, workers)
+        self.chunks_per_worker = chunks_per_worker
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "ClusteringPool":
+        if self.workers > 1:
+            saved = {k: os.environ.get(k) for k in _BLAS_THREADS}
+            os.environ.update({k: "1" for k in _BLAS_THREADS})
+            try:
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
+                list(self._pool.map(_noop, range(self.workers)))  # start the workers now, with this env
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def cluster(self, user_ids: np.ndarray, pin_ids: np.ndarray, embeddings: np.ndarray, alpha: float) -> pd.DataFrame:
+        if self._pool is None or len(user_ids) == 0:
+            return cluster_users(user_ids, pin_ids, embeddings, alpha)
+        starts, ends = user_segments(user_ids)
+        cost = np.cumsum((ends - starts).astype(np.float64) ** 2 + 64.0)  # m^2 pairs, plus a per-user overhead
+        pieces = min(len(starts), self.workers * self.chunks_per_worker)
+        cuts = np.searchsorted(cost, np.linspace(0, cost[-1], pieces + 1)[1:-1], side="right")
+        bounds = np.unique(np.r_[0, cuts, len(starts)])
+        futures = [
+            self._pool.submit(
+                cluster_users, user_ids[starts[a] : ends[b - 1]], pin_ids[starts[a] : ends[b - 1]],
+                embeddings[starts[a] : ends[b - 1]], alpha,
+            )
+            for a, b in zip(bounds[:-1], bounds[1:])
+            if b > a
+        ]
+        return pd.concat([f.result() for f in futures], ignore_index=True)
+
+
+_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _noop(_: int) -> None:
+    return None
 
 
 def summarize_clusters(

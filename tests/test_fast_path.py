@@ -1,0 +1,89 @@
+"""The fast clustering path (float32 Gram matrix, worker processes, user batches) gives the
+same clusters, medoids and importances as the reference path (scipy's own distances, serial)."""
+
+from datetime import date, timedelta
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from pinnersage_dagster.assets import all_assets
+from pinnersage_dagster.config import PinnerSageParams
+from pinnersage_dagster.core.clustering import ClusteringPool, cluster_users, summarize_clusters
+from pinnersage_dagster.core.synthetic import UNKNOWN_PIN_ID, SyntheticWorld, generate_day_actions, generate_pins
+from pinnersage_dagster.warehouse import user_batches
+
+from .conftest import DAY, WINDOW
+
+MEMBERSHIP = ["user_id", "cluster_id", "pin_id", "kind"]
+
+
+@pytest.fixture(scope="module")
+def population():
+    """A heavy-tailed synthetic population: 600 users over 90 days, capped at 1,000 actions."""
+    world = SyntheticWorld(n_users=600, n_pins=20_000, seed=21, dirty_share=0)
+    day = date(2026, 8, 31)
+    actions = pd.concat([generate_day_actions(world, day - timedelta(days=i)) for i in range(90)], ignore_index=True)
+    actions = actions[actions.pin_id != UNKNOWN_PIN_ID].drop_duplicates()
+    actions = actions.sort_values(["user_id", "ts"], ascending=[True, False]).groupby("user_id").head(1000)
+    distinct = actions[["user_id", "pin_id"]].drop_duplicates().sort_values(["user_id", "pin_id"])
+    pins = generate_pins(world)
+    order = np.argsort(pins.pin_id)
+    ids, x = pins.pin_id[order], pins.embedding[order]
+    rows = np.searchsorted(ids, distinct.pin_id.to_numpy())
+    assert distinct.groupby("user_id").size().max() > 300  # heavy users are in the population
+    return distinct.user_id.to_numpy(), distinct.pin_id.to_numpy(), x[rows], actions, ids, x, pd.Timestamp(day + timedelta(days=1))
+
+
+def summarize(members, ids, x, actions, now):
+    members = members.sort_values(["user_id", "cluster_id", "pin_id"], kind="stable").reset_index(drop=True)
+    return summarize_clusters(members, x[np.searchsorted(ids, members.pin_id.to_numpy())], actions, now=now, decay_lambda=0.01)
+
+
+def test_fast_path_gives_the_reference_clusters_medoids_and_importances(population):
+    users, pins, emb, actions, ids, x, now = population
+    reference = cluster_users(users, pins, emb, 1.3, reference=True)
+    fast = cluster_users(users, pins, emb, 1.3)
+    assert fast[MEMBERSHIP].equals(reference[MEMBERSHIP])
+    # merge costs are metadata; float32 distances move them by at most ~1e-5 absolute
+    assert np.nanmax(np.abs(fast.merge_cost - reference.merge_cost)) < 1e-4
+    a, b = summarize(reference, ids, x, actions, now), summarize(fast, ids, x, actions, now)
+    assert a[["user_id", "cluster_id", "medoid_pin_id", "size", "n_actions"]].equals(b[["user_id", "cluster_id", "medoid_pin_id", "size", "n_actions"]])
+    assert np.allclose(a.importance, b.importance, rtol=1e-12)
+
+
+def test_worker_processes_give_the_serial_result(population):
+    users, pins, emb, *_ = population
+    serial = cluster_users(users, pins, emb, 1.3)
+    with ClusteringPool(2, chunks_per_worker=3) as pool:
+        parallel = pool.cluster(users, pins, emb, 1.3)
+    assert parallel[MEMBERSHIP].equals(serial[MEMBERSHIP])
+
+
+def test_user_batches_bound_rows(graph):
+    with graph.connect(read_only=True) as conn:
+        batches = user_batches(conn, DAY, max_rows=100)
+        total = conn.execute("SELECT count(*) FROM (SELECT DISTINCT user_id, pin_id FROM action_windows)").fetchone()[0]
+        heaviest = conn.execute("SELECT max(n) FROM (SELECT count(DISTINCT pin_id) n FROM action_windows GROUP BY user_id)").fetchone()[0]
+    assert sum(b[2] for b in batches) == total and len(batches) > 3
+    assert all(b[2] <= max(100, heaviest) for b in batches)
+    assert all(a[1] < b[0] for a, b in zip(batches, batches[1:]))  # disjoint, ordered user ranges
+
+
+def test_small_batches_write_the_same_partition(graph_copy):
+    def snapshot():
+        with graph_copy.connect(read_only=True) as conn:
+            return (
+                conn.execute("SELECT * FROM user_clusters ORDER BY user_id, cluster_id").df(),
+                conn.execute("SELECT * FROM user_medoids ORDER BY user_id, cluster_id").df(),
+            )
+
+    before = snapshot()
+    resources = {**graph_copy.resources, "params": PinnerSageParams(window_days=WINDOW, batch_rows=100, clustering_workers=2)}
+    result = dg.materialize(all_assets, selection=["user_clusters", "user_medoids"], resources=resources, partition_key=DAY.isoformat())
+    meta = result.asset_materializations_for_node("user_clusters")[-1].metadata
+    assert meta["batches"].value > 3 and meta["clustering_workers"].value == 2
+    after = snapshot()
+    for old, new in zip(before, after):
+        pd.testing.assert_frame_equal(old.drop(columns=["merge_cost"], errors="ignore"), new.drop(columns=["merge_cost"], errors="ignore"))
