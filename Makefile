@@ -40,3 +40,10 @@ SPLIT_DAY ?= 2026-11-14
 .PHONY: evaluate
 evaluate: setup
 	$(BIN)/pinnersage evaluate --split-day $(SPLIT_DAY) --output docs/evaluation
+
+.PHONY: bench-clustering bench-index bench
+bench-clustering: setup
+	$(BIN)/python benchmarks/clustering.py
+bench-index: setup
+	$(BIN)/python benchmarks/index.py
+bench: bench-clustering bench-index bench-serving

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 import pandas as pd
@@ -117,15 +118,23 @@ class ClusteringPool:
         pieces = min(len(starts), self.workers * self.chunks_per_worker)
         cuts = np.searchsorted(cost, np.linspace(0, cost[-1], pieces + 1)[1:-1], side="right")
         bounds = np.unique(np.r_[0, cuts, len(starts)])
-        futures = [
-            self._pool.submit(
-                cluster_users, user_ids[starts[a] : ends[b - 1]], pin_ids[starts[a] : ends[b - 1]],
-                embeddings[starts[a] : ends[b - 1]], alpha,
-            )
-            for a, b in zip(bounds[:-1], bounds[1:])
-            if b > a
-        ]
-        return pd.concat([f.result() for f in futures], ignore_index=True)
+        # embeddings go through shared memory once; each task ships only its row range and ids
+        matrix = np.ascontiguousarray(embeddings, dtype=np.float32)
+        shared = SharedMemory(create=True, size=max(matrix.nbytes, 1))
+        try:
+            np.ndarray(matrix.shape, np.float32, buffer=shared.buf)[:] = matrix
+            futures = [
+                self._pool.submit(
+                    _cluster_shared_rows, shared.name, matrix.shape, starts[a], ends[b - 1],
+                    user_ids[starts[a] : ends[b - 1]], pin_ids[starts[a] : ends[b - 1]], alpha,
+                )
+                for a, b in zip(bounds[:-1], bounds[1:])
+                if b > a
+            ]
+            return pd.concat([f.result() for f in futures], ignore_index=True)
+        finally:
+            shared.close()
+            shared.unlink()
 
 
 _BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -133,6 +142,18 @@ _BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 def _noop(_: int) -> None:
     return None
+
+
+def _cluster_shared_rows(
+    name: str, shape: tuple[int, int], start: int, end: int, user_ids: np.ndarray, pin_ids: np.ndarray, alpha: float
+) -> pd.DataFrame:
+    shared = SharedMemory(name=name)
+    try:
+        rows = np.ndarray(shape, np.float32, buffer=shared.buf)[start:end]
+        return cluster_users(user_ids, pin_ids, rows, alpha)
+    finally:
+        del rows
+        shared.close()
 
 
 def summarize_clusters(

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, leaders, linkage
+from scipy.cluster.hierarchy import linkage
 from scipy.spatial.distance import squareform
 
 UNCLUSTERED = -1
@@ -75,21 +75,33 @@ def ward_clusters(embeddings: np.ndarray, alpha: float, *, reference: bool = Fal
 
 
 def clusters_from_linkage(tree: np.ndarray, alpha: float) -> WardClusters:
-    """Algorithm 1's cluster rule applied to a scipy Ward linkage matrix."""
-    n = tree.shape[0] + 1
-    flat = fcluster(tree, t=np.sqrt(alpha), criterion="distance")
-    roots, flat_ids = leaders(tree, flat)
-    root_of = dict(zip(flat_ids.tolist(), roots.tolist()))
+    """Algorithm 1's cluster rule applied to a scipy Ward linkage matrix.
 
+    A merge joins a cluster when its height is <= sqrt(alpha); each pin belongs to its
+    topmost such merge (Ward heights never decrease upwards, so that merge is the maximal
+    one), and pins under no such merge are in no cluster. One pass from the root down; this
+    replaces ``fcluster`` + ``leaders``, which re-validate the matrix on every call.
+    """
+    n = tree.shape[0] + 1
+    merged = (tree[:, 2] <= np.sqrt(alpha)).tolist()
+    children = tree[:, :2].astype(np.int64).tolist()
+    top = [-1] * (2 * n - 1)
+    for row in range(n - 2, -1, -1):  # parents come after their children in a linkage matrix
+        if merged[row]:
+            node = n + row
+            root = top[node] if top[node] >= 0 else node
+            left, right = children[row]
+            top[left] = top[right] = root
+    roots = np.asarray(top[:n], dtype=np.int64)
     labels = np.full(n, UNCLUSTERED, dtype=np.int64)
-    costs: list[float] = []
-    seen: dict[int, int] = {}
-    for row, flat_id in enumerate(flat.tolist()):
-        root = root_of[flat_id]
-        if root < n:  # a leaf: this pin merged with nothing under alpha
-            continue
-        if flat_id not in seen:
-            seen[flat_id] = len(costs)
-            costs.append(float(tree[root - n, 2]) ** 2)
-        labels[row] = seen[flat_id]
-    return WardClusters(labels, np.asarray(costs, dtype=np.float64))
+    clustered = roots >= 0
+    if not clustered.any():
+        return WardClusters(labels, np.empty(0))
+    # number clusters by their first pin, as before
+    unique_roots, first_pin, inverse = np.unique(roots[clustered], return_index=True, return_inverse=True)
+    order = np.argsort(first_pin, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    labels[clustered] = rank[inverse]
+    costs = tree[unique_roots[order] - n, 2].astype(np.float64) ** 2
+    return WardClusters(labels, costs)

@@ -1,0 +1,122 @@
+"""Clustering-stage benchmark: users/s per core, product path vs naive scipy, same users, same run.
+
+Population: the synthetic world's heavy-tailed users over a 90-day window, capped at 1,000
+actions per user (as the pipeline does). Paths, each timed over the same users:
+- naive: ``scipy.cluster.hierarchy.linkage(X, "ward")`` per user, one process (the baseline);
+- fast, 1 process: the product's float32 Gram-matrix path (``ward_linkage``), in-process;
+- fast, all cores: the same through ``ClusteringPool`` (worker processes).
+Each path is timed ``--repeats`` times; the best time is kept (this machine is shared).
+
+Run: ``make bench-clustering``; writes benchmarks/results/clustering.md and clustering.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pinnersage_dagster.core.clustering import ClusteringPool, cluster_users  # noqa: E402
+from pinnersage_dagster.core.synthetic import (  # noqa: E402
+    UNKNOWN_PIN_ID,
+    SyntheticWorld,
+    generate_day_actions,
+    generate_pins,
+)
+
+
+def population(n_users: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.Series]:
+    world = SyntheticWorld(n_users=n_users, n_pins=100_000, seed=seed, dirty_share=0)
+    day = date(2026, 8, 31)
+    actions = pd.concat([generate_day_actions(world, day - timedelta(days=i)) for i in range(90)], ignore_index=True)
+    actions = actions[actions.pin_id != UNKNOWN_PIN_ID].drop_duplicates()
+    per_user_actions = actions.groupby("user_id").size()
+    actions = actions.sort_values(["user_id", "ts"], ascending=[True, False]).groupby("user_id").head(1000)
+    distinct = actions[["user_id", "pin_id"]].drop_duplicates().sort_values(["user_id", "pin_id"])
+    pins = generate_pins(world)
+    order = np.argsort(pins.pin_id)
+    rows = np.searchsorted(pins.pin_id[order], distinct.pin_id.to_numpy())
+    return distinct.user_id.to_numpy(), distinct.pin_id.to_numpy(), pins.embedding[order][rows], per_user_actions
+
+
+def best_of(repeats: int, run) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=5_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+
+    users, pins, x, actions = population(args.users, args.seed)
+    n_users = len(np.unique(users))
+    pins_per_user = pd.Series(users).value_counts()
+    naive = best_of(args.repeats, lambda: cluster_users(users, pins, x, 1.3, reference=True))
+    fast = best_of(args.repeats, lambda: cluster_users(users, pins, x, 1.3))
+    with ClusteringPool(cores) as pool:
+        pool.cluster(users[:1000], pins[:1000], x[:1000], 1.3)  # workers warm
+        parallel = best_of(args.repeats, lambda: pool.cluster(users, pins, x, 1.3))
+    same = cluster_users(users, pins, x, 1.3, reference=True)[["user_id", "cluster_id", "pin_id"]].equals(
+        cluster_users(users, pins, x, 1.3)[["user_id", "cluster_id", "pin_id"]]
+    )
+
+    rows = [
+        ("naive `linkage(X, 'ward')`, 1 process (baseline)", naive, 1),
+        ("fast path (float32 Gram), 1 process", fast, 1),
+        (f"fast path, {cores} worker processes", parallel, cores),
+    ]
+    command = f"make bench-clustering  # = .venv/bin/python benchmarks/clustering.py --users {args.users} --repeats {args.repeats}"
+    machine = f"{platform.machine()}, {cores} cores, Python {platform.python_version()}"
+    results = {
+        "command": command, "machine": machine, "users": n_users, "user_pins": int(len(users)),
+        "actions_per_user": {q: float(actions.quantile(v)) for q, v in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
+        "distinct_pins_per_user_max": int(pins_per_user.max()), "identical_clusters": bool(same),
+        "paths": [{"path": name, "seconds": round(t, 3), "users_per_s": round(n_users / t, 1),
+                   "users_per_s_per_core": round(n_users / t / c, 1), "ratio_per_core": round(naive / t / c, 2),
+                   "ratio_wall": round(naive / t, 2)} for name, t, c in rows],
+    }
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "clustering.json").write_text(json.dumps(results, indent=2))
+    lines = [
+        "# Clustering stage: Ward per user",
+        "",
+        f"Reproduce: `{command}`",
+        "",
+        f"Machine: {machine}. Population: {n_users:,} synthetic users, {len(users):,} distinct user-pins; actions per "
+        f"user over 90 days p50 {results['actions_per_user']['p50']:.0f}, p90 {results['actions_per_user']['p90']:.0f}, "
+        f"p99 {results['actions_per_user']['p99']:.0f} (capped at 1,000; largest user {pins_per_user.max()} distinct pins). "
+        f"Best of {args.repeats} runs per path; all paths measured in the same run on the same users. "
+        f"Clusters identical between naive and fast paths: {same}.",
+        "",
+        "| path | seconds | users/s | users/s per core | ratio to naive, per core | ratio to naive, wall |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in results["paths"]:
+        lines.append(f"| {p['path']} | {p['seconds']} | {p['users_per_s']} | {p['users_per_s_per_core']} | "
+                     f"{p['ratio_per_core']} | {p['ratio_wall']} |")
+    (out / "clustering.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
