@@ -41,9 +41,11 @@ SPLIT_DAY ?= 2026-11-14
 evaluate: setup
 	$(BIN)/pinnersage evaluate --split-day $(SPLIT_DAY) --output docs/evaluation
 
-.PHONY: bench-clustering bench-index bench
+.PHONY: bench-clustering bench-index bench-e2e bench
 bench-clustering: setup
 	$(BIN)/python benchmarks/clustering.py
 bench-index: setup
 	$(BIN)/python benchmarks/index.py
-bench: bench-clustering bench-index bench-serving
+bench: bench-clustering bench-index bench-serving bench-e2e
+bench-e2e: setup
+	$(BIN)/python benchmarks/end_to_end.py
