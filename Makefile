@@ -22,7 +22,13 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: setup
 	$(BIN)/pinnersage demo
 
-test: setup
+# the tests also cover the Spark engine: pyspark (an optional extra) and a Java runtime
+$(VENV)/.spark: $(VENV)/.installed
+	command -v java >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends default-jre-headless)
+	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
+	touch $@
+
+test: setup $(VENV)/.spark
 	$(BIN)/python -m pytest
 
 dev: setup

@@ -4,6 +4,8 @@ Injected into assets and checks as the ``params`` resource; change any field per
 the launchpad (``resources: params: config: {alpha: 1.0}``) or in ``definitions.py``.
 """
 
+from typing import Literal
+
 import dagster as dg
 from pydantic import Field
 
@@ -34,6 +36,12 @@ class PinnerSageParams(dg.ConfigurableResource):
     clustering_workers: int = Field(
         default=0, ge=0, description="Processes for Ward clustering; 0 means one per core, 1 means in-process.",
     )
+    clustering_engine: Literal["local", "spark"] = Field(
+        default="local",
+        description="Where Ward runs: 'local' (worker processes on this machine) or 'spark' "
+        "(groupBy(user_id).applyInPandas; needs the 'spark' extra and Java).",
+    )
+    spark_master: str = Field(default="local[2]", description="Spark master URL when clustering_engine is 'spark'.")
     max_clusters_per_user: int = Field(
         default=150, ge=1, description="Sanity bound for the clusters_per_user_within_bounds check (paper: heavy users 75-100)."
     )

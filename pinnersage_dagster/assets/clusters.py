@@ -13,6 +13,7 @@ from dagster_duckdb import DuckDBResource
 
 from ..config import PinnerSageParams
 from ..core.clustering import SINGLETON, ClusteringPool, cluster_users
+from ..core.spark_engine import cluster_users_spark, spark_session
 from ..partitions import daily_partitions, partition_days
 from ..reporting import distribution, frame_markdown, histogram_markdown, representative_user
 from ..warehouse import embedding_matrix, ensure_tables, query_arrow, replace_partitions, user_batches
@@ -52,6 +53,9 @@ def user_clusters(
     gets one ``singleton`` cluster per distinct pin.
     """
     workers = params.clustering_workers or os.cpu_count() or 1
+    spark = spark_session(params.spark_master) if params.clustering_engine == "spark" else None
+    if spark is not None:
+        workers = 1  # Spark parallelises across its own executors
     with ClusteringPool(workers) as pool:
         for day in partition_days(context):
             with duckdb.get_connection() as conn:
@@ -61,12 +65,11 @@ def user_clusters(
                 with duckdb.get_connection() as conn:
                     table = query_arrow(conn, USER_PINS_SQL, [day, first, last])
                 user_pins += table.num_rows
-                parts.append(
-                    pool.cluster(
-                        table.column("user_id").to_numpy(), table.column("pin_id").to_numpy(),
-                        embedding_matrix(table), params.alpha,
-                    )
-                )
+                batch = (table.column("user_id").to_numpy(), table.column("pin_id").to_numpy(), embedding_matrix(table))
+                if spark is not None:
+                    parts.append(cluster_users_spark(spark, *batch, params.alpha))
+                else:
+                    parts.append(pool.cluster(*batch, params.alpha))
                 del table
             seconds = time.perf_counter() - started
             members = pd.concat(parts, ignore_index=True) if parts else cluster_users(*_empty_batch(), params.alpha)
@@ -83,6 +86,7 @@ def user_clusters(
         "batches": len(batches),
         "largest_batch_rows": max((b[2] for b in batches), default=0),
         "clustering_workers": workers,
+        "clustering_engine": params.clustering_engine if spark is None else f"spark ({params.spark_master})",
     })
     return dg.MaterializeResult(metadata=metadata)
 

@@ -143,14 +143,16 @@ def validate_pins(raw: RawPins, *, expected_dim: int | None) -> tuple[Validated,
     detail[wrong & reason.isna().to_numpy()] = [f"length {k}, expected {dim}" for k in lengths[wrong & reason.isna().to_numpy()]]
     _assign_reason(reason, wrong, "wrong_dimension")
 
-    matrix = np.zeros((n, dim), dtype=np.float64)
+    # float32 throughout, one working matrix: at 1M x 256 every extra copy is 1 GiB
+    matrix = np.zeros((n, dim), dtype=np.float32)
     shaped = lengths == dim
     if shaped.any() and dim > 0:
-        flat = pc.list_flatten(embedding.filter(pa.array(shaped))).to_numpy(zero_copy_only=False)
-        matrix[shaped] = np.asarray(flat, dtype=np.float64).reshape(-1, dim)
-    with np.errstate(invalid="ignore", over="ignore"):
-        finite = np.isfinite(matrix).all(axis=1)
-        norm = np.linalg.norm(np.where(np.isfinite(matrix), matrix, 0.0), axis=1)
+        values = pc.list_flatten(embedding.filter(pa.array(shaped))).cast(pa.float32())
+        matrix[shaped] = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        del values
+    finite = np.isfinite(matrix).all(axis=1)
+    matrix[~finite] = 0.0
+    norm = np.linalg.norm(matrix, axis=1)
     _assign_reason(reason, ~finite, "non_finite_embedding")
     _assign_reason(reason, norm <= 1e-12, "zero_norm_embedding")
 
@@ -169,7 +171,8 @@ def validate_pins(raw: RawPins, *, expected_dim: int | None) -> tuple[Validated,
             "created_at": created_at[ok].to_numpy(),
         }
     )
-    unit = (matrix[ok] / norm[ok, None]).astype(np.float32)
+    unit = matrix[ok] if not ok.all() else matrix
+    unit /= norm[ok, None]
     quarantine = pd.DataFrame(
         {
             "source": source,

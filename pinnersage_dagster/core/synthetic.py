@@ -33,6 +33,7 @@ import pandas as pd
 
 CATEGORY_WEIGHT, TOPIC_WEIGHT, NOISE_WEIGHT = 0.3, 0.5, 0.2
 LIFELONG = 1_000_000  # an interest "end day" that never comes
+_CHUNK = 100_000
 UNKNOWN_PIN_ID = -1  # planted fault: a pin id that no catalog holds
 
 
@@ -125,20 +126,28 @@ def generate_pins(world: SyntheticWorld) -> PinCatalog:
     # every topic gets at least one old pin, so every interest has something to act on
     topic[: world.n_topics] = np.arange(world.n_topics)
     category = topic // world.topics_per_category
-    base = _unit(
-        np.sqrt(CATEGORY_WEIGHT) * categories[category]
-        + np.sqrt(TOPIC_WEIGHT) * topics[topic]
-        + np.sqrt(NOISE_WEIGHT) * _unit(rng.standard_normal((n_base, d)))
-    )
+    base = np.empty((n_base, d), dtype=np.float32)
+    for start in range(0, n_base, _CHUNK):  # chunks keep the float64 temporaries small at 1M pins
+        end = min(start + _CHUNK, n_base)
+        base[start:end] = _unit(
+            np.sqrt(CATEGORY_WEIGHT) * categories[category[start:end]]
+            + np.sqrt(TOPIC_WEIGHT) * topics[topic[start:end]]
+            + np.sqrt(NOISE_WEIGHT) * _unit(rng.standard_normal((end - start, d)))
+        )
     created_days = rng.uniform(-365, 365, size=n_base)
     created_days[: world.n_topics] = rng.uniform(-365, -200, size=world.n_topics)
 
     original = rng.integers(0, n_base, size=n_dup)
     eps = rng.uniform(0.1, 0.2, size=n_dup)  # cosine 1/sqrt(1+eps^2): 0.98-0.995
-    copies = _unit(base[original] + eps[:, None] * _unit(rng.standard_normal((n_dup, d))))
+    copies = np.empty((n_dup, d), dtype=np.float32)
+    for start in range(0, n_dup, _CHUNK):
+        end = min(start + _CHUNK, n_dup)
+        noise = _unit(rng.standard_normal((end - start, d)))
+        copies[start:end] = _unit(base[original[start:end]] + eps[start:end, None] * noise)
     copy_created = created_days[original] + rng.uniform(0, 60, size=n_dup)
 
-    embedding = np.vstack([base, copies]).astype(np.float32)
+    embedding = np.vstack([base, copies])
+    del base, copies
     all_topic = np.r_[topic, topic[original]]
     all_created = np.r_[created_days, copy_created]
     pin_id = 100_000 + rng.permutation(world.n_pins).astype(np.int64)
