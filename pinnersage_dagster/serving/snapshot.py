@@ -82,17 +82,31 @@ def publish_snapshot(
     return publish(partition_dir, write, verify=lambda build, manifest: _open(build, manifest))
 
 
-def _centroids(medoids: pd.DataFrame, members: pd.DataFrame, ids: np.ndarray, emb: np.ndarray) -> np.ndarray:
+def _centroids(
+    medoids: pd.DataFrame, members: pd.DataFrame, ids: np.ndarray, emb: np.ndarray, chunk_rows: int = 200_000
+) -> np.ndarray:
+    """Mean member embedding of each cluster, in chunks of whole clusters: memory stays at
+    ``chunk_rows`` embeddings, not one per member (5M members x 256 would be 10 GB in float64)."""
     dim = emb.shape[1]
     if medoids.empty:
         return np.empty((0, dim), dtype=np.float32)
-    x = emb[np.searchsorted(ids, members["pin_id"].to_numpy())].astype(np.float64)
     keys = members[["user_id", "cluster_id"]].to_numpy()
     starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
-    sums = np.add.reduceat(x, starts, axis=0) / np.diff(np.r_[starts, len(keys)])[:, None]
     if len(starts) != len(medoids):
         raise ValueError("every medoid row needs its cluster members")
-    return sums.astype(np.float32)
+    ends = np.r_[starts[1:], len(keys)]
+    rows = np.searchsorted(ids, members["pin_id"].to_numpy())
+    out = np.empty((len(starts), dim), dtype=np.float32)
+    first = 0
+    while first < len(starts):
+        # whole clusters whose members fit the chunk (at least one cluster)
+        last = max(first + 1, int(np.searchsorted(ends, starts[first] + chunk_rows, side="right")))
+        lo, hi = starts[first], ends[last - 1]
+        x = emb[rows[lo:hi]].astype(np.float64)
+        sums = np.add.reduceat(x, starts[first:last] - lo, axis=0)
+        out[first:last] = sums / (ends[first:last] - starts[first:last])[:, None]
+        first = last
+    return out
 
 
 @dataclass
