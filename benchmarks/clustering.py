@@ -13,9 +13,7 @@ Run: ``make bench-clustering``; writes benchmarks/results/clustering.md and clus
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from datetime import date, timedelta
@@ -26,7 +24,9 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import results_io  # noqa: E402
 from pinnersage_dagster.core.clustering import ClusteringPool, cluster_users  # noqa: E402
 from pinnersage_dagster.core.synthetic import (  # noqa: E402
     UNKNOWN_PIN_ID,
@@ -85,7 +85,7 @@ def main() -> None:
         (f"fast path, {cores} worker processes", parallel, cores),
     ]
     command = f"make bench-clustering  # = .venv/bin/python benchmarks/clustering.py --users {args.users} --repeats {args.repeats}"
-    machine = f"{platform.machine()}, {cores} cores, Python {platform.python_version()}"
+    machine = results_io.machine()
     results = {
         "command": command, "machine": machine, "users": n_users, "user_pins": int(len(users)),
         "actions_per_user": {q: float(actions.quantile(v)) for q, v in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
@@ -94,9 +94,6 @@ def main() -> None:
                    "users_per_s_per_core": round(n_users / t / c, 1), "ratio_per_core": round(naive / t / c, 2),
                    "ratio_wall": round(naive / t, 2)} for name, t, c in rows],
     }
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "clustering.json").write_text(json.dumps(results, indent=2))
     lines = [
         "# Clustering stage: Ward per user",
         "",
@@ -114,8 +111,7 @@ def main() -> None:
     for p in results["paths"]:
         lines.append(f"| {p['path']} | {p['seconds']} | {p['users_per_s']} | {p['users_per_s_per_core']} | "
                      f"{p['ratio_per_core']} | {p['ratio_wall']} |")
-    (out / "clustering.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    results_io.write("clustering", results, lines)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,6 @@ Run: ``make bench-index``; writes benchmarks/results/index.md and index.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -24,7 +21,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import results_io  # noqa: E402
 from pinnersage_dagster.core.hnsw import build_index  # noqa: E402
 from pinnersage_dagster.core.synthetic import SyntheticWorld, generate_pins  # noqa: E402
 
@@ -78,13 +77,10 @@ def main() -> None:
                      "p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)})
 
     command = f"make bench-index  # = .venv/bin/python benchmarks/index.py --pins {args.pins} --queries {args.queries}"
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    machine = results_io.machine()
     results = {"command": command, "machine": machine, "pins": args.pins, "dimension": int(x.shape[1]), "M": 32,
                "ef_construction": 200, "build_seconds": round(build_seconds, 1), "size_on_disk_mb": round(size_mb, 1),
                "exact_search_ms_per_query": round(exact_ms, 2), "ef": rows}
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "index.json").write_text(json.dumps(results, indent=2))
     lines = [
         "# pin_index: HNSW build, size, recall and latency",
         "",
@@ -101,8 +97,7 @@ def main() -> None:
         "",
         "The product's default is ef = 200 (`hnsw_ef`). An ef below k = 133 is raised to k by hnswlib.",
     ]
-    (out / "index.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    results_io.write("index", results, lines)
 
 
 if __name__ == "__main__":

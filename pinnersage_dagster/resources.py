@@ -98,26 +98,27 @@ class FileSource(DataSource):
         return self.embedding_dim
 
 
-class IndexStore(dg.ConfigurableResource):
-    """The directory that holds one published HNSW index per daily partition."""
+class PartitionedArtifacts(dg.ConfigurableResource):
+    """A directory with one published artifact (``core.artifacts``) per daily partition."""
+
+    root: str
+
+    def partition_dir(self, partition: str) -> Path:
+        path = Path(self.root) / partition
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class IndexStore(PartitionedArtifacts):
+    """Where ``pin_index`` publishes one HNSW index per day."""
 
     root: str = DEFAULT_INDEX_ROOT
 
-    def partition_dir(self, partition: str) -> Path:
-        path = Path(self.root) / partition
-        path.mkdir(parents=True, exist_ok=True)
-        return path
 
-
-class ServingStore(dg.ConfigurableResource):
-    """The directory that holds one published serving snapshot per daily partition."""
+class ServingStore(PartitionedArtifacts):
+    """Where ``serving_snapshot`` publishes one serving snapshot per day."""
 
     root: str = DEFAULT_SERVING_ROOT
-
-    def partition_dir(self, partition: str) -> Path:
-        path = Path(self.root) / partition
-        path.mkdir(parents=True, exist_ok=True)
-        return path
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
