@@ -7,6 +7,7 @@ pyspark is an optional extra (``pip install -e '.[spark]'``) and needs Java 17+.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -25,6 +26,10 @@ def spark_session(master: str, app_name: str = "pinnersage"):
     """
     from pyspark.sql import SparkSession
 
+    # Python workers must run this interpreter (it has this package's dependencies), whatever
+    # `python3` is on PATH; the environment variable is what local mode honours
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     return (
         SparkSession.builder.master(master)
         .appName(app_name)
