@@ -56,9 +56,10 @@ def test_budget_and_merge():
     assert [per_medoid_budget(400, e) for e in (1, 2, 3, 4, 7)] == [400, 200, 133, 100, 57]
     a = (0, 10, np.array([1, 2, 3, 4]), np.array([0.9, 0.8, 0.7, 0.6]))
     b = (1, 20, np.array([3, 5, 6, 7]), np.array([0.95, 0.5, 0.4, 0.3]))
-    merged = merge_candidates([a, b], k=3, budget=400, exclude=np.array([2]))
-    assert [(c.pin_id, c.cluster_id) for c in merged] == [(3, 1), (1, 0), (4, 0), (5, 1), (6, 1)]
-    assert len(merge_candidates([a, b], k=3, budget=2, exclude=np.array([]))) == 2
+    pins, scores, clusters, medoids = merge_candidates([a, b], k=3, budget=400, exclude=np.array([2]))
+    assert list(zip(pins.tolist(), clusters.tolist())) == [(3, 1), (1, 0), (4, 0), (5, 1), (6, 1)]
+    assert scores.tolist() == [0.95, 0.9, 0.6, 0.5, 0.4] and medoids.tolist() == [20, 10, 10, 20, 20]
+    assert len(merge_candidates([a, b], k=3, budget=2, exclude=np.array([]))[0]) == 2
 
 
 def test_recommendations_follow_the_paper(service):

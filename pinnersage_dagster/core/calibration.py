@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .clustering import SINGLETON, cluster_users
-from .metrics import adjusted_rand_index, purity
+from .metrics import per_user_recovery
 from .synthetic import UNKNOWN_PIN_ID, SyntheticWorld, generate_day_actions, generate_pins
 
 
@@ -40,24 +40,13 @@ def alpha_sweep(
             "users_without_ward_cluster": int(per_user.size - ward["user_id"].nunique()),
         }
         if labels is not None:
-            row.update(_recovery(user_ids, pin_ids, labels, ward))
+            scores = per_user_recovery(user_ids, pin_ids, labels, ward)
+            row.update({
+                "mean_adjusted_rand_index": round(scores["adjusted_rand_index"], 4),
+                "mean_purity": round(scores["purity"], 4),
+            })
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _recovery(user_ids: np.ndarray, pin_ids: np.ndarray, labels: np.ndarray, ward: pd.DataFrame) -> dict[str, float]:
-    assigned = ward.set_index(["user_id", "pin_id"])["cluster_id"]
-    key = pd.MultiIndex.from_arrays([user_ids, pin_ids])
-    predicted = assigned.reindex(key).to_numpy(dtype=float, copy=True)
-    outside = np.isnan(predicted)
-    predicted[outside] = -1 - np.arange(outside.sum())  # every unclustered pin is its own cluster
-    aris, purities = [], []
-    starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])
-    for start, end in zip(starts, np.r_[starts[1:], len(user_ids)]):
-        if end - start >= 2:
-            aris.append(adjusted_rand_index(labels[start:end], predicted[start:end]))
-            purities.append(purity(labels[start:end], predicted[start:end]))
-    return {"mean_adjusted_rand_index": round(float(np.mean(aris)), 4), "mean_purity": round(float(np.mean(purities)), 4)}
 
 
 def synthetic_window(

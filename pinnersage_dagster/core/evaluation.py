@@ -31,7 +31,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.cluster.vq import kmeans2
 
 from .clustering import cluster_users, summarize_clusters
-from .metrics import adjusted_rand_index, purity
+from .metrics import per_user_recovery
 
 BUDGET = 400
 IMPRESSIONS_PER_ACTION = 20
@@ -273,19 +273,7 @@ def sample_negatives(users: Users, rng: np.random.Generator) -> dict[int, np.nda
 
 
 def recovery(users: Users, members: pd.DataFrame, topic_of: pd.Series) -> dict[str, float]:
-    """Mean per-user ARI and purity of ``members`` against planted topics (unclustered pins
-    count as their own cluster)."""
+    """Mean per-user ARI and purity of ``members`` against planted topics."""
     d = distinct_pins(users)
-    assigned = members.set_index(["user_id", "pin_id"])["cluster_id"]
-    aris, purities = [], []
-    for user, block in d.groupby("user_id"):
-        if len(block) < 2:
-            continue
-        pins = block["pin_id"].to_numpy()
-        predicted = assigned.reindex(pd.MultiIndex.from_product([[user], pins])).to_numpy(dtype=float, copy=True)
-        missing = np.isnan(predicted)
-        predicted[missing] = -1 - np.arange(missing.sum())
-        truth = topic_of.reindex(pins).to_numpy()
-        aris.append(adjusted_rand_index(truth, predicted))
-        purities.append(purity(truth, predicted))
-    return {"adjusted_rand_index": float(np.mean(aris)), "purity": float(np.mean(purities))}
+    pins = d["pin_id"].to_numpy()
+    return per_user_recovery(d["user_id"].to_numpy(), pins, topic_of.reindex(pins).to_numpy(), members)

@@ -41,6 +41,25 @@ def purity(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(_contingency(truth, predicted).max(axis=0).sum() / truth.size)
 
 
+def per_user_recovery(
+    user_ids: np.ndarray, pin_ids: np.ndarray, truth: np.ndarray, members: pd.DataFrame
+) -> dict[str, float]:
+    """Mean per-user adjusted Rand index and purity of ``members`` (user_id, pin_id, cluster_id)
+    against ``truth`` labels of the rows (distinct user-pins, sorted by user). Each pin in no
+    cluster counts as a cluster of its own; users with fewer than 2 pins are skipped."""
+    assigned = members.set_index(["user_id", "pin_id"])["cluster_id"]
+    predicted = assigned.reindex(pd.MultiIndex.from_arrays([user_ids, pin_ids])).to_numpy(dtype=float, copy=True)
+    outside = np.isnan(predicted)
+    predicted[outside] = -1 - np.arange(outside.sum())
+    aris, purities = [], []
+    starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]]) if len(user_ids) else np.empty(0, int)
+    for start, end in zip(starts, np.r_[starts[1:], len(user_ids)]):
+        if end - start >= 2:
+            aris.append(adjusted_rand_index(truth[start:end], predicted[start:end]))
+            purities.append(purity(truth[start:end], predicted[start:end]))
+    return {"adjusted_rand_index": float(np.mean(aris)), "purity": float(np.mean(purities))}
+
+
 def pool_refinement_scores(truth: pd.DataFrame, excluded: pd.DataFrame) -> dict[str, float | int]:
     """Precision and recall of the candidate-pool refinement against planted faults.
 

@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-
-
-@dataclass(frozen=True)
-class Candidate:
-    pin_id: int
-    score: float  # cosine similarity to the medoid that produced it
-    cluster_id: int
-    medoid_pin_id: int
 
 
 def sample_medoids(importance: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -37,21 +27,14 @@ def per_medoid_budget(budget: int, sampled: int) -> int:
 
 def merge_candidates(
     neighbours: list[tuple[int, int, np.ndarray, np.ndarray]], k: int, budget: int, exclude: np.ndarray
-) -> list[Candidate]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Merge per-medoid neighbour lists into one set of at most ``budget`` pins.
 
     ``neighbours``: (cluster_id, medoid_pin_id, pin_ids, scores) per sampled medoid, each sorted
     by score. Each medoid contributes its best ``k`` pins not in ``exclude``; a pin reached from
-    several medoids keeps its best score and the medoid that gave it. Result sorted by score.
+    several medoids keeps its best score and the medoid that gave it. Returns parallel arrays
+    (pin_id, score, cluster_id, medoid_pin_id) sorted by score, then pin id.
     """
-    pins, scores, clusters, medoids = merge_arrays(neighbours, k, budget, exclude)
-    return [Candidate(*row) for row in zip(pins.tolist(), scores.tolist(), clusters.tolist(), medoids.tolist())]
-
-
-def merge_arrays(
-    neighbours: list[tuple[int, int, np.ndarray, np.ndarray]], k: int, budget: int, exclude: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``merge_candidates`` as parallel arrays (pin_id, score, cluster_id, medoid_pin_id), vectorized."""
     parts = []
     for cluster_id, medoid_pin_id, pin_ids, scores in neighbours:
         if exclude.size:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .cache import MedoidCache, Neighbours
 from .online import OnlineEvent, OnlineEvents, user_interests
-from .retrieval import merge_arrays, per_medoid_budget, sample_medoids
+from .retrieval import merge_candidates, per_medoid_budget, sample_medoids
 from .snapshot import ServingSnapshot
 from .store import SnapshotManager
 
@@ -105,7 +105,7 @@ class RecommenderService:
                 snapshot.version, c.medoid_pin_id, depth, lambda d, pin=c.medoid_pin_id: self._ann(snapshot, pin, d)
             )
             neighbours.append((c.cluster_id, c.medoid_pin_id, pin_ids, scores))
-        pins, scores, clusters, medoids = merge_arrays(neighbours, k, budget, seen)
+        pins, scores, clusters, medoids = merge_candidates(neighbours, k, budget, seen)
         return {
             "user_id": user_id,
             "source": "pinnersage",
