@@ -4,7 +4,6 @@
 import time
 
 import dagster as dg
-import numpy as np
 from dagster_duckdb import DuckDBResource
 
 from ..config import PinnerSageParams

@@ -1,7 +1,6 @@
 """The serving snapshot of each day: what the recommendation service loads."""
 
 import dagster as dg
-import numpy as np
 from dagster_duckdb import DuckDBResource
 
 from ..config import PinnerSageParams

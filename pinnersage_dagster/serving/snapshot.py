@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.artifacts import ArtifactIntegrityError, link_or_copy, publish, verified_build
-from ..core.hnsw import IDS_FILE, INDEX_FILE, IndexManifest, load_index, open_index_files
+from ..core.hnsw import IDS_FILE, INDEX_FILE, IndexManifest, open_index_files, read_manifest
 
 FORMAT_VERSION = 1
 MEDOID_COLUMNS = ["user_id", "cluster_id", "medoid_pin_id", "importance", "size", "n_actions", "kind"]
@@ -48,7 +48,7 @@ def publish_snapshot(
     decay_lambda: float,
 ) -> dict:
     """Publish the snapshot of ``partition``; ``index_dir`` is that day's published pin_index."""
-    index_manifest = load_index(index_dir)[2]  # verified: never pair with a broken index
+    index_manifest = read_manifest(index_dir)  # the linked files are verified against it before publishing
     if index_manifest.source_partition != partition:
         raise ArtifactIntegrityError(f"index in {index_dir} is for {index_manifest.source_partition}, not {partition}")
     medoids = medoids.sort_values(["user_id", "cluster_id"]).reset_index(drop=True)[MEDOID_COLUMNS]
