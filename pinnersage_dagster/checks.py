@@ -20,7 +20,7 @@ from .assets.constants import DUCKDB_POOL
 from .assets.index import POOL_AT_SQL, pin_index
 from .assets.medoids import user_medoids
 from .config import PinnerSageParams
-from .core.hnsw import IndexIntegrityError, load_index, pin_ids_checksum
+from .core.hnsw import IndexIntegrityError, live_pin_ids, pin_ids_checksum, read_manifest
 from .partitions import daily_partitions, partition_days
 from .resources import IndexStore
 
@@ -93,7 +93,8 @@ def evaluate_pin_index_matches_candidate_pool(
 ) -> Evaluation:
     pool = conn.execute(POOL_AT_SQL.replace("p.embedding", "NULL AS embedding"), [day + timedelta(days=1)]).df()
     try:
-        _, pin_ids, manifest = load_index(partition_dir)
+        manifest = read_manifest(partition_dir)
+        indexed = live_pin_ids(partition_dir)  # verifies the build's checksums
     except IndexIntegrityError as exc:
         return False, {"error": str(exc)}
     metadata = {
@@ -102,7 +103,8 @@ def evaluate_pin_index_matches_candidate_pool(
         "source_partition": manifest.source_partition,
         "checksums_verified": True,
     }
-    same_set = manifest.pin_ids_sha256 == pin_ids_checksum(pool["pin_id"].to_numpy())
+    pool_checksum = pin_ids_checksum(pool["pin_id"].to_numpy())
+    same_set = manifest.pin_ids_sha256 == pool_checksum == pin_ids_checksum(indexed)
     return same_set and manifest.source_partition == day.isoformat(), metadata
 
 

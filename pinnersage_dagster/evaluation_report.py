@@ -51,10 +51,10 @@ def load_split(
 
 def index_search(index_dir: Path):
     """``search(queries, k)`` over the published pin_index of a day."""
-    index, pin_ids, _ = load_index(index_dir)
+    index, pin_ids, manifest = load_index(index_dir)
 
     def search(queries: np.ndarray, k: int) -> np.ndarray:
-        k = min(k, len(pin_ids))
+        k = min(k, manifest.count)
         index.set_ef(max(200, k))
         labels, _ = index.knn_query(np.ascontiguousarray(queries, dtype=np.float32), k=k)
         return pin_ids[labels]

@@ -110,9 +110,13 @@ class PartitionedArtifacts(dg.ConfigurableResource):
 
 
 class IndexStore(PartitionedArtifacts):
-    """Where ``pin_index`` publishes one HNSW index per day."""
+    """Where ``pin_index`` publishes one HNSW index per day, beside the pool graph that
+    ``candidate_pool`` maintains and every day's index starts from."""
 
     root: str = DEFAULT_INDEX_ROOT
+
+    def pool_graph_dir(self) -> Path:
+        return self.partition_dir("pool_graph")
 
 
 class ServingStore(PartitionedArtifacts):

@@ -82,10 +82,27 @@ def test_rematerializing_a_partition_replaces_it_exactly(graph_copy):
     assert after_manifest.pin_ids_sha256 == before_manifest.pin_ids_sha256
     assert after_manifest.build_id != before_manifest.build_id  # rebuilt and republished
 
+    pool = metadata_of(result, "candidate_pool")
+    assert pool["graph_update"] == "incremental" and pool["graph_pins_inserted"] == pool["graph_pins_retired"] == 0
+    index = metadata_of(result, "pin_index")
+    assert index["index_mode"] == "pool graph with tombstones" and index["tombstones"] > 0
+
     clusters = metadata_of(result, "user_clusters")
     assert {"users", "clusters_per_user", "clusters_per_user_histogram", "example_user"} <= set(clusters)
     medoids = metadata_of(result, "user_medoids")
     assert "example_user_interests" in medoids and medoids["users"] == clusters["users"]
+
+
+def test_a_day_whose_pool_is_a_small_part_of_the_graph_gets_a_compact_index(graph_copy, monkeypatch):
+    import pinnersage_dagster.assets.index as index_module
+
+    monkeypatch.setattr(index_module, "MIN_LIVE_SHARE", 1.0)  # any tombstone is too many
+    result = dg.materialize(all_assets, selection=["pin_index"], resources=graph_copy.resources, partition_key=DAY.isoformat())
+    index = metadata_of(result, "pin_index")
+    assert index["index_mode"] == "compact build" and index["tombstones"] == 0
+    with graph_copy.connect(read_only=True) as conn:
+        expected = conn.execute("SELECT count(*) FROM candidate_pool WHERE created_at < ?", [DAY + timedelta(days=1)]).fetchone()[0]
+    assert index["dagster/row_count"] == expected
 
 
 def test_heavy_users_are_capped_to_their_most_recent_actions(graph_copy):

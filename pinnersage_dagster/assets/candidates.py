@@ -7,11 +7,13 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ..config import PinnerSageParams
+from ..core.artifacts import ArtifactIntegrityError
 from ..core.candidates import refine_candidate_pool
 from ..core.contract import validate_pins
 from ..core.metrics import pool_refinement_scores
+from ..core.pool_graph import PoolGraph, load_pool_graph, publish_pool_graph
 from ..reporting import frame_markdown
-from ..resources import DataSource
+from ..resources import DataSource, IndexStore
 from ..warehouse import embedding_matrix, ensure_tables, query_arrow, replace_table, write_pins
 from .constants import DUCKDB_POOL, GROUP
 
@@ -50,27 +52,42 @@ def pins(context: dg.AssetExecutionContext, duckdb: DuckDBResource, source: Data
 
 @dg.asset(group_name=GROUP, pool=DUCKDB_POOL, kinds={"duckdb"}, deps=[pins])
 def candidate_pool(
-    context: dg.AssetExecutionContext, duckdb: DuckDBResource, params: PinnerSageParams
+    context: dg.AssetExecutionContext, duckdb: DuckDBResource, params: PinnerSageParams, index_store: IndexStore
 ) -> dg.MaterializeResult:
     """Pins eligible for recommendation: quality >= ``quality_threshold``, one per near-duplicate group.
 
-    Unpartitioned, rebuilt from the catalog. Removed pins are listed in
+    Unpartitioned, recomputed from the catalog. Removed pins are listed in
     ``candidate_pool_exclusions`` with the reason and, for duplicates, the pin kept instead.
+    Also publishes the pool's HNSW graph (``core.pool_graph``), updated in place when the
+    catalog only gained or lost pins, which every day's ``pin_index`` starts from.
     """
     with duckdb.get_connection() as conn:
         table = query_arrow(conn, "SELECT pin_id, embedding, quality, created_at FROM pins ORDER BY pin_id")
-    started = time.perf_counter()
-    refined = refine_candidate_pool(
+    catalog_pins = table.num_rows
+    columns = (
         table.column("pin_id").to_numpy(),
         embedding_matrix(table),
         table.column("quality").to_numpy(),
         table.column("created_at").to_numpy(zero_copy_only=False),
+    )
+    del table  # the float32 matrix is all that is kept of the embeddings
+    previous = _previous_graph(context, index_store)
+    started = time.perf_counter()
+    refined = refine_candidate_pool(
+        *columns,
         quality_threshold=params.quality_threshold,
         duplicate_cosine=params.duplicate_cosine,
         neighbours=params.dedup_neighbours,
         ef=params.dedup_ef,
+        M=params.hnsw_m,
+        ef_construction=params.hnsw_ef_construction,
+        previous=previous,
     )
     seconds = time.perf_counter() - started
+    del columns
+    # the graph goes first: pin_index refuses a graph that does not cover the pool it reads
+    graph_manifest = publish_pool_graph(index_store.pool_graph_dir(), refined.graph)
+    update = refined.update
     with duckdb.get_connection() as conn:
         ensure_tables(conn)
         replace_table(conn, "candidate_pool", refined.kept)
@@ -78,11 +95,19 @@ def candidate_pool(
         truth = conn.execute("SELECT * FROM synthetic_pin_truth").df()
     reasons = refined.excluded["reason"].value_counts().to_dict()
     metadata: dict[str, object] = {
-        "catalog_pins": table.num_rows,
+        "catalog_pins": catalog_pins,
         "dagster/row_count": len(refined.kept),
         "excluded_low_quality": int(reasons.get("low_quality", 0)),
         "excluded_near_duplicate": int(reasons.get("near_duplicate", 0)),
         "refine_seconds": round(seconds, 2),
+        "graph_update": update.mode,
+        "graph_update_reason": update.reason,
+        "graph_pins_inserted": update.inserted,
+        "graph_pins_retired": update.retired,
+        "graph_elements": update.elements,
+        "graph_tombstones": update.elements - update.live,
+        "duplicate_edges": update.edges,
+        "graph_build_id": graph_manifest["build_id"],
         "duplicate_examples": dg.MetadataValue.md(
             frame_markdown(refined.excluded[refined.excluded["reason"] == "near_duplicate"].head(8))
         ),
@@ -90,5 +115,19 @@ def candidate_pool(
     if not truth.empty:
         scores = pool_refinement_scores(truth, refined.excluded)
         metadata.update({f"planted_{k}": v for k, v in scores.items()})
-    context.log.info(f"candidate pool: {len(refined.kept)} of {table.num_rows} pins")
+    context.log.info(
+        f"candidate pool: {len(refined.kept)} of {catalog_pins} pins; graph {update.mode} ({update.reason}), "
+        f"{update.inserted} inserted, {update.retired} retired"
+    )
     return dg.MaterializeResult(metadata=metadata)
+
+
+def _previous_graph(context: dg.AssetExecutionContext, index_store: IndexStore) -> PoolGraph | None:
+    directory = index_store.pool_graph_dir()
+    if not (directory / "manifest.json").exists():
+        return None
+    try:
+        return load_pool_graph(directory)
+    except ArtifactIntegrityError as exc:  # a damaged graph costs a rebuild, never a wrong pool
+        context.log.warning(f"rebuilding the pool graph: {exc}")
+        return None

@@ -5,10 +5,13 @@ import time
 from datetime import timedelta
 
 import dagster as dg
+import numpy as np
 from dagster_duckdb import DuckDBResource
 
 from ..config import PinnerSageParams
+from ..core.artifacts import ArtifactIntegrityError
 from ..core.hnsw import build_index, publish_index
+from ..core.pool_graph import load_pool_graph
 from ..partitions import daily_partitions, partition_days
 from ..resources import IndexStore
 from ..warehouse import embedding_matrix, query_arrow
@@ -22,13 +25,16 @@ POOL_AT_SQL = """
     WHERE c.created_at IS NULL OR c.created_at < ?
     ORDER BY c.pin_id
 """
+# below this share of live labels, a day's index is built compact instead of from the pool
+# graph: queries walk through tombstones, so a graph that is mostly tombstones is slow
+MIN_LIVE_SHARE = 0.5
 
 
 @dg.asset(
     group_name=GROUP,
     partitions_def=daily_partitions,
     deps=[candidate_pool],
-    # one index build per run: builds are heavy, and a failed build fails one day only
+    # one index per run: a failed publish fails one day only
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
     pool=DUCKDB_POOL,
     kinds={"hnswlib"},
@@ -38,37 +44,70 @@ def pin_index(
 ) -> dg.MaterializeResult:
     """For day D: an HNSW index (inner product on unit vectors) over the candidate pool pins
     that existed by the end of D, published with a manifest (dimension, count, parameters,
-    source partition, checksums). The recommender pairs it with ``user_medoids`` of D."""
+    source partition, checksums). The recommender pairs it with ``user_medoids`` of D.
+
+    It is the pool graph that ``candidate_pool`` publishes, with every pin outside the day's
+    pool (duplicates, pins created after D) marked deleted; a day whose pool is under half
+    the graph gets a compact index built from its own pins instead.
+    """
     for day in partition_days(context):
-        with duckdb.get_connection() as conn:
-            table = query_arrow(conn, POOL_AT_SQL, [day + timedelta(days=1)])
         started = time.perf_counter()
-        index = build_index(
-            embedding_matrix(table), M=params.hnsw_m, ef_construction=params.hnsw_ef_construction, ef=params.hnsw_ef
-        )
-        build_seconds = time.perf_counter() - started
+        try:
+            graph = load_pool_graph(index_store.pool_graph_dir())
+        except ArtifactIntegrityError as exc:
+            raise dg.Failure(f"no usable pool graph, materialize candidate_pool first: {exc}") from exc
+        with duckdb.get_connection() as conn:
+            pool_ids = conn.execute(POOL_AT_SQL.replace(", p.embedding", ""), [day + timedelta(days=1)]).fetchnumpy()["pin_id"]
+        labels = graph.labels_of(np.asarray(pool_ids, dtype=np.int64))
+        if (labels < 0).any():
+            raise dg.Failure(
+                f"{int((labels < 0).sum())} candidate_pool pins are missing from the pool graph in "
+                f"{index_store.pool_graph_dir()}: re-materialize candidate_pool"
+            )
+        live = np.zeros(graph.elements, dtype=bool)
+        live[labels] = True
+        if live.sum() >= MIN_LIVE_SHARE * graph.elements:
+            for label in np.flatnonzero(graph.live & ~live).tolist():
+                graph.index.mark_deleted(label)
+            index, pin_ids, mode = graph.index, graph.pin_ids, "pool graph with tombstones"
+            built_with = graph.params.M, graph.params.ef_construction
+        else:
+            del graph
+            with duckdb.get_connection() as conn:
+                table = query_arrow(conn, POOL_AT_SQL, [day + timedelta(days=1)])
+            index = build_index(
+                embedding_matrix(table), M=params.hnsw_m, ef_construction=params.hnsw_ef_construction, ef=params.hnsw_ef
+            )
+            pin_ids, live, mode = table.column("pin_id").to_numpy(), None, "compact build"
+            built_with = params.hnsw_m, params.hnsw_ef_construction
+            del table
         directory = index_store.partition_dir(day.isoformat())
         manifest = publish_index(
             directory,
             index,
-            table.column("pin_id").to_numpy(),
+            pin_ids,
+            live=live,
             source_partition=day.isoformat(),
-            M=params.hnsw_m,
-            ef_construction=params.hnsw_ef_construction,
+            M=built_with[0],
+            ef_construction=built_with[1],
             ef=params.hnsw_ef,
         )
+        seconds = time.perf_counter() - started
         size = sum(f.stat().st_size for f in (directory / "builds" / manifest.build_id).iterdir())
-        context.log.info(f"{day}: indexed {manifest.count} pins in {build_seconds:.1f}s at {directory}")
+        context.log.info(f"{day}: indexed {manifest.count} pins ({mode}) in {seconds:.1f}s at {directory}")
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(directory / "manifest.json")),
             "dagster/row_count": manifest.count,
+            "index_mode": mode,
+            "elements": manifest.elements,
+            "tombstones": manifest.elements - manifest.count,
             "dimension": manifest.dimension,
             "source_partition": manifest.source_partition,
             "M": manifest.M,
             "ef_construction": manifest.ef_construction,
             "ef": manifest.ef,
-            "build_seconds": round(build_seconds, 2),
+            "seconds": round(seconds, 2),
             "size_on_disk_mb": round(size / 2**20, 2),
             "pin_ids_sha256": manifest.pin_ids_sha256,
             "build_id": manifest.build_id,

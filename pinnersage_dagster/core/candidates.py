@@ -1,21 +1,21 @@
 """Candidate pool refinement (paper, section 4.1.1): drop low-quality pins, collapse near-duplicates.
 
-Near-duplicates are found by an approximate self-join: an HNSW index over the pins that
-passed the quality filter is queried for each pin's ``neighbours`` nearest pins, pairs at
-cosine >= ``duplicate_cosine`` become graph edges, and each connected component keeps one
-representative: the earliest created pin (the original upload), then the highest quality,
-then the lowest pin id. Cost is O(n log n), never the O(n^2) all-pairs pass.
+Near-duplicates are found by an approximate self-join on the pool's HNSW graph
+(``core.pool_graph``): each pin is queried for its ``neighbours`` nearest pins when it enters
+the graph, pairs at cosine >= ``duplicate_cosine`` become edges, and each connected component
+keeps one representative: the earliest created pin (the original upload), then the highest
+quality, then the lowest pin id. Cost is O(n log n) for a rebuild and O(new pins · log n) for a
+day of uploads, never the O(n^2) all-pairs pass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import hnswlib
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+
+from .pool_graph import GraphParams, GraphUpdate, PoolGraph, duplicate_components, update_pool_graph
 
 LOW_QUALITY = "low_quality"
 NEAR_DUPLICATE = "near_duplicate"
@@ -25,10 +25,13 @@ NEAR_DUPLICATE = "near_duplicate"
 class RefinedPool:
     """``kept``: one row per pool pin (``pin_id``, ``quality``, ``created_at``, ``n_duplicates``).
     ``excluded``: one row per removed pin (``pin_id``, ``reason``, ``representative_pin_id``,
-    ``cosine`` to its representative, NaN for low quality)."""
+    ``cosine`` to its representative, NaN for low quality). ``graph``: the pool's HNSW graph
+    over the quality-passing pins, to publish for ``pin_index`` and the next run."""
 
     kept: pd.DataFrame
     excluded: pd.DataFrame
+    graph: PoolGraph
+    update: GraphUpdate
 
 
 def refine_candidate_pool(
@@ -41,9 +44,15 @@ def refine_candidate_pool(
     duplicate_cosine: float,
     neighbours: int = 16,
     ef: int = 128,
+    M: int = 32,
+    ef_construction: int = 200,
+    previous: PoolGraph | None = None,
     num_threads: int = -1,
 ) -> RefinedPool:
-    """Quality filter then near-duplicate collapse. ``embeddings`` must be unit rows."""
+    """Quality filter then near-duplicate collapse. ``embeddings`` must be unit rows.
+
+    ``previous`` is the graph of the last run (consumed); without it the graph is built anew.
+    """
     n = len(pin_ids)
     if not (embeddings.shape[0] == len(quality) == len(created_at) == n):
         raise ValueError("pin_ids, embeddings, quality and created_at must be aligned")
@@ -57,7 +66,9 @@ def refine_candidate_pool(
         }
     )
     ids, x, q, created = pin_ids[good], embeddings[good], quality[good], created_at[good]
-    component = _near_duplicate_components(x, duplicate_cosine, neighbours, ef, num_threads)
+    params = GraphParams(int(embeddings.shape[1]), M, ef_construction, float(duplicate_cosine), neighbours, ef)
+    graph, update = update_pool_graph(previous, ids, x, params, num_threads=num_threads)
+    component = duplicate_components(graph, graph.labels_of(ids))
 
     # representative of each component: earliest created, then best quality, then lowest id
     created_key = pd.to_datetime(created).fillna(pd.Timestamp.min).to_numpy()
@@ -86,27 +97,6 @@ def refine_candidate_pool(
             "n_duplicates": (group_size[component[is_rep]] - 1).astype(np.int64),
         }
     )
-    return RefinedPool(kept=kept.reset_index(drop=True), excluded=pd.concat([low, dups], ignore_index=True))
+    excluded = pd.concat([low, dups], ignore_index=True)
+    return RefinedPool(kept=kept.reset_index(drop=True), excluded=excluded, graph=graph, update=update)
 
-
-def _near_duplicate_components(
-    x: np.ndarray, duplicate_cosine: float, neighbours: int, ef: int, num_threads: int
-) -> np.ndarray:
-    """Connected components of the graph 'cosine >= duplicate_cosine' among approximate kNN pairs."""
-    n = x.shape[0]
-    if n == 0:
-        return np.empty(0, dtype=np.int64)
-    k = min(neighbours + 1, n)
-    index = hnswlib.Index(space="ip", dim=x.shape[1])
-    index.init_index(max_elements=n, ef_construction=max(ef, k), M=16, random_seed=1)
-    index.set_num_threads(num_threads)
-    index.add_items(x, np.arange(n))
-    index.set_ef(max(ef, k))
-    labels, distances = index.knn_query(x, k=k)
-    cosine = 1.0 - distances  # hnswlib "ip" distance is 1 - <a, b>
-    rows = np.repeat(np.arange(n), k)
-    cols = labels.ravel().astype(np.int64)
-    edge = (cosine.ravel() >= duplicate_cosine) & (rows != cols)
-    graph = coo_matrix((np.ones(int(edge.sum())), (rows[edge], cols[edge])), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
-    return component.astype(np.int64)

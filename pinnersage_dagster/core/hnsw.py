@@ -1,8 +1,11 @@
 """The HNSW index artifact: build, publish atomically with a manifest, load and verify.
 
 Labels inside hnswlib are row numbers 0..n-1; ``pin_ids.npy`` maps them to pin ids, so any
-int64 pin id (negative included) can be indexed. Publishing follows ``core.artifacts``:
-a reader only ever sees a complete, checksum-verified build.
+int64 pin id (negative included) can be indexed. An index may carry deleted labels
+(tombstones, never returned by a query): the day's index is the pool graph with the pins
+not in that day's pool marked deleted. ``live.npy`` says which labels are live; the
+manifest's ``count`` and ``pin_ids_sha256`` describe the live pins only. Publishing follows
+``core.artifacts``: a reader only ever sees a complete, checksum-verified build.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from .artifacts import read_manifest as read_artifact_manifest
 
 INDEX_FILE = "index.bin"
 IDS_FILE = "pin_ids.npy"
+LIVE_FILE = "live.npy"
 SPACE = "ip"  # inner product on unit vectors = cosine; hnswlib distance is 1 - cosine
 
 IndexIntegrityError = ArtifactIntegrityError
@@ -28,7 +32,8 @@ IndexIntegrityError = ArtifactIntegrityError
 class IndexManifest:
     source_partition: str
     dimension: int
-    count: int
+    count: int  # live pins
+    elements: int  # labels in the graph, tombstones included
     space: str
     M: int
     ef_construction: int
@@ -67,30 +72,39 @@ def publish_index(
     index: hnswlib.Index,
     pin_ids: np.ndarray,
     *,
+    live: np.ndarray | None = None,
     source_partition: str,
     M: int,
     ef_construction: int,
     ef: int,
 ) -> IndexManifest:
-    """Write the build aside, verify it loads, then swap the manifest in atomically."""
+    """Write the build aside, verify it loads, then swap the manifest in atomically.
+
+    ``pin_ids`` maps every label to its pin; ``live`` (default: all) marks the labels not
+    deleted in ``index``.
+    """
+    pin_ids = np.asarray(pin_ids, dtype=np.int64)
+    live = np.ones(len(pin_ids), bool) if live is None else np.asarray(live, dtype=bool)
 
     def write(build_dir: Path) -> dict:
         index.save_index(str(build_dir / INDEX_FILE))
-        np.save(build_dir / IDS_FILE, np.asarray(pin_ids, dtype=np.int64))
+        np.save(build_dir / IDS_FILE, pin_ids)
+        np.save(build_dir / LIVE_FILE, live)
         return {
             "source_partition": source_partition,
             "dimension": int(index.dim),
-            "count": int(len(pin_ids)),
+            "count": int(live.sum()),
+            "elements": len(pin_ids),
             "space": SPACE,
             "M": M,
             "ef_construction": ef_construction,
             "ef": ef,
-            "pin_ids_sha256": pin_ids_checksum(pin_ids),
+            "pin_ids_sha256": pin_ids_checksum(pin_ids[live]),
             "hnswlib_version": getattr(hnswlib, "__version__", "unknown"),
         }
 
     manifest = publish(
-        partition_dir, write, verify=lambda d, m: open_index_files(d / INDEX_FILE, d / IDS_FILE, IndexManifest(**m))
+        partition_dir, write, verify=lambda d, m: open_index_files(d / INDEX_FILE, d / IDS_FILE, d / LIVE_FILE, IndexManifest(**m))
     )
     return IndexManifest(**manifest)
 
@@ -103,26 +117,48 @@ def read_manifest(partition_dir: Path) -> IndexManifest:
 
 
 def load_index(partition_dir: Path) -> tuple[hnswlib.Index, np.ndarray, IndexManifest]:
-    """Load the published index of a partition, verifying checksums against its manifest."""
+    """Load the published index of a partition, verifying checksums against its manifest.
+
+    Returns the pin id of every label (query results index it) and the manifest.
+    """
     manifest = read_manifest(partition_dir)
     build_dir = partition_dir / "builds" / manifest.build_id
-    index, pin_ids = open_index_files(build_dir / INDEX_FILE, build_dir / IDS_FILE, manifest)
+    index, pin_ids = open_index_files(build_dir / INDEX_FILE, build_dir / IDS_FILE, build_dir / LIVE_FILE, manifest)
     return index, pin_ids, manifest
 
 
-def open_index_files(index_path: Path, ids_path: Path, manifest: IndexManifest) -> tuple[hnswlib.Index, np.ndarray]:
-    """Verify an index file and its pin-id file against ``manifest`` and open them."""
-    for path, name in ((index_path, INDEX_FILE), (ids_path, IDS_FILE)):
-        if not path.is_file():
-            raise IndexIntegrityError(f"{path} is missing")
-        if sha256(path) != manifest.files[name]:
-            raise IndexIntegrityError(f"{path} does not match the checksum in its manifest")
-    pin_ids = np.load(ids_path)
-    if len(pin_ids) != manifest.count or pin_ids_checksum(pin_ids) != manifest.pin_ids_sha256:
-        raise IndexIntegrityError(f"{ids_path} does not hold the {manifest.count} pins of its manifest")
+def live_pin_ids(partition_dir: Path) -> np.ndarray:
+    """The pins a partition's published index can return, after verifying the build."""
+    manifest = read_manifest(partition_dir)
+    build_dir = partition_dir / "builds" / manifest.build_id
+    pin_ids, live = _verified_ids(build_dir / INDEX_FILE, build_dir / IDS_FILE, build_dir / LIVE_FILE, manifest)
+    return pin_ids[live]
+
+
+def open_index_files(
+    index_path: Path, ids_path: Path, live_path: Path, manifest: IndexManifest
+) -> tuple[hnswlib.Index, np.ndarray]:
+    """Verify an index file and its label files against ``manifest`` and open them."""
+    pin_ids, _ = _verified_ids(index_path, ids_path, live_path, manifest)
     index = hnswlib.Index(space=manifest.space, dim=manifest.dimension)
-    index.load_index(str(index_path), max_elements=max(manifest.count, 1))
-    if index.get_current_count() != manifest.count:
-        raise IndexIntegrityError(f"{index_path} holds {index.get_current_count()} items, manifest says {manifest.count}")
+    index.load_index(str(index_path), max_elements=max(manifest.elements, 1))
+    if index.get_current_count() != manifest.elements:
+        raise IndexIntegrityError(f"{index_path} holds {index.get_current_count()} items, manifest says {manifest.elements}")
     index.set_ef(manifest.ef)
     return index, pin_ids
+
+
+def _verified_ids(
+    index_path: Path, ids_path: Path, live_path: Path, manifest: IndexManifest
+) -> tuple[np.ndarray, np.ndarray]:
+    for path, name in ((index_path, INDEX_FILE), (ids_path, IDS_FILE), (live_path, LIVE_FILE)):
+        if not path.is_file():
+            raise IndexIntegrityError(f"{path} is missing")
+        if sha256(path) != manifest.files.get(name):
+            raise IndexIntegrityError(f"{path} does not match the checksum in its manifest")
+    pin_ids, live = np.load(ids_path), np.load(live_path)
+    if len(pin_ids) != manifest.elements or len(live) != manifest.elements or int(live.sum()) != manifest.count:
+        raise IndexIntegrityError(f"{ids_path} does not hold the {manifest.elements} labels of its manifest")
+    if pin_ids_checksum(pin_ids[live]) != manifest.pin_ids_sha256:
+        raise IndexIntegrityError(f"{ids_path} does not hold the {manifest.count} live pins of its manifest")
+    return pin_ids, live

@@ -10,7 +10,7 @@ A snapshot is a self-contained, checksummed artifact (``core.artifacts``) per pa
 | ``seen.parquet`` | user_id, pin_id: every distinct action pin of the user's window (excluded from results) |
 | ``popular.npy`` | the most acted-on pool pins of the window, for users with no interests (cold start) |
 | ``catalog_ids.npy``, ``catalog_embeddings.npy`` | every catalog pin (sorted) and its unit embedding, memory-mapped |
-| ``index.bin``, ``index_pin_ids.npy`` | the ``pin_index`` build of day D, hard-linked (immutable) |
+| ``index.bin``, ``index_pin_ids.npy``, ``index_live.npy`` | the ``pin_index`` build of day D, hard-linked (immutable) |
 
 The manifest records the index manifest it was paired with, so medoids are never served
 against another day's index, and loading verifies every checksum before anything is served.
@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 
 from ..core.artifacts import ArtifactIntegrityError, link_or_copy, publish, verified_build
-from ..core.hnsw import IDS_FILE, INDEX_FILE, IndexManifest, open_index_files, read_manifest
+from ..core.hnsw import IDS_FILE, INDEX_FILE, LIVE_FILE, IndexManifest, open_index_files, read_manifest
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the index may carry tombstones (index_live.npy)
 MEDOID_COLUMNS = ["user_id", "cluster_id", "medoid_pin_id", "importance", "size", "n_actions", "kind"]
 
 
@@ -68,6 +68,7 @@ def publish_snapshot(
         index_build = index_dir / "builds" / index_manifest.build_id
         link_or_copy(index_build / INDEX_FILE, build / INDEX_FILE)
         link_or_copy(index_build / IDS_FILE, build / "index_pin_ids.npy")
+        link_or_copy(index_build / LIVE_FILE, build / "index_live.npy")
         return {
             "format_version": FORMAT_VERSION,
             "partition": partition,
@@ -190,7 +191,9 @@ def _open(build: Path, manifest: dict) -> ServingSnapshot:
         if index_manifest.source_partition != manifest["partition"]:
             raise ArtifactIntegrityError(f"{build}: index of {index_manifest.source_partition} in a snapshot of {manifest['partition']}")
         # the linked files are verified against the index manifest the snapshot was paired with
-        index, index_pin_ids = open_index_files(build / INDEX_FILE, build / "index_pin_ids.npy", index_manifest)
+        index, index_pin_ids = open_index_files(
+            build / INDEX_FILE, build / "index_pin_ids.npy", build / "index_live.npy", index_manifest
+        )
         medoids = pd.read_parquet(build / "medoids.parquet")
         centroids = np.load(build / "centroids.npy")
         if len(centroids) != len(medoids):
