@@ -70,6 +70,7 @@ def test_posting_an_event_changes_interests_and_recommendations(client):
         ("post", "/v1/events", {"json": {"events": [{"user_id": 1, "action": "click", "ts": "2026-05-02"}]}}),
         ("post", "/v1/events", {"json": {"events": [{"user_id": 1, "pin_id": 1000, "action": "click", "ts": "2026-05-02"}] * 1001}}),
         ("post", "/v1/events", {"json": [1, 2, 3]}),
+        ("post", "/v1/events", {"json": {"events": [{"user_id": 1, "pin_id": 1000, "action": "click", "ts": 0}]}}),
     ],
 )
 def test_bad_requests_get_422_with_a_message(client, method, url, kwargs):
@@ -83,6 +84,22 @@ def test_oversized_bodies_are_refused_before_parsing(client):
     events = [{"user_id": 1, "pin_id": 1000, "action": "click", "ts": "2026-05-02T00:00:00"}] * 20_000
     response = client.post("/v1/events", content=json.dumps({"events": events}), headers={"content-type": "application/json"})
     assert response.status_code == 413 and "bytes" in response.json()["detail"]
+
+
+def test_a_body_of_unknown_length_is_refused_unread(client):
+    def stream():
+        yield b'{"events": ['
+        yield b"0" * 4096
+
+    response = client.post("/v1/events", content=stream(), headers={"content-type": "application/json"})
+    assert response.status_code == 411 and "Content-Length" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("value", ["12", True, 1.5, None])
+def test_ids_must_be_json_integers(client, value):
+    event = {"user_id": value, "pin_id": 1000, "action": "click", "ts": "2026-05-02T00:00:00"}
+    response = client.post("/v1/events", json={"events": [event]})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "user_id"
 
 
 def test_health_metrics_and_openapi(client):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -19,7 +19,7 @@ import orjson
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
 from .service import NoSnapshotError, RecommenderService
 
@@ -27,11 +27,32 @@ INT64 = {"ge": -(2**63), "le": 2**63 - 1}
 MAX_EVENTS = 1_000
 
 
+def _json_integer(value: Any) -> Any:
+    """A JSON Schema integer: 12 or 12.0, never "12" or true (a client bug to report, not to guess at)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a JSON integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
+JsonInt64 = Annotated[int, BeforeValidator(_json_integer), Field(**INT64)]
+
+
 class Event(BaseModel):
-    user_id: int = Field(**INT64)
-    pin_id: int = Field(**INT64)
+    user_id: JsonInt64
+    pin_id: JsonInt64
     action: Literal["repin", "click"]
     ts: datetime = Field(description="ISO 8601; without a zone it is UTC")
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _ts_is_text(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError("ts must be an ISO 8601 date-time string")
+        return value
 
 
 class EventBatch(BaseModel):
@@ -178,6 +199,12 @@ def create_app(service: RecommenderService, *, refresh_seconds: float | None = 3
     # handlers are async on purpose: each request is ~0.3 ms of CPU-bound work, cheaper inline on the
     # event loop than with a thread-pool hop; one process serves one core's worth of requests
     errors = {503: {"model": Problem, "description": "No snapshot published yet"}, 422: {"model": Problem}}
+    body_errors = {
+        **errors,
+        400: {"model": Problem, "description": "The body is not JSON (or not UTF-8)"},
+        411: {"model": Problem, "description": "No Content-Length: bodies are never streamed in unbounded"},
+        413: {"model": Problem, "description": "Body over the size limit (1 MiB by default)"},
+    }
 
     @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=errors)
     async def recommendations(
@@ -202,7 +229,7 @@ def create_app(service: RecommenderService, *, refresh_seconds: float | None = 3
         except NoSnapshotError as exc:
             return unavailable("interests", started, exc)
 
-    @app.post("/v1/events", response_model=EventsResult, responses={**errors, 413: {"model": Problem}})
+    @app.post("/v1/events", response_model=EventsResult, responses=body_errors)
     async def post_events(batch: EventBatch):
         """Same-day actions. Each is accepted or rejected with a reason; accepted ones count at once."""
         started = time.perf_counter()
