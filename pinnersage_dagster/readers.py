@@ -53,6 +53,12 @@ def expand(pattern: str) -> list[str]:
     return files
 
 
+def _id(column: str) -> str:
+    """An integer id, or NULL: DuckDB's own cast rounds '3.5' to 4, which would invent an id."""
+    text = f"trim(CAST({column} AS VARCHAR))"
+    return f"TRY_CAST(CASE WHEN regexp_full_match({text}, '[+-]?[0-9]+(\\.0*)?') THEN split_part({text}, '.', 1) END AS BIGINT)"
+
+
 def _ts(column: str) -> str:
     return f"timezone('UTC', TRY_CAST({column} AS TIMESTAMPTZ))"
 
@@ -66,8 +72,8 @@ def read_action_files(pattern: str) -> pd.DataFrame:
             require_columns(_columns(conn, path), ACTION_COLUMNS, path)
             sql = f"""
                 SELECT ? AS source, row_number() OVER () AS row_number,
-                       TRY_CAST(user_id AS BIGINT) AS user_id, CAST(user_id AS VARCHAR) AS raw_user_id,
-                       TRY_CAST(pin_id AS BIGINT) AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
+                       {_id('user_id')} AS user_id, CAST(user_id AS VARCHAR) AS raw_user_id,
+                       {_id('pin_id')} AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
                        CAST(action AS VARCHAR) AS action, CAST(action AS VARCHAR) AS raw_action,
                        {_ts("ts")} AS ts, CAST(ts AS VARCHAR) AS raw_ts
                 FROM {_relation_sql(path)}
@@ -97,7 +103,7 @@ def read_pin_files(pattern: str) -> RawPins:
             created = "created_at" if "created_at" in columns else "NULL"
             sql = f"""
                 SELECT ? AS source, row_number() OVER () AS row_number,
-                       TRY_CAST(pin_id AS BIGINT) AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
+                       {_id('pin_id')} AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
                        TRY_CAST(embedding AS DOUBLE[]) AS embedding,
                        TRY_CAST({quality} AS DOUBLE) AS quality, CAST({quality} AS VARCHAR) AS raw_quality,
                        {_ts(created)} AS created_at, CAST({created} AS VARCHAR) AS raw_created_at

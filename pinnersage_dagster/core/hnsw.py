@@ -11,6 +11,7 @@ manifest's ``count`` and ``pin_ids_sha256`` describe the live pins only. Publish
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,6 +54,11 @@ def pin_ids_checksum(pin_ids: np.ndarray) -> str:
     return hashlib.sha256(np.sort(np.asarray(pin_ids, dtype=np.int64)).tobytes()).hexdigest()
 
 
+def threads(num_threads: int) -> int:
+    """hnswlib takes -1 literally and runs one thread: resolve 'all cores' here."""
+    return num_threads if num_threads > 0 else (os.cpu_count() or 1)
+
+
 def build_index(
     embeddings: np.ndarray, *, M: int, ef_construction: int, ef: int, num_threads: int = -1, seed: int = 100
 ) -> hnswlib.Index:
@@ -60,7 +66,7 @@ def build_index(
     n, dim = embeddings.shape
     index = hnswlib.Index(space=SPACE, dim=dim)
     index.init_index(max_elements=max(n, 1), ef_construction=ef_construction, M=M, random_seed=seed)
-    index.set_num_threads(num_threads)
+    index.set_num_threads(threads(num_threads))
     if n:
         index.add_items(np.ascontiguousarray(embeddings, dtype=np.float32), np.arange(n))
     index.set_ef(ef)

@@ -20,6 +20,7 @@ import hnswlib
 import numpy as np
 
 from .artifacts import ArtifactIntegrityError, publish, verified_build
+from .hnsw import threads
 
 MAX_TOMBSTONE_SHARE = 0.10
 SPACE = "ip"  # inner product on unit vectors; hnswlib distance is 1 - cosine
@@ -130,7 +131,7 @@ def update_pool_graph(
     new_labels = np.arange(first, first + len(new), dtype=np.int64)
     if len(new):
         graph.index.resize_index(first + len(new))
-        graph.index.set_num_threads(num_threads)
+        graph.index.set_num_threads(threads(num_threads))
         graph.index.add_items(np.ascontiguousarray(x[new], dtype=np.float32), new_labels)
     graph = PoolGraph(
         index=graph.index,
@@ -177,7 +178,7 @@ def _build(
     n = len(pin_ids)
     index = hnswlib.Index(space=SPACE, dim=params.dimension)
     index.init_index(max_elements=max(n, 1), ef_construction=params.ef_construction, M=params.M, random_seed=seed)
-    index.set_num_threads(num_threads)
+    index.set_num_threads(threads(num_threads))
     labels = np.arange(n, dtype=np.int64)
     if n:
         index.add_items(x, labels)
