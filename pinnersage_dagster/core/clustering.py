@@ -11,6 +11,8 @@ A user for whom Algorithm 1 yields no cluster (every pin too far from every othe
 from __future__ import annotations
 
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from multiprocessing.shared_memory import SharedMemory
@@ -95,7 +97,9 @@ class ClusteringPool:
             saved = {k: os.environ.get(k) for k in _BLAS_THREADS}
             os.environ.update({k: "1" for k in _BLAS_THREADS})
             try:
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
+                self._pool = ProcessPoolExecutor(
+                    self.workers, mp_context=get_context("spawn"), initializer=_exit_with_parent, initargs=(os.getpid(),)
+                )
                 list(self._pool.map(_noop, range(self.workers)))  # start the workers now, with this env
             finally:
                 for key, value in saved.items():
@@ -142,6 +146,17 @@ _BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 def _noop(_: int) -> None:
     return None
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker outlives a SIGKILLed run otherwise: it blocks forever on a queue it holds open itself."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _cluster_shared_rows(

@@ -1,0 +1,82 @@
+"""Run one asset of the tiny graph in this process and SIGKILL it at a chosen point.
+
+``python -m tests.crash_child ROOT ASSET POINT``: the fault is injected from outside the product
+by wrapping one function, so the product code runs unchanged up to the kill.
+"""
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+import pinnersage_dagster.core.artifacts as artifacts
+import pinnersage_dagster.warehouse as warehouse
+from pinnersage_dagster.assets import all_assets
+from pinnersage_dagster.core.clustering import ClusteringPool
+
+from .conftest import DAY, make_resources
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def after_first_batch() -> None:
+    """user_clusters, mid-compute: the first user batch is clustered, the rest never are."""
+    original = ClusteringPool.cluster
+
+    def cluster(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        die()
+        return result
+
+    ClusteringPool.cluster = cluster
+
+
+def inside_the_write_transaction() -> None:
+    """Mid-write: the partition's old rows are deleted and half the new ones inserted, uncommitted."""
+    original = warehouse._insert
+
+    def insert(conn, table, columns, rows):
+        original(conn, table, columns, rows[: len(rows) // 2])
+        die()
+
+    warehouse._insert = insert
+
+
+def after_the_build_files_are_written() -> None:
+    """Mid-publish: the new build's files are on disk, the manifest is not swapped yet."""
+    original = artifacts.publish
+
+    def publish(partition_dir, write, verify=None):
+        def write_then_die(build_dir):
+            write(build_dir)
+            die()
+
+        return original(partition_dir, write_then_die, verify)
+
+    for module in ("pinnersage_dagster.core.hnsw", "pinnersage_dagster.core.pool_graph",
+                   "pinnersage_dagster.serving.snapshot"):
+        setattr(sys.modules[module], "publish", publish)
+
+
+POINTS = {"compute": after_first_batch, "write": inside_the_write_transaction, "publish": after_the_build_files_are_written}
+
+
+def main() -> None:
+    root, asset, point = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    import pinnersage_dagster.core.pool_graph  # noqa: F401  (so its module can be patched)
+    import pinnersage_dagster.serving.snapshot  # noqa: F401
+
+    POINTS[point]()
+    resources = make_resources(root)
+    resources["params"] = resources["params"].model_copy(update={"batch_rows": 200})  # several user batches
+    partition = None if asset == "candidate_pool" else DAY.isoformat()
+    dg.materialize(all_assets, selection=[asset], resources=resources, partition_key=partition)
+    sys.exit("the fault was never reached")
+
+
+if __name__ == "__main__":
+    main()
