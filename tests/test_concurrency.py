@@ -20,7 +20,7 @@ import pytest
 from pinnersage_dagster.assets import all_assets
 from pinnersage_dagster.jobs import pinnersage_daily_job
 from pinnersage_dagster.resources import build_resources
-from pinnersage_dagster.schedules import pinnersage_daily_schedule
+from pinnersage_dagster.definitions import defs
 
 from .test_assets import content_hash
 
@@ -77,7 +77,7 @@ def test_schedule_run_and_overlapping_backfill_race_without_lock_failures(tmp_pa
     shutil.copy(REPO / "dagster.yaml", live / "dagster_home" / "dagster.yaml")
 
     tick = datetime.now(timezone.utc).replace(hour=2, minute=0, second=0, microsecond=0)
-    (request,) = pinnersage_daily_schedule.evaluate_tick(
+    (request,) = defs.resolve_schedule_def("pinnersage_daily_schedule").evaluate_tick(
         dg.build_schedule_context(scheduled_execution_time=tick)
     ).run_requests
     latest = request.partition_key
@@ -89,6 +89,8 @@ def test_schedule_run_and_overlapping_backfill_race_without_lock_failures(tmp_pa
         materialize_in_process(target_env, ["pins"], [None])
         materialize_in_process(target_env, ["raw_actions"], days)
 
+    # create the instance's storage once, before two processes race to create it
+    subprocess.run([DAGSTER, "instance", "migrate"], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
     daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
@@ -121,14 +123,15 @@ def wait_for_runs(env: dict[str, str], expected: int, timeout: float) -> list[di
     """Poll the instance until ``expected`` runs have finished; each with its status, partition,
     lock errors and pool waits read from its event log."""
     probe = """
-import json, dagster as dg
+import json, re, dagster as dg
+LOCK = re.compile("could not set lock|conflicting lock|database is locked|lock on file", re.I)
 instance = dg.DagsterInstance.get()
 out = []
 for run in instance.get_runs():
     logs = instance.all_logs(run.run_id)
     text = [(e.message or "") + str(e.dagster_event.event_specific_data if e.dagster_event else "") for e in logs]
     out.append({"run_id": run.run_id, "status": run.status.value, "partition": run.tags.get("dagster/partition"),
-                "lock_errors": sum("lock" in t.lower() and "blocked by limit" not in t.lower() for t in text),
+                "lock_errors": sum(bool(LOCK.search(t)) for t in text),
                 "pool_waits": sum("blocked by limit for pool" in t.lower() for t in text)})
 print(json.dumps(out))
 """
