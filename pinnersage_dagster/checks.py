@@ -17,7 +17,7 @@ from dagster_duckdb import DuckDBResource
 
 from .assets.clusters import user_clusters
 from .assets.constants import DUCKDB_POOL
-from .assets.index import POOL_AT_SQL, pin_index
+from .assets.index import POOL_IDS_AT_SQL, pin_index
 from .assets.medoids import user_medoids
 from .config import PinnerSageParams
 from .core.hnsw import IndexIntegrityError, live_pin_ids, pin_ids_checksum, read_manifest
@@ -91,7 +91,7 @@ def evaluate_importance_is_finite_and_positive(conn: duckdb.DuckDBPyConnection, 
 def evaluate_pin_index_matches_candidate_pool(
     conn: duckdb.DuckDBPyConnection, day: date, partition_dir: Path
 ) -> Evaluation:
-    pool = conn.execute(POOL_AT_SQL.replace("p.embedding", "NULL AS embedding"), [day + timedelta(days=1)]).df()
+    pool = conn.execute(POOL_IDS_AT_SQL, [day + timedelta(days=1)]).df()
     try:
         manifest = read_manifest(partition_dir)
         indexed = live_pin_ids(partition_dir)  # verifies the build's checksums

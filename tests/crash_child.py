@@ -23,19 +23,21 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def after_first_batch() -> None:
-    """user_clusters, mid-compute: the first user batch is clustered, the rest never are."""
+def after_first_batch(root: Path) -> None:
+    """user_clusters, mid-compute: the first user batch is clustered, the rest never are.
+    The worker processes' pids go to ``workers.pids`` so the test can see them exit."""
     original = ClusteringPool.cluster
 
     def cluster(self, *args, **kwargs):
         result = original(self, *args, **kwargs)
+        (root / "workers.pids").write_text(" ".join(map(str, self._pool._processes)))
         die()
         return result
 
     ClusteringPool.cluster = cluster
 
 
-def inside_the_write_transaction() -> None:
+def inside_the_write_transaction(root: Path) -> None:
     """Mid-write: the partition's old rows are deleted and half the new ones inserted, uncommitted."""
     original = warehouse._insert
 
@@ -46,7 +48,7 @@ def inside_the_write_transaction() -> None:
     warehouse._insert = insert
 
 
-def after_the_build_files_are_written() -> None:
+def after_the_build_files_are_written(root: Path) -> None:
     """Mid-publish: the new build's files are on disk, the manifest is not swapped yet."""
     original = artifacts.publish
 
@@ -70,7 +72,7 @@ def main() -> None:
     import pinnersage_dagster.core.pool_graph  # noqa: F401  (so its module can be patched)
     import pinnersage_dagster.serving.snapshot  # noqa: F401
 
-    POINTS[point]()
+    POINTS[point](root)
     resources = make_resources(root)
     resources["params"] = resources["params"].model_copy(update={"batch_rows": 200})  # several user batches
     partition = None if asset == "candidate_pool" else DAY.isoformat()

@@ -105,6 +105,22 @@ def test_a_day_whose_pool_is_a_small_part_of_the_graph_gets_a_compact_index(grap
     assert index["dagster/row_count"] == expected
 
 
+def test_a_damaged_pool_graph_is_rebuilt_and_a_missing_one_fails_pin_index(graph_copy):
+    import shutil
+
+    directory = Path(graph_copy.resources["index_store"].root) / "pool_graph"
+    build = next((directory / "builds").iterdir())
+    (build / "edges.npy").write_bytes(b"damaged")
+    result = dg.materialize(all_assets, selection=["candidate_pool"], resources=graph_copy.resources)
+    pool = metadata_of(result, "candidate_pool")
+    assert pool["graph_update"] == "rebuild" and pool["graph_update_reason"] == "no previous graph"
+    shutil.rmtree(directory)
+    result = dg.materialize(all_assets, selection=["pin_index"], resources=graph_copy.resources,
+                            partition_key=DAY.isoformat(), raise_on_error=False)
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "materialize candidate_pool first" in str(failure.event_specific_data.error)
+
+
 def test_heavy_users_are_capped_to_their_most_recent_actions(graph_copy):
     resources = {**graph_copy.resources, "params": PinnerSageParams(window_days=WINDOW, max_actions_per_user=5)}
     result = dg.materialize(all_assets, selection=["action_windows"], resources=resources, partition_key=DAY.isoformat())

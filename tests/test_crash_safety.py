@@ -4,6 +4,7 @@ recommender keeps serving, and re-running gives exactly the uninterrupted result
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -30,6 +31,24 @@ def kill_mid_run(root: Path, asset: str, point: str) -> None:
     assert child.returncode == -signal.SIGKILL, log.read_text()[-3000:]
 
 
+def wait_until_gone(pids: list[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a reaper (an orphan's state is read from /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
 def hashes(graph) -> dict:
     with graph.connect(read_only=True) as conn:
         return {t: content_hash(conn, t) for t in [*TABLES, "user_medoids"]}
@@ -49,6 +68,9 @@ def rerun(graph, asset: str) -> None:
 def test_user_clusters_killed_mid_run_then_rerun(graph_copy, point):
     before = hashes(graph_copy)
     kill_mid_run(graph_copy.root, "user_clusters", point)
+    if point == "compute":  # the run's clustering workers do not outlive it
+        workers = [int(pid) for pid in (graph_copy.root / "workers.pids").read_text().split()]
+        assert workers and wait_until_gone(workers, seconds=20)
     assert hashes(graph_copy) == before  # the killed transaction left nothing behind
     rerun(graph_copy, "user_clusters")
     assert hashes(graph_copy) == before  # and the re-run equals the uninterrupted run

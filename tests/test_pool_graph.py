@@ -95,6 +95,17 @@ def test_too_many_tombstones_or_new_parameters_force_a_rebuild():
     assert update.mode == "rebuild" and "parameters changed" in update.reason
 
 
+def test_builds_use_every_core():
+    import os
+
+    from pinnersage_dagster.core.hnsw import build_index
+
+    ids, x, *_ = catalog(50)
+    graph, _ = update_pool_graph(None, ids, x, PARAMS)
+    # hnswlib takes num_threads=-1 literally and builds on one thread
+    assert graph.index.num_threads == build_index(x, M=16, ef_construction=50, ef=50).num_threads == os.cpu_count()
+
+
 def test_fingerprints_change_with_any_bit_of_the_embedding():
     x = unit(np.random.default_rng(3).standard_normal((4, DIM)))
     y = x.copy()

@@ -19,6 +19,7 @@ from .candidates import candidate_pool
 from .constants import DUCKDB_POOL, GROUP
 
 # the pool as it stood at the end of day D: pins created by then (or of unknown creation time)
+POOL_IDS_AT_SQL = "SELECT pin_id FROM candidate_pool WHERE created_at IS NULL OR created_at < ? ORDER BY pin_id"
 POOL_AT_SQL = """
     SELECT c.pin_id, p.embedding
     FROM candidate_pool c JOIN pins p USING (pin_id)
@@ -57,7 +58,7 @@ def pin_index(
         except ArtifactIntegrityError as exc:
             raise dg.Failure(f"no usable pool graph, materialize candidate_pool first: {exc}") from exc
         with duckdb.get_connection() as conn:
-            pool_ids = conn.execute(POOL_AT_SQL.replace(", p.embedding", ""), [day + timedelta(days=1)]).fetchnumpy()["pin_id"]
+            pool_ids = conn.execute(POOL_IDS_AT_SQL, [day + timedelta(days=1)]).fetchnumpy()["pin_id"]
         labels = graph.labels_of(np.asarray(pool_ids, dtype=np.int64))
         if (labels < 0).any():
             raise dg.Failure(

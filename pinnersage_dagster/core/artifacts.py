@@ -82,11 +82,15 @@ def verified_build(partition_dir: Path) -> tuple[Path, dict[str, Any]]:
 
 def check_files(build_dir: Path, files: dict[str, str]) -> None:
     for name, expected in files.items():
-        path = build_dir / name
-        if not path.is_file():
-            raise ArtifactIntegrityError(f"{path} is missing")
-        if sha256(path) != expected:
-            raise ArtifactIntegrityError(f"{path} does not match the checksum in its manifest")
+        check_file(build_dir / name, expected)
+
+
+def check_file(path: Path, expected: str | None) -> None:
+    """``path`` exists and has the sha256 its manifest recorded."""
+    if not path.is_file():
+        raise ArtifactIntegrityError(f"{path} is missing")
+    if sha256(path) != expected:
+        raise ArtifactIntegrityError(f"{path} does not match the checksum in its manifest")
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from .artifacts import ArtifactIntegrityError, publish, sha256
+from .artifacts import ArtifactIntegrityError, check_file, publish
 from .artifacts import read_manifest as read_artifact_manifest
 
 INDEX_FILE = "index.bin"
@@ -158,10 +158,7 @@ def _verified_ids(
     index_path: Path, ids_path: Path, live_path: Path, manifest: IndexManifest
 ) -> tuple[np.ndarray, np.ndarray]:
     for path, name in ((index_path, INDEX_FILE), (ids_path, IDS_FILE), (live_path, LIVE_FILE)):
-        if not path.is_file():
-            raise IndexIntegrityError(f"{path} is missing")
-        if sha256(path) != manifest.files.get(name):
-            raise IndexIntegrityError(f"{path} does not match the checksum in its manifest")
+        check_file(path, manifest.files.get(name))
     pin_ids, live = np.load(ids_path), np.load(live_path)
     if len(pin_ids) != manifest.elements or len(live) != manifest.elements or int(live.sum()) != manifest.count:
         raise IndexIntegrityError(f"{ids_path} does not hold the {manifest.elements} labels of its manifest")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import hnswlib
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from .artifacts import ArtifactIntegrityError, publish, verified_build
 from .hnsw import threads
@@ -151,9 +153,6 @@ def update_pool_graph(
 
 def duplicate_components(graph: PoolGraph, labels: np.ndarray) -> np.ndarray:
     """Connected component (0..k-1) of each given live label under the duplicate edges."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     if len(labels) == 0:
         return np.empty(0, dtype=np.int64)
     n = graph.elements
