@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import results_io  # noqa: E402
-from pinnersage_dagster.core.clustering import ClusteringPool, cluster_users  # noqa: E402
+from pinnersage_dagster.core.clustering import cluster_users  # noqa: E402
+from pinnersage_dagster.core.workers import UserPool  # noqa: E402
 from pinnersage_dagster.core.synthetic import (  # noqa: E402
     UNKNOWN_PIN_ID,
     SyntheticWorld,
@@ -72,7 +73,7 @@ def main() -> None:
     pins_per_user = pd.Series(users).value_counts()
     naive = best_of(args.repeats, lambda: cluster_users(users, pins, x, 1.3, reference=True))
     fast = best_of(args.repeats, lambda: cluster_users(users, pins, x, 1.3))
-    with ClusteringPool(cores) as pool:
+    with UserPool(cores) as pool:
         pool.cluster(users[:1000], pins[:1000], x[:1000], 1.3)  # workers warm
         parallel = best_of(args.repeats, lambda: pool.cluster(users, pins, x, 1.3))
     same = cluster_users(users, pins, x, 1.3, reference=True)[["user_id", "cluster_id", "pin_id"]].equals(

@@ -15,10 +15,9 @@ import duckdb
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from .assets.clusters import user_clusters
+from .assets.interests import user_clusters, user_medoids
 from .assets.constants import DUCKDB_POOL
 from .assets.index import POOL_IDS_AT_SQL, pin_index
-from .assets.medoids import user_medoids
 from .config import PinnerSageParams
 from .core.hnsw import IndexIntegrityError, live_pin_ids, pin_ids_checksum, read_manifest
 from .partitions import daily_partitions, partition_days
@@ -121,7 +120,7 @@ def _evaluate_days(
     return dg.AssetCheckResult(passed=passed, severity=severity, metadata=metadata)
 
 
-@dg.asset_check(asset=user_clusters, partitions_def=daily_partitions, pool=DUCKDB_POOL)
+@dg.asset_check(asset=user_clusters.key, partitions_def=daily_partitions, pool=DUCKDB_POOL)
 def every_active_user_has_a_cluster(
     context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource
 ) -> dg.AssetCheckResult:
@@ -130,7 +129,7 @@ def every_active_user_has_a_cluster(
         return _evaluate_days(context, lambda day: evaluate_every_active_user_has_a_cluster(conn, day))
 
 
-@dg.asset_check(asset=user_clusters, partitions_def=daily_partitions, pool=DUCKDB_POOL)
+@dg.asset_check(asset=user_clusters.key, partitions_def=daily_partitions, pool=DUCKDB_POOL)
 def clusters_per_user_within_bounds(
     context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource, params: PinnerSageParams
 ) -> dg.AssetCheckResult:
@@ -143,7 +142,7 @@ def clusters_per_user_within_bounds(
         )
 
 
-@dg.asset_check(asset=user_medoids, partitions_def=daily_partitions, pool=DUCKDB_POOL, blocking=True)
+@dg.asset_check(asset=user_medoids.key, partitions_def=daily_partitions, pool=DUCKDB_POOL, blocking=True)
 def medoid_is_cluster_member(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
     """Each medoid is a member of its own cluster and one of the user's action pins in the window;
     every cluster has a medoid. Blocking: nothing downstream serves a bad medoid table."""
@@ -151,7 +150,7 @@ def medoid_is_cluster_member(context: dg.AssetCheckExecutionContext, duckdb: Duc
         return _evaluate_days(context, lambda day: evaluate_medoid_is_cluster_member(conn, day))
 
 
-@dg.asset_check(asset=user_medoids, partitions_def=daily_partitions, pool=DUCKDB_POOL)
+@dg.asset_check(asset=user_medoids.key, partitions_def=daily_partitions, pool=DUCKDB_POOL)
 def importance_is_finite_and_positive(
     context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource
 ) -> dg.AssetCheckResult:

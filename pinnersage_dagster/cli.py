@@ -137,14 +137,16 @@ def calibrate_alpha(day: date, alphas: list[float], users: int, warehouse: bool)
     from .warehouse import embedding_matrix, query_arrow
 
     if warehouse:
-        from .assets.clusters import ALL_USERS, USER_PINS_SQL
+        from .engines.local import DAY_PINS_SQL
 
         database = os.getenv("PINNERSAGE_DUCKDB_PATH", DEFAULT_DATABASE)
         with duckdb.connect(database, read_only=True) as conn:
-            table = query_arrow(conn, USER_PINS_SQL, [day, *ALL_USERS])
-        sweep = alpha_sweep(
-            table.column("user_id").to_numpy(), table.column("pin_id").to_numpy(), embedding_matrix(table), alphas
-        )
+            pairs = conn.execute(
+                "SELECT DISTINCT user_id, pin_id FROM action_windows WHERE partition_date = ? ORDER BY ALL", [day]
+            ).fetchnumpy()
+            pins = query_arrow(conn, DAY_PINS_SQL, [day])
+        rows = np.searchsorted(pins.column("pin_id").to_numpy(), pairs["pin_id"])
+        sweep = alpha_sweep(pairs["user_id"], pairs["pin_id"], embedding_matrix(pins)[rows], alphas)
         title = f"alpha sweep on action_windows of {day} ({database})"
     else:
         world = SyntheticWorld(n_users=users)

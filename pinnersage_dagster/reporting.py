@@ -16,13 +16,32 @@ def distribution(values: np.ndarray | pd.Series) -> dict[str, float]:
             "max": float(v.max()), "mean": round(float(v.mean()), 3)}
 
 
-def histogram_markdown(values: np.ndarray | pd.Series, edges: list[int], label: str) -> str:
-    """A markdown table of counts per bucket [edges[i], edges[i+1])."""
-    v = np.asarray(values)
+def distribution_of_counts(values: np.ndarray, counts: np.ndarray) -> dict[str, float]:
+    """``distribution`` of a sample given as distinct sorted ``values`` and how often each occurs,
+    without expanding it (one row per user would grow with the number of users)."""
+    values, counts = np.asarray(values, dtype=np.float64), np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return distribution(np.empty(0))
+    ends = np.cumsum(counts)
+
+    def at(rank: np.ndarray) -> np.ndarray:  # the value of the rank-th smallest element (0-based)
+        return values[np.searchsorted(ends, rank, side="right")]
+
+    position = np.array([0.5, 0.9, 0.99]) * (total - 1)  # numpy's default 'linear' percentile
+    low, high = np.floor(position).astype(np.int64), np.ceil(position).astype(np.int64)
+    p50, p90, p99 = at(low) + (at(high) - at(low)) * (position - low)
+    return {"min": float(values[0]), "p50": float(p50), "p90": float(p90), "p99": float(p99),
+            "max": float(values[-1]), "mean": round(float((values * counts).sum() / total), 3)}
+
+
+def histogram_markdown_of_counts(values: np.ndarray, counts: np.ndarray, edges: list[int], label: str) -> str:
+    """``histogram_markdown`` of a sample given as values and how often each occurs."""
+    v, c = np.asarray(values), np.asarray(counts)
     rows = [f"| {label} | users |", "|---|---|"]
     bounds = list(edges) + [np.inf]
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        count = int(((v >= lo) & (v < hi)).sum())
+        count = int(c[(v >= lo) & (v < hi)].sum())
         name = f"{lo}" if hi == lo + 1 else (f"{lo}+" if hi == np.inf else f"{lo}-{int(hi) - 1}")
         rows.append(f"| {name} | {count} |")
     return "\n".join(rows)
@@ -47,11 +66,3 @@ def _cell(value: object) -> str:
         shown = ", ".join(map(str, items[:6]))
         return f"[{shown}{', ...' if len(items) > 6 else ''}] ({len(items)})"
     return str(value)
-
-
-def representative_user(counts: pd.Series) -> object:
-    """A user whose cluster count is the 90th percentile: rich enough to show, not an outlier."""
-    if counts.empty:
-        return None
-    target = np.percentile(counts.to_numpy(), 90)
-    return (counts - target).abs().sort_values(kind="stable").index[0]

@@ -21,6 +21,7 @@ from .readers import partition_file, read_action_files, read_pin_files, syntheti
 DEFAULT_DATABASE = "data/pinnersage.duckdb"
 DEFAULT_INDEX_ROOT = "data/pin_index"
 DEFAULT_SERVING_ROOT = "data/serving"
+DEFAULT_EXCHANGE_ROOT = "data/exchange"
 
 
 class DataSource(dg.ConfigurableResource):
@@ -125,6 +126,28 @@ class ServingStore(PartitionedArtifacts):
     root: str = DEFAULT_SERVING_ROOT
 
 
+class ExchangeStore(dg.ConfigurableResource):
+    """Where the per-user pass exchanges a day's inputs and results as Parquet.
+
+    ``root`` is a local path, or a folder every Spark executor and this process can reach
+    (a shared file system, or an object-store URI such as ``s3://bucket/pinnersage/exchange``
+    read and written by DuckDB's httpfs extension and by Spark's Hadoop file systems).
+    Each run writes under ``<root>/<partition>/<run id>/`` and removes it once its results are
+    in the warehouse; on an object store, a lifecycle rule removes what a killed run left.
+    """
+
+    root: str = DEFAULT_EXCHANGE_ROOT
+
+    def run_uri(self, partition: str, run_id: str) -> str:
+        """The run's folder; a local root is made absolute, as Spark resolves paths on its own."""
+        root = str(Path(self.root.removeprefix("file://")).resolve()) if self.is_local else self.root.rstrip("/")
+        return f"{root}/{partition}/{run_id}"
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.root or self.root.startswith("file://")
+
+
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources for this deployment, chosen by environment variables (README, 'Configuration')."""
     if os.getenv("PINNERSAGE_SOURCE", "synthetic") == "files":
@@ -141,6 +164,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         "duckdb": DuckDBResource(database=os.getenv("PINNERSAGE_DUCKDB_PATH", DEFAULT_DATABASE)),
         "index_store": IndexStore(root=os.getenv("PINNERSAGE_INDEX_ROOT", DEFAULT_INDEX_ROOT)),
         "serving_store": ServingStore(root=os.getenv("PINNERSAGE_SERVING_ROOT", DEFAULT_SERVING_ROOT)),
+        "exchange": ExchangeStore(root=os.getenv("PINNERSAGE_EXCHANGE_ROOT", DEFAULT_EXCHANGE_ROOT)),
         "source": source,
         "params": PinnerSageParams(),
     }

@@ -161,3 +161,32 @@ def user_batches(conn: duckdb.DuckDBPyConnection, day: date, max_rows: int) -> l
     if rows:
         batches.append((int(users[start]), int(users[-1]), rows))
     return batches
+
+
+INTEREST_ROWS = "read_parquet('{glob}')"
+CLUSTERS_FROM_ROWS_SQL = """
+    INSERT INTO user_clusters
+    SELECT CAST(? AS DATE), user_id, cluster_id, any_value(kind), any_value(merge_cost), count(*),
+           list(pin_id ORDER BY pin_id)
+    FROM {rows} GROUP BY user_id, cluster_id ORDER BY user_id, cluster_id
+"""
+MEDOIDS_FROM_ROWS_SQL = """
+    INSERT INTO user_medoids
+    SELECT CAST(? AS DATE), user_id, cluster_id, any_value(medoid_pin_id), any_value(importance),
+           any_value(size), any_value(n_actions), any_value(kind)
+    FROM {rows} GROUP BY user_id, cluster_id ORDER BY user_id, cluster_id
+"""
+
+
+def replace_interests(conn: duckdb.DuckDBPyConnection, day: date, rows_glob: str) -> None:
+    """Replace ``day`` of ``user_clusters`` and ``user_medoids`` with the per-user pass's rows
+    (Parquet files matching ``rows_glob``), both tables in one transaction."""
+    rows = INTEREST_ROWS.format(glob=rows_glob.replace("'", "''"))
+    with transaction(conn):
+        for table, sql in (("user_clusters", CLUSTERS_FROM_ROWS_SQL), ("user_medoids", MEDOIDS_FROM_ROWS_SQL)):
+            _replace_day_from(conn, table, day, sql.format(rows=rows))
+
+
+def _replace_day_from(conn: duckdb.DuckDBPyConnection, table: str, day: date, insert_sql: str) -> None:
+    conn.execute(f"DELETE FROM {table} WHERE partition_date = ?", [day])
+    conn.execute(insert_sql, [day])

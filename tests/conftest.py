@@ -12,7 +12,7 @@ from dagster_duckdb import DuckDBResource
 from pinnersage_dagster.assets import all_assets
 from pinnersage_dagster.checks import all_checks
 from pinnersage_dagster.config import PinnerSageParams
-from pinnersage_dagster.resources import IndexStore, ServingStore, SyntheticSource
+from pinnersage_dagster.resources import ExchangeStore, IndexStore, ServingStore, SyntheticSource
 
 DAY = date(2026, 6, 10)
 WINDOW = 10
@@ -43,6 +43,7 @@ def make_resources(root: Path, **params) -> dict:
         "duckdb": DuckDBResource(database=str(root / "warehouse.duckdb")),
         "index_store": IndexStore(root=str(root / "pin_index")),
         "serving_store": ServingStore(root=str(root / "serving")),
+        "exchange": ExchangeStore(root=str(root / "exchange")),
         "source": SyntheticSource(n_users=80, n_pins=3_000, seed=5),
         "params": PinnerSageParams(window_days=WINDOW, **params),
     }
@@ -69,6 +70,11 @@ def materialize_day(resources: dict, day: date, raise_on_error: bool = True) -> 
         [*all_assets, *all_checks], selection=selection, resources=resources, partition_key=day.isoformat(),
         raise_on_error=raise_on_error,
     )
+
+
+def materializations(result: dg.ExecuteInProcessResult, asset: str) -> list[dg.AssetMaterialization]:
+    """The run's materializations of one asset (a multi-asset's node materializes several)."""
+    return [e.materialization for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)]
 
 
 def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:

@@ -14,7 +14,7 @@ import dagster as dg
 import pinnersage_dagster.core.artifacts as artifacts
 import pinnersage_dagster.warehouse as warehouse
 from pinnersage_dagster.assets import all_assets
-from pinnersage_dagster.core.clustering import ClusteringPool
+from pinnersage_dagster.core.workers import UserPool
 
 from .conftest import DAY, make_resources
 
@@ -24,28 +24,34 @@ def die() -> None:
 
 
 def after_first_batch(root: Path) -> None:
-    """user_clusters, mid-compute: the first user batch is clustered, the rest never are.
+    """user_interests, mid-compute: the first user batch is done, the rest never are.
     The worker processes' pids go to ``workers.pids`` so the test can see them exit."""
-    original = ClusteringPool.cluster
+    original = UserPool.represent
 
-    def cluster(self, *args, **kwargs):
-        result = original(self, *args, **kwargs)
+    def represent(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)()
         (root / "workers.pids").write_text(" ".join(map(str, self._pool._processes)))
         die()
         return result
 
-    ClusteringPool.cluster = cluster
+    UserPool.represent = represent
 
 
 def inside_the_write_transaction(root: Path) -> None:
-    """Mid-write: the partition's old rows are deleted and half the new ones inserted, uncommitted."""
-    original = warehouse._insert
+    """Mid-write: the partition's old rows are deleted and half the new ones inserted (or, for
+    the two tables of the per-user pass, the first table replaced), uncommitted."""
+    original, original_day = warehouse._insert, warehouse._replace_day_from
 
     def insert(conn, table, columns, rows):
         original(conn, table, columns, rows[: len(rows) // 2])
         die()
 
+    def replace_day(conn, table, day, insert_sql):
+        original_day(conn, table, day, insert_sql)
+        die()
+
     warehouse._insert = insert
+    warehouse._replace_day_from = replace_day
 
 
 def after_the_build_files_are_written(root: Path) -> None:
@@ -73,10 +79,10 @@ def main() -> None:
     import pinnersage_dagster.serving.snapshot  # noqa: F401
 
     POINTS[point](root)
-    resources = make_resources(root)
-    resources["params"] = resources["params"].model_copy(update={"batch_rows": 200})  # several user batches
+    resources = make_resources(root, batch_rows=200)  # several user batches
     partition = None if asset == "candidate_pool" else DAY.isoformat()
-    dg.materialize(all_assets, selection=[asset], resources=resources, partition_key=partition)
+    selection = dg.AssetSelection.assets(asset).required_multi_asset_neighbors()
+    dg.materialize(all_assets, selection=selection, resources=resources, partition_key=partition)
     sys.exit("the fault was never reached")
 
 

@@ -14,7 +14,7 @@ from pinnersage_dagster.config import PinnerSageParams
 from pinnersage_dagster.core.hnsw import read_manifest
 from pinnersage_dagster.resources import FileSource
 
-from .conftest import DAY, PARTITIONED, WINDOW, make_resources, materialize_day, materialize_history
+from .conftest import DAY, PARTITIONED, WINDOW, make_resources, materialize_day, materialize_history, materializations
 
 TABLES = ["raw_actions", "raw_actions_quarantine", *PARTITIONED[:3], "pins", "candidate_pool", "candidate_pool_exclusions"]
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
@@ -28,7 +28,7 @@ def content_hash(conn, table: str) -> tuple[int, str]:
 
 
 def metadata_of(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    events = result.asset_materializations_for_node(asset)
+    events = materializations(result, asset)
     return {k: v.value for k, v in events[-1].metadata.items()}
 
 

@@ -17,7 +17,7 @@ from pinnersage_dagster.core.contract import validate_actions
 from pinnersage_dagster.readers import day_bounds
 from pinnersage_dagster.resources import FileSource
 
-from .conftest import make_resources
+from .conftest import make_resources, materializations
 
 DAY = date(2026, 3, 3)
 DIM = 8
@@ -90,7 +90,7 @@ def world(tmp_path) -> World:
 
 
 def metadata(result, asset: str) -> dict:
-    return {k: v.value for k, v in result.asset_materializations_for_node(asset)[-1].metadata.items()}
+    return {k: v.value for k, v in materializations(result, asset)[-1].metadata.items()}
 
 
 def failure_message(result) -> str:

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pytest
 
 from pinnersage_dagster.assets import all_assets
@@ -14,8 +15,9 @@ from pinnersage_dagster.checks import (
     evaluate_medoid_is_cluster_member,
     evaluate_pin_index_matches_candidate_pool,
 )
+from pinnersage_dagster.config import PinnerSageParams
 
-from .conftest import DAY, check_results
+from .conftest import DAY, WINDOW, check_results
 
 
 def index_dir(graph) -> Path:
@@ -99,20 +101,25 @@ def test_an_index_that_disagrees_with_its_pool_or_its_checksums_fails(graph_copy
         assert not evaluate_pin_index_matches_candidate_pool(conn, DAY, index_dir(graph_copy))[0]
 
 
-def test_blocking_medoid_check_fails_the_run_in_dagster(graph_copy):
-    # a cluster made of a catalog pin the user never acted on: user_medoids picks it as medoid
-    with graph_copy.connect() as conn:
-        conn.execute(
-            """
-            UPDATE user_clusters SET pin_ids = [(SELECT min(pin_id) FROM pins WHERE pin_id NOT IN
-                (SELECT pin_id FROM action_windows WHERE user_id = user_clusters.user_id))], n_pins = 1
-            WHERE cluster_id = 0 AND user_id = (SELECT min(user_id) FROM user_clusters)
-            """
-        )
+def test_blocking_medoid_check_fails_the_run_in_dagster(graph_copy, monkeypatch):
+    # a faulty per-user pass: one cluster's medoid becomes a pin outside the user's window
+    import pinnersage_dagster.core.workers as workers
+
+    honest = workers.represent_users
+
+    def faulty(*args, **kwargs):
+        table = honest(*args, **kwargs)
+        medoids = table.column("medoid_pin_id").to_numpy().copy()
+        first = table.column("cluster_id").to_numpy() == table.column("cluster_id").to_numpy()[0]
+        medoids[first & (table.column("user_id").to_numpy() == table.column("user_id").to_numpy()[0])] = -12345
+        return table.set_column(table.schema.get_field_index("medoid_pin_id"), "medoid_pin_id", pa.array(medoids))
+
+    monkeypatch.setattr(workers, "represent_users", faulty)
     result = dg.materialize(
         [*all_assets, *all_checks],
-        selection=dg.AssetSelection.assets("user_medoids"),
-        resources=graph_copy.resources,
+        selection=dg.AssetSelection.assets("user_medoids").required_multi_asset_neighbors()
+        | dg.AssetSelection.assets("serving_snapshot"),
+        resources={**graph_copy.resources, "params": PinnerSageParams(window_days=WINDOW, clustering_workers=1)},
         partition_key=DAY.isoformat(),
         raise_on_error=False,
     )
@@ -120,3 +127,4 @@ def test_blocking_medoid_check_fails_the_run_in_dagster(graph_copy):
     assert not result.success  # blocking: the run fails, nothing downstream is served
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "medoid_is_cluster_member" in failure.step_key
+    assert not result.asset_materializations_for_node("serving_snapshot")

@@ -60,12 +60,13 @@ def builds(directory: Path) -> list[str]:
 
 def rerun(graph, asset: str) -> None:
     partition = None if asset == "candidate_pool" else DAY.isoformat()
-    assert dg.materialize(all_assets, selection=[asset], resources=graph.resources, partition_key=partition).success
+    selection = dg.AssetSelection.assets(asset).required_multi_asset_neighbors()
+    assert dg.materialize(all_assets, selection=selection, resources=graph.resources, partition_key=partition).success
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["compute", "write"])
-def test_user_clusters_killed_mid_run_then_rerun(graph_copy, point):
+def test_user_interests_killed_mid_run_then_rerun(graph_copy, point):
     before = hashes(graph_copy)
     kill_mid_run(graph_copy.root, "user_clusters", point)
     if point == "compute":  # the run's clustering workers do not outlive it
@@ -74,6 +75,7 @@ def test_user_clusters_killed_mid_run_then_rerun(graph_copy, point):
     assert hashes(graph_copy) == before  # the killed transaction left nothing behind
     rerun(graph_copy, "user_clusters")
     assert hashes(graph_copy) == before  # and the re-run equals the uninterrupted run
+    assert not any((graph_copy.root / "exchange" / DAY.isoformat()).iterdir())  # nor its Parquet parts
 
 
 @pytest.mark.slow

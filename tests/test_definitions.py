@@ -14,7 +14,7 @@ from pinnersage_dagster.checks import all_checks
 from pinnersage_dagster.definitions import defs
 from pinnersage_dagster.partitions import daily_partitions
 
-from .conftest import DAY, check_results, make_resources, materialize_history, range_tags
+from .conftest import DAY, check_results, make_resources, materialize_history, materializations, range_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -29,7 +29,7 @@ def test_definitions_hold_the_whole_graph():
     job = defs.resolve_job_def("pinnersage_daily_job")
     assert job.partitions_def == daily_partitions
     assert defs.resolve_schedule_def("pinnersage_daily_schedule").cron_schedule == "0 2 * * *"
-    policies = {a.key.to_user_string(): a.backfill_policy for a in all_assets if a.partitions_def}
+    policies = {k.to_user_string(): a.backfill_policy for a in all_assets if a.partitions_def for k in a.keys}
     assert policies["raw_actions"] == dg.BackfillPolicy.single_run()
     assert policies["user_clusters"] == dg.BackfillPolicy.multi_run(7)
     assert policies["pin_index"] == dg.BackfillPolicy.multi_run(1)
@@ -80,7 +80,7 @@ def test_backfill_as_one_range_run_equals_daily_runs(tmp_path):
         assert materialize_history(resources, DAY, days=12).success
     result = dg.materialize([*all_assets, *all_checks], selection=selection, resources=ranged, tags=range_tags(days[0], DAY))
     assert result.success and all(check_results(result).values())
-    assert len(result.asset_materializations_for_node("user_medoids")) == 3  # one per partition
+    assert len(materializations(result, "user_medoids")) == 3  # one per partition
     for day in days:
         assert dg.materialize(all_assets, selection=selection, resources=daily, partition_key=day.isoformat()).success
 

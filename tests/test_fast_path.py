@@ -4,17 +4,22 @@ same clusters, medoids and importances as the reference path (scipy's own distan
 from datetime import date, timedelta
 
 import dagster as dg
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
 from pinnersage_dagster.assets import all_assets
 from pinnersage_dagster.config import PinnerSageParams
-from pinnersage_dagster.core.clustering import ClusteringPool, cluster_users, summarize_clusters
+from pinnersage_dagster.core.clustering import cluster_users, summarize_clusters
+from pinnersage_dagster.core.workers import UserPool
 from pinnersage_dagster.core.synthetic import UNKNOWN_PIN_ID, SyntheticWorld, generate_day_actions, generate_pins
-from pinnersage_dagster.warehouse import user_batches
+from pinnersage_dagster.engines.local import run_local_pass
+from pinnersage_dagster.warehouse import ensure_tables, replace_interests, user_batches, write_pins
 
-from .conftest import DAY, WINDOW
+from .conftest import DAY, WINDOW, materializations
+from .test_assets import content_hash
+from .two_pass_reference import two_pass
 
 MEMBERSHIP = ["user_id", "cluster_id", "pin_id", "kind"]
 
@@ -56,7 +61,7 @@ def test_fast_path_gives_the_reference_clusters_medoids_and_importances(populati
 def test_worker_processes_give_the_serial_result(population):
     users, pins, emb, *_ = population
     serial = cluster_users(users, pins, emb, 1.3)
-    with ClusteringPool(2, chunks_per_worker=3) as pool:
+    with UserPool(2, chunks_per_worker=3) as pool:
         parallel = pool.cluster(users, pins, emb, 1.3)
     assert parallel[MEMBERSHIP].equals(serial[MEMBERSHIP])
 
@@ -82,8 +87,39 @@ def test_small_batches_write_the_same_partition(graph_copy):
     before = snapshot()
     resources = {**graph_copy.resources, "params": PinnerSageParams(window_days=WINDOW, batch_rows=100, clustering_workers=2)}
     result = dg.materialize(all_assets, selection=["user_clusters", "user_medoids"], resources=resources, partition_key=DAY.isoformat())
-    meta = result.asset_materializations_for_node("user_clusters")[-1].metadata
+    meta = materializations(result, "user_clusters")[-1].metadata
     assert meta["batches"].value > 3 and meta["clustering_workers"].value == 2
     after = snapshot()
     for old, new in zip(before, after):
         pd.testing.assert_frame_equal(old.drop(columns=["merge_cost"], errors="ignore"), new.drop(columns=["merge_cost"], errors="ignore"))
+
+
+@pytest.fixture(scope="module")
+def population_warehouse(population, tmp_path_factory):
+    """The heavy-tailed population as a warehouse: its catalog and one day's action_windows."""
+    *_, actions, ids, x, now = population
+    day = (now - pd.Timedelta(days=1)).date()
+    path = tmp_path_factory.mktemp("population") / "warehouse.duckdb"
+    with duckdb.connect(str(path)) as conn:
+        ensure_tables(conn)
+        write_pins(conn, pd.DataFrame({"pin_id": ids, "quality": 1.0, "created_at": pd.NaT}), x)
+        conn.register("window_rows", actions.assign(partition_date=day)[["partition_date", "user_id", "pin_id", "action", "ts"]])
+        conn.execute("INSERT INTO action_windows SELECT * FROM window_rows")
+    return path, day
+
+
+@pytest.mark.parametrize("workers, batch_rows", [(1, 200_000), (2, 2_000)])
+def test_one_pass_writes_the_two_pass_tables(population_warehouse, tmp_path, workers, batch_rows):
+    path, day = population_warehouse
+    with duckdb.connect(str(path)) as conn:
+        two_pass(conn, day, alpha=1.3, decay_lambda=0.01, workers=workers)
+        expected = {t: content_hash(conn, t) for t in ("user_clusters", "user_medoids")}
+        conn.execute("DELETE FROM user_clusters; DELETE FROM user_medoids")
+    now_us = int(pd.Timestamp(day + timedelta(days=1)).value // 1000)
+    with UserPool(workers) as pool:
+        stats = run_local_pass(lambda: duckdb.connect(str(path)), day, tmp_path / "rows", pool,
+                               batch_rows=batch_rows, alpha=1.3, decay_lambda=0.01, now_us=now_us)
+    with duckdb.connect(str(path)) as conn:
+        replace_interests(conn, day, str(tmp_path / "rows" / "*.parquet"))
+        assert {t: content_hash(conn, t) for t in ("user_clusters", "user_medoids")} == expected
+    assert (stats.batches == 1) if batch_rows > 100_000 else (stats.batches > 10)

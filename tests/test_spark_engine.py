@@ -1,25 +1,32 @@
-"""The Spark engine (groupBy(user_id).applyInPandas in local mode) equals the local engine."""
+"""The Spark engine (Parquet in, groupBy(user_id).applyInPandas, Parquet out; local mode)
+writes exactly the local engine's tables."""
 
 import dagster as dg
-import pandas as pd
 import pytest
 
 from pinnersage_dagster.assets import all_assets
 from pinnersage_dagster.config import PinnerSageParams
 
-from .conftest import DAY, WINDOW
+from .conftest import DAY, WINDOW, materializations
+from .test_assets import content_hash
+
+TABLES = ("user_clusters", "user_medoids")
+
+
+def run(graph, **params) -> dict:
+    resources = {**graph.resources, "params": PinnerSageParams(window_days=WINDOW, **params)}
+    result = dg.materialize(all_assets, selection=list(TABLES), resources=resources, partition_key=DAY.isoformat())
+    meta = {k: v.value for k, v in materializations(result, "user_clusters")[-1].metadata.items()}
+    with graph.connect(read_only=True) as conn:
+        return {"hashes": {t: content_hash(conn, t) for t in TABLES}, "meta": meta}
 
 
 @pytest.mark.slow
-def test_spark_engine_writes_the_local_engines_partition(graph_copy):
-    def clusters():
-        with graph_copy.connect(read_only=True) as conn:
-            return conn.execute("SELECT * EXCLUDE (merge_cost) FROM user_clusters ORDER BY user_id, cluster_id").df()
-
-    local = clusters()
-    params = PinnerSageParams(window_days=WINDOW, clustering_engine="spark", spark_master="local[2]", batch_rows=300)
-    result = dg.materialize(all_assets, selection=["user_clusters"], resources={**graph_copy.resources, "params": params},
-                            partition_key=DAY.isoformat())
-    meta = result.asset_materializations_for_node("user_clusters")[-1].metadata
-    assert meta["clustering_engine"].value == "spark (local[2])" and meta["batches"].value >= 2
-    pd.testing.assert_frame_equal(clusters(), local)
+def test_spark_engine_writes_the_local_engines_tables(graph_copy):
+    local = run(graph_copy, clustering_workers=2)
+    spark = run(graph_copy, clustering_engine="spark", spark_master="local[2]")
+    assert spark["meta"]["clustering_engine"] == "spark (local[2])"
+    assert spark["meta"]["exported_actions"] > 0 and spark["meta"]["day_pins"] == local["meta"]["day_pins"]
+    assert spark["hashes"] == local["hashes"]
+    exchange = graph_copy.root / "exchange" / DAY.isoformat()
+    assert not exchange.exists() or not any(exchange.iterdir())  # the run's Parquet exchange is removed

@@ -11,10 +11,9 @@ from ..serving.snapshot import publish_snapshot
 from ..warehouse import embedding_matrix, query_arrow
 from .actions import action_windows
 from .candidates import candidate_pool
-from .clusters import user_clusters
+from .interests import user_clusters, user_medoids
 from .constants import DUCKDB_POOL, GROUP
 from .index import pin_index
-from .medoids import user_medoids
 
 MEMBERS_SQL = """
     SELECT user_id, cluster_id, unnest(pin_ids) AS pin_id FROM user_clusters WHERE partition_date = ?

@@ -10,13 +10,6 @@ A user for whom Algorithm 1 yields no cluster (every pin too far from every othe
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
-from multiprocessing.shared_memory import SharedMemory
-
 import numpy as np
 import pandas as pd
 
@@ -77,98 +70,6 @@ def cluster_users(
             "merge_cost": merge_cost[keep],
         }
     )
-
-
-class ClusteringPool:
-    """Runs ``cluster_users`` on both cores: users are split into chunks of similar Ward cost
-    (sum of m^2) and clustered in worker processes. ``workers <= 1`` runs in this process.
-
-    Workers are spawned (not forked: safe inside any host process) with one BLAS thread each,
-    so two workers do not oversubscribe two cores. Use as a context manager.
-    """
-
-    def __init__(self, workers: int, chunks_per_worker: int = 4) -> None:
-        self.workers = max(1, workers)
-        self.chunks_per_worker = chunks_per_worker
-        self._pool: ProcessPoolExecutor | None = None
-
-    def __enter__(self) -> "ClusteringPool":
-        if self.workers > 1:
-            saved = {k: os.environ.get(k) for k in _BLAS_THREADS}
-            os.environ.update({k: "1" for k in _BLAS_THREADS})
-            try:
-                self._pool = ProcessPoolExecutor(
-                    self.workers, mp_context=get_context("spawn"), initializer=_exit_with_parent, initargs=(os.getpid(),)
-                )
-                list(self._pool.map(_noop, range(self.workers)))  # start the workers now, with this env
-            finally:
-                for key, value in saved.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-    def cluster(self, user_ids: np.ndarray, pin_ids: np.ndarray, embeddings: np.ndarray, alpha: float) -> pd.DataFrame:
-        if self._pool is None or len(user_ids) == 0:
-            return cluster_users(user_ids, pin_ids, embeddings, alpha)
-        starts, ends = user_segments(user_ids)
-        cost = np.cumsum((ends - starts).astype(np.float64) ** 2 + 64.0)  # m^2 pairs, plus a per-user overhead
-        pieces = min(len(starts), self.workers * self.chunks_per_worker)
-        cuts = np.searchsorted(cost, np.linspace(0, cost[-1], pieces + 1)[1:-1], side="right")
-        bounds = np.unique(np.r_[0, cuts, len(starts)])
-        # embeddings go through shared memory once; each task ships only its row range and ids
-        matrix = np.ascontiguousarray(embeddings, dtype=np.float32)
-        shared = SharedMemory(create=True, size=max(matrix.nbytes, 1))
-        try:
-            np.ndarray(matrix.shape, np.float32, buffer=shared.buf)[:] = matrix
-            futures = [
-                self._pool.submit(
-                    _cluster_shared_rows, shared.name, matrix.shape, starts[a], ends[b - 1],
-                    user_ids[starts[a] : ends[b - 1]], pin_ids[starts[a] : ends[b - 1]], alpha,
-                )
-                for a, b in zip(bounds[:-1], bounds[1:])
-                if b > a
-            ]
-            return pd.concat([f.result() for f in futures], ignore_index=True)
-        finally:
-            shared.close()
-            shared.unlink()
-
-
-_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def _noop(_: int) -> None:
-    return None
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A worker outlives a SIGKILLed run otherwise: it blocks forever on a queue it holds open itself."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def _cluster_shared_rows(
-    name: str, shape: tuple[int, int], start: int, end: int, user_ids: np.ndarray, pin_ids: np.ndarray, alpha: float
-) -> pd.DataFrame:
-    shared = SharedMemory(name=name)
-    try:
-        rows = np.ndarray(shape, np.float32, buffer=shared.buf)[start:end]
-        return cluster_users(user_ids, pin_ids, rows, alpha)
-    finally:
-        del rows
-        shared.close()
 
 
 def summarize_clusters(

@@ -1,8 +1,14 @@
-"""The per-user clustering on Spark: ``groupBy("user_id").applyInPandas(...)``.
+"""The per-user pass on Spark: Parquet in, ``groupBy("user_id").applyInPandas``, Parquet out.
 
-The function applied to each user's rows is the product's own ``cluster_users``, so the
-Spark engine and the local engine compute the same clusters (tested in local mode).
-pyspark is an optional extra (``pip install -e '.[spark]'``) and needs Java 17+.
+Spark reads the day's inputs from shared storage (``<inputs>/window``: user_id, pin_id,
+ts_us; ``<inputs>/pins``: pin_id, embedding), joins them on its executors, runs the
+product's own ``core.user_pass.represent_users`` once per user, and writes the rows
+(``core.user_pass.ROW_SCHEMA``) to ``<output>``. The driver only plans the job: no row of
+the day passes through it. The local engine runs the same function, so both engines write
+the same tables (tested in local mode).
+
+pyspark is an optional extra (``pip install -e '.[spark]'``) and needs Java 17+. On a cluster,
+every executor's Python needs this package and its dependencies installed.
 """
 
 from __future__ import annotations
@@ -13,50 +19,60 @@ import sys
 import numpy as np
 import pandas as pd
 
-from .clustering import MEMBER_COLUMNS, cluster_users
+from .user_pass import ROW_SCHEMA, represent_users
 
-INPUT_SCHEMA = "user_id long, pin_id long, embedding array<float>"
-OUTPUT_SCHEMA = "user_id long, cluster_id long, pin_id long, kind string, merge_cost double"
+OUTPUT_SCHEMA = (
+    "user_id long, cluster_id long, pin_id long, kind string, merge_cost double, "
+    "medoid_pin_id long, importance double, size long, n_actions long"
+)
+_ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def spark_session(master: str, app_name: str = "pinnersage"):
-    """A SparkSession on ``master`` (``local[2]``, ``spark://host:7077``, ``yarn``, ...).
-
-    On a cluster, executors need this package and its dependencies installed in their Python.
-    """
+    """A SparkSession on ``master`` (``local[2]``, ``spark://host:7077``, ``yarn``, ...)."""
     from pyspark.sql import SparkSession
 
     # Python workers must run this interpreter (it has this package's dependencies), whatever
     # `python3` is on PATH; the environment variable is what local mode honours
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    return (
+    builder = (
         SparkSession.builder.master(master)
         .appName(app_name)
         .config("spark.ui.enabled", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.pyspark.python", sys.executable)  # workers import this environment's packages
-        .getOrCreate()
     )
+    if master.startswith("local"):
+        builder = builder.config("spark.pyspark.python", sys.executable)
+    for key, value in _ONE_BLAS_THREAD.items():  # one Spark task per core, one BLAS thread per task
+        builder = builder.config(f"spark.executorEnv.{key}", value)
+    return builder.getOrCreate()
 
 
-def cluster_users_spark(
-    spark, user_ids: np.ndarray, pin_ids: np.ndarray, embeddings: np.ndarray, alpha: float
-) -> pd.DataFrame:
-    """``cluster_users`` for a batch of users, one Spark group per user."""
-    frame = pd.DataFrame(
-        {"user_id": user_ids, "pin_id": pin_ids, "embedding": list(np.asarray(embeddings, dtype=np.float32))}
-    )
+def run_user_pass_spark(spark, inputs_uri: str, output_uri: str, *, alpha: float, decay_lambda: float, now_us: int) -> None:
+    """Run the per-user pass over the exported inputs; results land in ``output_uri``."""
+    window = spark.read.parquet(f"{inputs_uri}/window")
+    pins = spark.read.parquet(f"{inputs_uri}/pins")
 
     def per_user(rows: pd.DataFrame) -> pd.DataFrame:
-        rows = rows.sort_values("pin_id", kind="stable")  # the local engine's order within a user
-        matrix = np.stack(rows["embedding"].to_numpy()).astype(np.float32)
-        return cluster_users(rows["user_id"].to_numpy(), rows["pin_id"].to_numpy(), matrix, alpha)
+        return represent_user_group(rows, alpha=alpha, decay_lambda=decay_lambda, now_us=now_us)
 
-    result = (
-        spark.createDataFrame(frame, schema=INPUT_SCHEMA)
+    (
+        window.join(pins, "pin_id")
         .groupBy("user_id")
         .applyInPandas(per_user, OUTPUT_SCHEMA)
-        .toPandas()
+        .write.mode("overwrite")
+        .parquet(output_uri)
     )
-    return result[MEMBER_COLUMNS].sort_values(["user_id", "cluster_id", "pin_id"], kind="stable").reset_index(drop=True)
+
+
+def represent_user_group(rows: pd.DataFrame, *, alpha: float, decay_lambda: float, now_us: int) -> pd.DataFrame:
+    """One Spark group (one user's actions joined with their pins' embeddings) through the pass."""
+    order = np.lexsort((rows["ts_us"].to_numpy(), rows["pin_id"].to_numpy()))
+    rows = rows.iloc[order]
+    embeddings = np.stack(rows["embedding"].to_numpy()).astype(np.float32, copy=False)
+    table = represent_users(
+        rows["user_id"].to_numpy(np.int64), rows["pin_id"].to_numpy(np.int64), rows["ts_us"].to_numpy(np.int64),
+        np.arange(len(rows)), embeddings, alpha=alpha, decay_lambda=decay_lambda, now_us=now_us,
+    )
+    return table.to_pandas() if table.num_rows else pd.DataFrame({c: pd.Series(dtype=object) for c in ROW_SCHEMA.names})

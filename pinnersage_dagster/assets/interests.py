@@ -1,0 +1,177 @@
+"""Each user's interests of the day: Ward clusters and their medoids, in one per-user pass
+(paper, Algorithm 2; sections 3.1.1-3.1.3)."""
+
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+from dagster_duckdb import DuckDBResource
+
+from ..config import PinnerSageParams
+from ..core.spark_engine import spark_session
+from ..core.workers import UserPool
+from ..engines.local import run_local_pass
+from ..engines.spark import run_spark_pass
+from ..partitions import daily_partitions, partition_days
+from ..readers import day_bounds
+from ..reporting import distribution_of_counts, frame_markdown, histogram_markdown_of_counts
+from ..resources import ExchangeStore
+from ..warehouse import ensure_tables, replace_interests
+from .actions import action_windows
+from .constants import DUCKDB_POOL, GROUP
+
+user_clusters = dg.AssetSpec(
+    "user_clusters",
+    deps=[action_windows],
+    group_name=GROUP,
+    kinds={"duckdb", "scipy"},
+    description="For day D: the Ward clusters of each user active in [D-89, D], with their member pins. "
+    "kind = 'ward' clusters follow Algorithm 1 at alpha; a user with no Ward cluster gets one "
+    "'singleton' cluster per distinct pin.",
+)
+user_medoids = dg.AssetSpec(
+    "user_medoids",
+    deps=["user_clusters", action_windows],
+    group_name=GROUP,
+    kinds={"duckdb"},
+    description="For day D: each user's interests as {medoid pin, importance} (Algorithm 2). The medoid "
+    "minimises the sum of squared distances to the cluster's members (Eq. 2); importance is the sum over "
+    "the cluster's actions of exp(-lambda * age in days) with T_now = D+1 00:00 UTC (Eq. 3).",
+)
+
+
+@dg.multi_asset(
+    specs=[user_clusters, user_medoids],
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=7),
+    pool=DUCKDB_POOL,
+    can_subset=False,
+)
+def user_interests(
+    context: dg.AssetExecutionContext, duckdb: DuckDBResource, params: PinnerSageParams, exchange: ExchangeStore
+) -> Iterator[dg.MaterializeResult]:
+    """For day D: ``user_clusters`` and ``user_medoids`` from one pass over each user's window.
+
+    The day's embeddings are read once and shared with the workers; each user is clustered and
+    summarised (medoid, importance) in the same pass; both tables are replaced in one transaction.
+    """
+    spark = spark_session(params.spark_master) if params.clustering_engine == "spark" else None
+    workers = 1 if spark is not None else params.clustering_workers or os.cpu_count() or 1
+    with UserPool(workers) as pool:
+        for day in partition_days(context):
+            _, now = day_bounds(day)
+            now_us = int(now.value // 1000)
+            settings = {"alpha": params.alpha, "decay_lambda": params.decay_lambda, "now_us": now_us}
+            run_uri = exchange.run_uri(day.isoformat(), context.run_id)
+            _remove_stale_runs(exchange, day)
+            if exchange.is_local:
+                Path(run_uri, "inputs").mkdir(parents=True)
+            started = time.perf_counter()
+            if spark is None:
+                if not exchange.is_local:
+                    raise dg.Failure(f"the local engine writes to a local exchange root, not {exchange.root}")
+                stats = run_local_pass(duckdb.get_connection, day, Path(run_uri) / "rows", pool,
+                                       batch_rows=params.batch_rows, **settings)
+                engine = {"batches": stats.batches, "largest_batch_rows": stats.largest_batch_rows,
+                          "day_pins": stats.day_pins, "actions_on_pins_left_catalog": stats.actions_on_pins_left_catalog,
+                          "clustering_workers": workers, "clustering_engine": "local"}
+            else:
+                _, counts = run_spark_pass(spark, duckdb.get_connection, day, run_uri, **settings)
+                engine = {"exported_actions": counts["window"], "day_pins": counts["pins"],
+                          "clustering_engine": f"spark ({params.spark_master})"}
+            seconds = time.perf_counter() - started
+            with duckdb.get_connection() as conn:
+                ensure_tables(conn)
+                replace_interests(conn, day, f"{run_uri}/rows/*.parquet")
+            if exchange.is_local:
+                shutil.rmtree(run_uri, ignore_errors=True)
+            context.log.info(f"{day}: per-user pass in {seconds:.1f}s ({engine['clustering_engine']})")
+    with duckdb.get_connection() as conn:
+        clusters_meta, medoids_meta = interest_metadata(conn, day, params)
+    clusters_meta.update({"alpha": params.alpha, "pass_seconds": round(seconds, 2), **engine})
+    yield dg.MaterializeResult(asset_key="user_clusters", metadata=clusters_meta)
+    yield dg.MaterializeResult(asset_key="user_medoids", metadata=medoids_meta)
+
+
+def _remove_stale_runs(exchange: ExchangeStore, day: date) -> None:
+    """A killed run's exchange folder for the same day is garbage: its results were never loaded."""
+    if exchange.is_local:
+        shutil.rmtree(exchange.run_uri(day.isoformat(), ""), ignore_errors=True)
+
+
+CLUSTER_COUNTS_SQL = """
+    SELECT n, count(*) AS users, count(*) FILTER (WHERE singleton) AS fallback_users
+    FROM (SELECT user_id, count(*) AS n, bool_or(kind = 'singleton') AS singleton
+          FROM user_clusters WHERE partition_date = ? GROUP BY user_id)
+    GROUP BY n ORDER BY n
+"""
+CLUSTER_TOTALS_SQL = """
+    SELECT count(*), count(*) FILTER (WHERE kind = 'ward'), coalesce(sum(n_pins) FILTER (WHERE kind = 'ward'), 0),
+           coalesce(sum(n_pins), 0)
+    FROM user_clusters WHERE partition_date = ?
+"""
+SIZE_COUNTS_SQL = "SELECT n_pins, count(*) FROM user_clusters WHERE partition_date = ? GROUP BY n_pins ORDER BY n_pins"
+IMPORTANCE_SQL = """
+    SELECT min(importance), quantile_cont(importance, [0.5, 0.9, 0.99]), max(importance), avg(importance),
+           count(DISTINCT medoid_pin_id)
+    FROM user_medoids WHERE partition_date = ?
+"""
+
+
+def interest_metadata(conn: duckdb.DuckDBPyConnection, day: date, params: PinnerSageParams) -> tuple[dict, dict]:
+    """Metadata of both tables, aggregated in SQL: its size does not grow with the number of users."""
+    counts = conn.execute(CLUSTER_COUNTS_SQL, [day]).fetchnumpy()
+    clusters, ward, ward_pins, member_pins = conn.execute(CLUSTER_TOTALS_SQL, [day]).fetchone()
+    sizes = conn.execute(SIZE_COUNTS_SQL, [day]).fetchnumpy()
+    low, (p50, p90, p99), high, mean, distinct_medoids = conn.execute(IMPORTANCE_SQL, [day]).fetchone() if clusters else (
+        0.0, (0.0, 0.0, 0.0), 0.0, 0.0, 0)
+    per_user = distribution_of_counts(counts["n"], counts["users"])
+    user = _example_user(conn, day, per_user["p90"]) if clusters else None
+    users = int(counts["users"].sum())
+    clusters_meta = {
+        "users": users,
+        "dagster/row_count": int(clusters),
+        "ward_clusters": int(ward),
+        "users_with_singleton_fallback": int(counts["fallback_users"].sum()),
+        "pins_in_ward_clusters": int(ward_pins),
+        "member_pins": int(member_pins),
+        "clusters_per_user": per_user,
+        "clusters_per_user_histogram": dg.MetadataValue.md(
+            histogram_markdown_of_counts(counts["n"], counts["users"], [1, 2, 3, 4, 6, 11, 21, 51, 101], "clusters")
+        ),
+        "cluster_size": distribution_of_counts(sizes["n_pins"], sizes["count_star()"]),
+    }
+    medoids_meta = {
+        "partition": day.isoformat(),
+        "decay_lambda": params.decay_lambda,
+        "users": users,
+        "dagster/row_count": int(clusters),
+        "distinct_medoid_pins": int(distinct_medoids),
+        "medoids_per_user": per_user,
+        "importance": {"min": float(low), "p50": float(p50), "p90": float(p90), "p99": float(p99),
+                       "max": float(high), "mean": round(float(mean), 3)},
+    }
+    if user is not None:
+        preview = conn.execute(
+            "SELECT cluster_id, kind, n_pins, merge_cost, pin_ids FROM user_clusters "
+            "WHERE partition_date = ? AND user_id = ? ORDER BY cluster_id", [day, user]).df()
+        interests = conn.execute(
+            "SELECT cluster_id, medoid_pin_id, importance, size, n_actions, kind FROM user_medoids "
+            "WHERE partition_date = ? AND user_id = ? ORDER BY importance DESC, cluster_id", [day, user]).df()
+        clusters_meta["example_user"] = dg.MetadataValue.md(f"user **{user}**\n\n" + frame_markdown(preview))
+        medoids_meta["example_user_interests"] = dg.MetadataValue.md(f"user **{user}**\n\n" + frame_markdown(interests))
+    return clusters_meta, medoids_meta
+
+
+def _example_user(conn: duckdb.DuckDBPyConnection, day: date, clusters: float) -> int | None:
+    """The lowest user id among users whose cluster count is nearest the 90th percentile."""
+    row = conn.execute(
+        "SELECT user_id FROM user_clusters WHERE partition_date = ? GROUP BY user_id "
+        "ORDER BY abs(count(*) - ?), user_id LIMIT 1", [day, clusters]).fetchone()
+    return None if row is None else int(row[0])

@@ -1,0 +1,126 @@
+"""The per-user pass on this machine: worker processes share the day's embeddings.
+
+Per day: the embeddings of the pins the window acts on are streamed from DuckDB once into
+shared memory (``core.workers.SharedMatrix``); then users are read in batches of at most
+``batch_rows`` distinct (user, pin) rows, as (user_id, pin_id, ts) only, and each batch goes
+to the workers as ids and row numbers while the next one is read. Memory is the day's
+embedding matrix plus a batch, whatever the number of users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..core.user_pass import ROW_SCHEMA
+from ..core.workers import SharedMatrix, UserPool
+from ..warehouse import user_batches
+
+DAY_PINS_SQL = """
+    SELECT pin_id, embedding FROM pins
+    WHERE pin_id IN (SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ?)
+    ORDER BY pin_id
+"""
+BATCH_SQL = """
+    SELECT user_id, pin_id, epoch_us(ts) AS ts_us FROM action_windows
+    WHERE partition_date = ? AND user_id BETWEEN ? AND ?
+    ORDER BY user_id, pin_id, ts
+"""
+STREAM_ROWS = 65_536
+
+
+@dataclass
+class PassStats:
+    """What one day's pass read and did, for the asset's metadata."""
+
+    batches: int = 0
+    largest_batch_rows: int = 0
+    actions: int = 0
+    day_pins: int = 0
+    actions_on_pins_left_catalog: int = 0
+
+
+def day_embeddings(connect: Callable[[], duckdb.DuckDBPyConnection], day: date) -> tuple[np.ndarray, SharedMatrix]:
+    """The sorted ids and a shared matrix of the embeddings of every pin in ``day``'s window,
+    streamed from the catalog in bounded chunks (never a second copy of the matrix)."""
+    with connect() as conn:
+        dim = _embedding_dim(conn)
+        ((rows,),) = conn.execute(
+            "SELECT count(*) FROM pins WHERE pin_id IN "
+            "(SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ?)", [day]
+        ).fetchall()
+        matrix = SharedMatrix(int(rows), dim)
+        ids = np.empty(int(rows), dtype=np.int64)
+        try:
+            filled = 0
+            reader = conn.sql(DAY_PINS_SQL, params=[day]).to_arrow_reader(STREAM_ROWS)
+            for batch in reader:
+                n = batch.num_rows
+                ids[filled : filled + n] = batch.column("pin_id").to_numpy()
+                values = batch.column("embedding").values.to_numpy(zero_copy_only=False)
+                matrix.array[filled : filled + n] = values.reshape(n, dim)
+                filled += n
+            if filled != rows:
+                raise RuntimeError(f"the catalog changed while {day}'s embeddings were read ({filled} of {rows} rows)")
+        except BaseException:
+            matrix.__exit__(None, None, None)
+            raise
+    return ids, matrix
+
+
+def _embedding_dim(conn: duckdb.DuckDBPyConnection) -> int:
+    kind = conn.execute(
+        "SELECT data_type FROM information_schema.columns WHERE table_name = 'pins' AND column_name = 'embedding'"
+    ).fetchone()
+    if kind is None:
+        raise RuntimeError("the warehouse has no pin catalog: materialize pins first")
+    return int(kind[0].split("[")[1].rstrip("]"))  # FLOAT[d]
+
+
+def run_local_pass(
+    connect: Callable[[], duckdb.DuckDBPyConnection],
+    day: date,
+    out_dir: Path,
+    pool: UserPool,
+    *,
+    batch_rows: int,
+    alpha: float,
+    decay_lambda: float,
+    now_us: int,
+) -> PassStats:
+    """Write the pass's rows for ``day`` as Parquet parts into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats = PassStats()
+    with connect() as conn:
+        batches = user_batches(conn, day, batch_rows)
+    ids, matrix = day_embeddings(connect, day)
+    stats.day_pins, stats.batches = len(ids), len(batches)
+    stats.largest_batch_rows = max((b[2] for b in batches), default=0)
+    settings = {"alpha": alpha, "decay_lambda": decay_lambda, "now_us": now_us}
+    with matrix:
+        pending: Callable[[], pa.Table] | None = None
+        for number, (first, last, _) in enumerate(batches):
+            with connect() as conn:
+                rows = conn.execute(BATCH_SQL, [day, first, last]).fetchnumpy()
+            user_ids, pin_ids, ts_us = (np.asarray(rows[c], dtype=np.int64) for c in ("user_id", "pin_id", "ts_us"))
+            pin_rows = np.minimum(np.searchsorted(ids, pin_ids), max(len(ids) - 1, 0))
+            known = ids[pin_rows] == pin_ids if len(ids) else np.zeros(len(pin_ids), bool)
+            if not known.all():  # the catalog lost pins since the window was built
+                stats.actions_on_pins_left_catalog += int((~known).sum())
+                user_ids, pin_ids, ts_us, pin_rows = user_ids[known], pin_ids[known], ts_us[known], pin_rows[known]
+            stats.actions += len(user_ids)
+            started = pool.represent(user_ids, pin_ids, ts_us, pin_rows, matrix, **settings)
+            if pending is not None:  # the previous batch finished while this one was read
+                pq.write_table(pending(), out_dir / f"part-{number - 1:06d}.parquet")
+            pending = started
+        # a day with no users still leaves one (empty) part, so the folder always has the schema
+        last = pending() if pending is not None else ROW_SCHEMA.empty_table()
+        pq.write_table(last, out_dir / f"part-{max(len(batches) - 1, 0):06d}.parquet")
+    return stats

@@ -1,0 +1,42 @@
+"""The per-user pass on a Spark cluster: the pipeline exports the day's inputs as Parquet to
+shared storage, Spark joins and processes them on its executors and writes Parquet results.
+
+DuckDB writes the exports itself (``COPY ... TO``), so neither the window's rows nor the
+embeddings pass through Python here, and the Spark driver only plans the job.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import duckdb
+
+from ..core.spark_engine import run_user_pass_spark
+
+WINDOW_EXPORT = "SELECT user_id, pin_id, epoch_us(ts) AS ts_us FROM action_windows WHERE partition_date = DATE '{day}'"
+PINS_EXPORT = (
+    "SELECT pin_id, embedding FROM pins WHERE pin_id IN "
+    "(SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = DATE '{day}')"
+)
+
+
+def export_day_inputs(conn: duckdb.DuckDBPyConnection, day: date, inputs_uri: str) -> dict[str, int]:
+    """Write ``day``'s window actions and the embeddings of their pins under ``inputs_uri``."""
+    counts = {}
+    for name, query in (("window", WINDOW_EXPORT), ("pins", PINS_EXPORT)):
+        target = f"{inputs_uri}/{name}".replace("'", "''")
+        (counts[name],) = conn.execute(
+            f"COPY ({query.format(day=day.isoformat())}) TO '{target}' (FORMAT parquet, PER_THREAD_OUTPUT true)"
+        ).fetchone()
+    return counts
+
+
+def run_spark_pass(
+    spark, connect, day: date, run_uri: str, *, alpha: float, decay_lambda: float, now_us: int
+) -> tuple[str, dict[str, int]]:
+    """Export, run on Spark; returns the folder of result Parquet files and the export counts."""
+    with connect() as conn:
+        counts = export_day_inputs(conn, day, f"{run_uri}/inputs")
+    output = f"{run_uri}/rows"
+    run_user_pass_spark(spark, f"{run_uri}/inputs", output, alpha=alpha, decay_lambda=decay_lambda, now_us=now_us)
+    return output, counts
