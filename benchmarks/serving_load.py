@@ -41,6 +41,7 @@ from pinnersage_dagster.core.synthetic import (  # noqa: E402
     generate_day_actions,
     generate_pins,
 )
+from pinnersage_dagster.serving.catalog import ArrayCatalog  # noqa: E402
 from pinnersage_dagster.serving.snapshot import publish_snapshot  # noqa: E402
 
 DAY = date(2026, 6, 30)
@@ -73,7 +74,7 @@ def build_snapshot(root: Path, n_pins: int, n_users: int, seed: int) -> dict:
     popular = actions.pin_id.value_counts().index.to_numpy()[:400]
     publish_snapshot(
         root / "serving" / PARTITION, partition=PARTITION, batch_time=pd.Timestamp(DAY + timedelta(days=1)),
-        medoids=medoids, members=members, seen=distinct, popular=popular, catalog_ids=ids, catalog_embeddings=x,
+        medoids=medoids, members=members, seen=distinct, popular=popular, catalog=ArrayCatalog(ids, x),
         index_dir=index_dir, alpha=1.3, decay_lambda=0.01,
     )
     return {"pins": n_pins, "users": int(medoids.user_id.nunique()), "clusters": len(medoids),

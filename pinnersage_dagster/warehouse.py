@@ -7,7 +7,7 @@ re-run replaces a partition and a reader sees either the old rows or the new one
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 
@@ -190,3 +190,44 @@ def replace_interests(conn: duckdb.DuckDBPyConnection, day: date, rows_glob: str
 def _replace_day_from(conn: duckdb.DuckDBPyConnection, table: str, day: date, insert_sql: str) -> None:
     conn.execute(f"DELETE FROM {table} WHERE partition_date = ?", [day])
     conn.execute(insert_sql, [day])
+
+
+def embedding_dim(conn: duckdb.DuckDBPyConnection) -> int:
+    """The catalog's embedding dimension d, read from the column type ``FLOAT[d]``."""
+    kind = conn.execute(
+        "SELECT data_type FROM information_schema.columns WHERE table_name = 'pins' AND column_name = 'embedding'"
+    ).fetchall()
+    if not kind:
+        raise RuntimeError("the warehouse has no pin catalog: materialize pins first")
+    return int(kind[0][0].split("[")[1].rstrip("]"))
+
+
+class WarehouseCatalog:
+    """The ``pins`` table as a serving snapshot's catalog source (``serving.catalog``): hashes
+    and embeddings computed and streamed by DuckDB, in chunks of ``chunk_rows``."""
+
+    def __init__(self, connect: Callable[[], duckdb.DuckDBPyConnection], chunk_rows: int = 65_536) -> None:
+        self.connect, self.chunk_rows = connect, chunk_rows
+        self.hash_kind = f"duckdb-{duckdb.__version__}-hash"
+        with connect() as conn:
+            self.dimension = embedding_dim(conn)
+
+    def fingerprints(self) -> tuple[np.ndarray, np.ndarray]:
+        with self.connect() as conn:
+            rows = conn.execute("SELECT pin_id, hash(embedding) AS h FROM pins ORDER BY pin_id").fetchnumpy()
+        return np.asarray(rows["pin_id"], dtype=np.int64), np.asarray(rows["h"], dtype=np.uint64)
+
+    def rows(self, pin_ids: np.ndarray | None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        with self.connect() as conn:
+            if pin_ids is None:
+                relation = conn.sql("SELECT pin_id, hash(embedding) AS h, embedding FROM pins ORDER BY pin_id")
+            else:
+                conn.register("wanted_pins", pa.table({"pin_id": pa.array(pin_ids, pa.int64())}))
+                relation = conn.sql(
+                    "SELECT pin_id, hash(embedding) AS h, embedding FROM pins SEMI JOIN wanted_pins USING (pin_id) "
+                    "ORDER BY pin_id"
+                )
+            for batch in relation.to_arrow_reader(self.chunk_rows):
+                n = batch.num_rows
+                x = batch.column("embedding").values.to_numpy(zero_copy_only=False).reshape(n, self.dimension)
+                yield batch.column("pin_id").to_numpy(), batch.column("h").to_numpy().astype(np.uint64), x

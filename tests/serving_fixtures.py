@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from pinnersage_dagster.core.hnsw import build_index, publish_index
+from pinnersage_dagster.serving.catalog import ArrayCatalog
 from pinnersage_dagster.serving.snapshot import publish_snapshot
 
 DIM = 16
@@ -61,8 +62,7 @@ def publish_day(root: Path, partition: str, importance: tuple[float, float] = (3
         members=members,
         seen=members[["user_id", "pin_id"]],
         popular=ids[np.flatnonzero(topic == 3)][:50],
-        catalog_ids=ids,
-        catalog_embeddings=x,
+        catalog=ArrayCatalog(ids, x),
         index_dir=index_dir,
         alpha=1.3,
         decay_lambda=0.01,

@@ -91,6 +91,9 @@ def test_rematerializing_a_partition_replaces_it_exactly(graph_copy):
     assert {"users", "clusters_per_user", "clusters_per_user_histogram", "example_user"} <= set(clusters)
     medoids = metadata_of(result, "user_medoids")
     assert "example_user_interests" in medoids and medoids["users"] == clusters["users"]
+    snapshot = metadata_of(result, "serving_snapshot")  # the catalog did not change: nothing of it is copied
+    assert snapshot["catalog_base_reused"] and snapshot["catalog_delta_pins"] == 0
+    assert snapshot["bytes_linked_mib"] > snapshot["bytes_written_mib"]
 
 
 def test_a_day_whose_pool_is_a_small_part_of_the_graph_gets_a_compact_index(graph_copy, monkeypatch):

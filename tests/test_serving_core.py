@@ -233,7 +233,8 @@ def test_online_event_ordering():
     assert sorted([a, b]) == [b, a]
 
 
-def test_centroids_in_chunks_equal_one_pass():
+def test_centroids_in_chunks_equal_one_pass(tmp_path):
+    from pinnersage_dagster.serving.catalog import ArrayCatalog, CatalogView, write_catalog
     from pinnersage_dagster.serving.snapshot import _centroids
 
     rng = np.random.default_rng(0)
@@ -244,5 +245,6 @@ def test_centroids_in_chunks_equal_one_pass():
                             "pin_id": rng.choice(ids, sizes.sum())})
     medoids = members.drop_duplicates(["user_id", "cluster_id"])
     expected = np.vstack([emb[g.pin_id.to_numpy() - 100].mean(axis=0) for _, g in members.groupby(["user_id", "cluster_id"], sort=False)])
+    write_catalog(tmp_path, ArrayCatalog(ids, emb), base=None, origin="test")
     for chunk in (1, 7, 50, 10_000):
-        assert np.allclose(_centroids(medoids, members, ids, emb, chunk_rows=chunk), expected, atol=1e-6)
+        assert np.allclose(_centroids(medoids, members, CatalogView(tmp_path), chunk_rows=chunk), expected, atol=1e-6)

@@ -1,5 +1,7 @@
 """The serving snapshot of each day: what the recommendation service loads."""
 
+from pathlib import Path
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
@@ -8,7 +10,7 @@ from ..partitions import daily_partitions, partition_days
 from ..readers import day_bounds
 from ..resources import IndexStore, ServingStore
 from ..serving.snapshot import publish_snapshot
-from ..warehouse import embedding_matrix, query_arrow
+from ..warehouse import WarehouseCatalog
 from .actions import action_windows
 from .candidates import candidate_pool
 from .interests import user_clusters, user_medoids
@@ -52,7 +54,6 @@ def serving_snapshot(
             members = conn.execute(MEMBERS_SQL, [day]).df()
             seen = conn.execute(SEEN_SQL, [day]).df()
             popular = conn.execute(POPULAR_SQL, [day, end, params.retrieval_budget]).df()["pin_id"].to_numpy()
-            catalog = query_arrow(conn, "SELECT pin_id, embedding FROM pins ORDER BY pin_id")
         manifest = publish_snapshot(
             serving_store.partition_dir(day.isoformat()),
             partition=day.isoformat(),
@@ -61,13 +62,14 @@ def serving_snapshot(
             members=members,
             seen=seen,
             popular=popular,
-            catalog_ids=catalog.column("pin_id").to_numpy(),
-            catalog_embeddings=embedding_matrix(catalog),
+            catalog=WarehouseCatalog(duckdb.get_connection),
             index_dir=index_store.partition_dir(day.isoformat()),
             alpha=params.alpha,
             decay_lambda=params.decay_lambda,
         )
-        context.log.info(f"{day}: snapshot {manifest['build_id']} for {manifest['users']} users")
+        written, linked = _disk_use(serving_store.partition_dir(day.isoformat()) / "builds" / manifest["build_id"])
+        context.log.info(f"{day}: snapshot {manifest['build_id']} for {manifest['users']} users, "
+                         f"{written / 2**20:.0f} MiB written, {linked / 2**20:.0f} MiB shared with other builds")
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(serving_store.partition_dir(day.isoformat()) / "manifest.json")),
@@ -76,6 +78,23 @@ def serving_snapshot(
             "dagster/row_count": manifest["clusters"],
             "index_build_id": manifest["index"]["build_id"],
             "popular_pins": int(len(popular)),
-            "catalog_pins": catalog.num_rows,
+            "catalog_pins": manifest["catalog"]["pins"],
+            "catalog_base_reused": manifest["catalog"]["base_reused"],
+            "catalog_delta_pins": manifest["catalog"]["delta_pins"],
+            "catalog_base_origin": manifest["catalog"]["base_origin"],
+            "bytes_written_mib": round(written / 2**20, 1),
+            "bytes_linked_mib": round(linked / 2**20, 1),
         }
     )
+
+
+def _disk_use(build: Path) -> tuple[int, int]:
+    """Bytes of a build's own files, and of files it shares (hard links) with other builds."""
+    own = shared = 0
+    for path in build.iterdir():
+        stat = path.stat()
+        if stat.st_nlink > 1:
+            shared += stat.st_size
+        else:
+            own += stat.st_size
+    return own, shared

@@ -30,18 +30,28 @@ class ArtifactIntegrityError(RuntimeError):
 
 def publish(
     partition_dir: Path,
-    write: Callable[[Path], dict[str, Any]],
+    write: Callable[[Path], dict[str, Any] | tuple[dict[str, Any], dict[str, tuple[Path, str]]]],
     verify: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Write a build with ``write(build_dir) -> manifest fields``, verify it, publish it."""
+    """Write a build with ``write(build_dir) -> manifest fields``, verify it, publish it.
+
+    ``write`` may also return ``{name: (published file, its sha256)}``: immutable files of
+    other published builds, hard-linked into this one with the checksum they were published
+    with, so each file is hashed once in its life, not once per build that shares it.
+    """
     build_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     build_dir = partition_dir / "builds" / build_id
     build_dir.mkdir(parents=True)
-    fields = write(build_dir)
+    written = write(build_dir)
+    fields, linked = written if isinstance(written, tuple) else (written, {})
     files = {}
     for path in sorted(build_dir.iterdir()):
         fsync(path)
         files[path.name] = sha256(path)
+    for name, (source, checksum) in linked.items():
+        link_or_copy(source, build_dir / name)
+        files[name] = checksum
+    fsync_dir(build_dir)  # the directory entries (hard links included) are durable too
     manifest = {
         **fields,
         "build_id": build_id,
@@ -120,3 +130,11 @@ def sha256(path: Path) -> str:
 def fsync(path: Path) -> None:
     with path.open("rb") as handle:
         os.fsync(handle.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

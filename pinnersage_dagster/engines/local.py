@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ..core.user_pass import ROW_SCHEMA
 from ..core.workers import SharedMatrix, UserPool
-from ..warehouse import user_batches
+from ..warehouse import embedding_dim, user_batches
 
 DAY_PINS_SQL = """
     SELECT pin_id, embedding FROM pins
@@ -51,7 +51,7 @@ def day_embeddings(connect: Callable[[], duckdb.DuckDBPyConnection], day: date) 
     """The sorted ids and a shared matrix of the embeddings of every pin in ``day``'s window,
     streamed from the catalog in bounded chunks (never a second copy of the matrix)."""
     with connect() as conn:
-        dim = _embedding_dim(conn)
+        dim = embedding_dim(conn)
         ((rows,),) = conn.execute(
             "SELECT count(*) FROM pins WHERE pin_id IN "
             "(SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ?)", [day]
@@ -73,15 +73,6 @@ def day_embeddings(connect: Callable[[], duckdb.DuckDBPyConnection], day: date) 
             matrix.__exit__(None, None, None)
             raise
     return ids, matrix
-
-
-def _embedding_dim(conn: duckdb.DuckDBPyConnection) -> int:
-    kind = conn.execute(
-        "SELECT data_type FROM information_schema.columns WHERE table_name = 'pins' AND column_name = 'embedding'"
-    ).fetchone()
-    if kind is None:
-        raise RuntimeError("the warehouse has no pin catalog: materialize pins first")
-    return int(kind[0].split("[")[1].rstrip("]"))  # FLOAT[d]
 
 
 def run_local_pass(

@@ -161,7 +161,7 @@ class RecommenderService:
             return None, "invalid_action"
         ts = pd.Timestamp(raw["ts"])
         ts = ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
-        if snapshot.catalog_rows(np.array([raw["pin_id"]]))[0] < 0:
+        if not snapshot.in_catalog(np.array([raw["pin_id"]]))[0]:
             return None, "unknown_pin_id"
         if ts < snapshot.batch_time:
             return None, "covered_by_batch"

@@ -9,7 +9,7 @@ A snapshot is a self-contained, checksummed artifact (``core.artifacts``) per pa
 | ``members.parquet`` | user_id, cluster_id, pin_id of every cluster member |
 | ``seen.parquet`` | user_id, pin_id: every distinct action pin of the user's window (excluded from results) |
 | ``popular.npy`` | the most acted-on pool pins of the window, for users with no interests (cold start) |
-| ``catalog_ids.npy``, ``catalog_embeddings.npy`` | every catalog pin (sorted) and its unit embedding, memory-mapped |
+| ``catalog_*.npy`` | every catalog pin's unit embedding, as a base hard-linked from an earlier snapshot plus the day's delta (``serving.catalog``), memory-mapped |
 | ``index.bin``, ``index_pin_ids.npy``, ``index_live.npy`` | the ``pin_index`` build of day D, hard-linked (immutable) |
 
 The manifest records the index manifest it was paired with, so medoids are never served
@@ -25,10 +25,11 @@ import hnswlib
 import numpy as np
 import pandas as pd
 
-from ..core.artifacts import ArtifactIntegrityError, link_or_copy, publish, verified_build
+from ..core.artifacts import ArtifactIntegrityError, publish, verified_build
 from ..core.hnsw import IDS_FILE, INDEX_FILE, LIVE_FILE, IndexManifest, open_index_files, read_manifest
+from .catalog import CatalogSource, CatalogView, find_base, write_catalog
 
-FORMAT_VERSION = 2  # 2: the index may carry tombstones (index_live.npy)
+FORMAT_VERSION = 3  # 2: the index may carry tombstones (index_live.npy); 3: catalog as base + delta
 MEDOID_COLUMNS = ["user_id", "cluster_id", "medoid_pin_id", "importance", "size", "n_actions", "kind"]
 
 
@@ -41,35 +42,38 @@ def publish_snapshot(
     members: pd.DataFrame,
     seen: pd.DataFrame,
     popular: np.ndarray,
-    catalog_ids: np.ndarray,
-    catalog_embeddings: np.ndarray,
+    catalog: CatalogSource,
     index_dir: Path,
     alpha: float,
     decay_lambda: float,
 ) -> dict:
-    """Publish the snapshot of ``partition``; ``index_dir`` is that day's published pin_index."""
-    index_manifest = read_manifest(index_dir)  # the linked files are verified against it before publishing
+    """Publish the snapshot of ``partition``; ``index_dir`` is that day's published pin_index.
+
+    Immutable files of other builds (the day's index, the catalog base of an earlier snapshot)
+    are hard-linked with their recorded checksums; every file written here is hashed once.
+    """
+    index_manifest = read_manifest(index_dir)
     if index_manifest.source_partition != partition:
         raise ArtifactIntegrityError(f"index in {index_dir} is for {index_manifest.source_partition}, not {partition}")
     medoids = medoids.sort_values(["user_id", "cluster_id"]).reset_index(drop=True)[MEDOID_COLUMNS]
     members = members.sort_values(["user_id", "cluster_id", "pin_id"]).reset_index(drop=True)
-    order = np.argsort(catalog_ids, kind="stable")
-    catalog_ids, catalog_embeddings = catalog_ids[order], catalog_embeddings[order]
-    centroids = _centroids(medoids, members, catalog_ids, catalog_embeddings)
+    base = find_base(partition_dir.parent, catalog.hash_kind, catalog.dimension)
 
-    def write(build: Path) -> dict:
+    def write(build: Path) -> tuple[dict, dict[str, tuple[Path, str]]]:
+        index_build = index_dir / "builds" / index_manifest.build_id
+        linked = {
+            target: (index_build / name, index_manifest.files[name])
+            for target, name in ((INDEX_FILE, INDEX_FILE), ("index_pin_ids.npy", IDS_FILE), ("index_live.npy", LIVE_FILE))
+        }
+        catalog_section, base_files = write_catalog(build, catalog, base, origin=f"{partition}/{build.name}")
+        linked.update(base_files)
+        view = CatalogView(build, elsewhere=base_files)
+        np.save(build / "centroids.npy", _centroids(medoids, members, view))
         medoids.to_parquet(build / "medoids.parquet", index=False)
         members[["user_id", "cluster_id", "pin_id"]].to_parquet(build / "members.parquet", index=False)
         seen.sort_values(["user_id", "pin_id"])[["user_id", "pin_id"]].to_parquet(build / "seen.parquet", index=False)
-        np.save(build / "centroids.npy", centroids)
         np.save(build / "popular.npy", np.asarray(popular, dtype=np.int64))
-        np.save(build / "catalog_ids.npy", catalog_ids.astype(np.int64))
-        np.save(build / "catalog_embeddings.npy", np.ascontiguousarray(catalog_embeddings, dtype=np.float32))
-        index_build = index_dir / "builds" / index_manifest.build_id
-        link_or_copy(index_build / INDEX_FILE, build / INDEX_FILE)
-        link_or_copy(index_build / IDS_FILE, build / "index_pin_ids.npy")
-        link_or_copy(index_build / LIVE_FILE, build / "index_live.npy")
-        return {
+        fields = {
             "format_version": FORMAT_VERSION,
             "partition": partition,
             "batch_time": batch_time.isoformat(),
@@ -78,17 +82,18 @@ def publish_snapshot(
             "users": int(medoids["user_id"].nunique()),
             "clusters": len(medoids),
             "index": index_manifest.to_dict(),
+            "catalog": catalog_section,
         }
+        return fields, linked
 
-    return publish(partition_dir, write, verify=lambda build, manifest: _open(build, manifest))
+    # read back before publishing; checksums were just computed (or carried over) by publish
+    return publish(partition_dir, write, verify=lambda build, manifest: _open(build, manifest, checksums=False))
 
 
-def _centroids(
-    medoids: pd.DataFrame, members: pd.DataFrame, ids: np.ndarray, emb: np.ndarray, chunk_rows: int = 200_000
-) -> np.ndarray:
+def _centroids(medoids: pd.DataFrame, members: pd.DataFrame, catalog: "CatalogView", chunk_rows: int = 200_000) -> np.ndarray:
     """Mean member embedding of each cluster, in chunks of whole clusters: memory stays at
     ``chunk_rows`` embeddings, not one per member (5M members x 256 would be 10 GB in float64)."""
-    dim = emb.shape[1]
+    dim = catalog.dimension
     if medoids.empty:
         return np.empty((0, dim), dtype=np.float32)
     keys = members[["user_id", "cluster_id"]].to_numpy()
@@ -96,14 +101,14 @@ def _centroids(
     if len(starts) != len(medoids):
         raise ValueError("every medoid row needs its cluster members")
     ends = np.r_[starts[1:], len(keys)]
-    rows = np.searchsorted(ids, members["pin_id"].to_numpy())
+    pins = members["pin_id"].to_numpy()
     out = np.empty((len(starts), dim), dtype=np.float32)
     first = 0
     while first < len(starts):
         # whole clusters whose members fit the chunk (at least one cluster)
         last = max(first + 1, int(np.searchsorted(ends, starts[first] + chunk_rows, side="right")))
         lo, hi = starts[first], ends[last - 1]
-        x = emb[rows[lo:hi]].astype(np.float64)
+        x = catalog.embeddings(pins[lo:hi]).astype(np.float64)
         sums = np.add.reduceat(x, starts[first:last] - lo, axis=0)
         out[first:last] = sums / (ends[first:last] - starts[first:last])[:, None]
         first = last
@@ -125,8 +130,7 @@ class ServingSnapshot:
     seen_user: np.ndarray
     seen_pin: np.ndarray
     popular: np.ndarray
-    catalog_ids: np.ndarray
-    catalog_embeddings: np.ndarray
+    catalog: CatalogView
     index: hnswlib.Index
     index_pin_ids: np.ndarray
     index_manifest: IndexManifest
@@ -159,18 +163,13 @@ class ServingSnapshot:
     def seen(self, user_id: int) -> np.ndarray:
         return self.seen_pin[_block(self.seen_user, user_id)]
 
-    def catalog_rows(self, pin_ids: np.ndarray) -> np.ndarray:
-        """Row of each pin in the catalog arrays, -1 where the pin is unknown."""
-        pin_ids = np.asarray(pin_ids, dtype=np.int64)
-        rows = np.searchsorted(self.catalog_ids, pin_ids)
-        rows = np.minimum(rows, len(self.catalog_ids) - 1)
-        return np.where(self.catalog_ids[rows] == pin_ids, rows, -1) if len(self.catalog_ids) else np.full(len(pin_ids), -1)
+    def in_catalog(self, pin_ids: np.ndarray) -> np.ndarray:
+        """Whether each pin is in the catalog of the snapshot's day."""
+        return self.catalog.contains(pin_ids)
 
     def embeddings(self, pin_ids: np.ndarray) -> np.ndarray:
-        rows = self.catalog_rows(pin_ids)
-        if np.any(rows < 0):
-            raise KeyError(f"pins not in the catalog: {np.asarray(pin_ids)[rows < 0][:5].tolist()}")
-        return np.asarray(self.catalog_embeddings[rows], dtype=np.float32)
+        """Unit float32 embeddings of catalog pins; KeyError for unknown pins."""
+        return self.catalog.embeddings(pin_ids)
 
 
 def _block(sorted_keys: np.ndarray, key: int) -> slice:
@@ -185,14 +184,16 @@ def load_snapshot(partition_dir: Path) -> ServingSnapshot:
     return _open(build, manifest)
 
 
-def _open(build: Path, manifest: dict) -> ServingSnapshot:
+def _open(build: Path, manifest: dict, checksums: bool = True) -> ServingSnapshot:
+    """Open a build; ``checksums=False`` skips re-hashing files whose checksums were just taken."""
     try:
         index_manifest = IndexManifest(**manifest["index"])
         if index_manifest.source_partition != manifest["partition"]:
             raise ArtifactIntegrityError(f"{build}: index of {index_manifest.source_partition} in a snapshot of {manifest['partition']}")
         # the linked files are verified against the index manifest the snapshot was paired with
         index, index_pin_ids = open_index_files(
-            build / INDEX_FILE, build / "index_pin_ids.npy", build / "index_live.npy", index_manifest
+            build / INDEX_FILE, build / "index_pin_ids.npy", build / "index_live.npy", index_manifest,
+            checksums=checksums,
         )
         medoids = pd.read_parquet(build / "medoids.parquet")
         centroids = np.load(build / "centroids.npy")
@@ -211,8 +212,7 @@ def _open(build: Path, manifest: dict) -> ServingSnapshot:
             seen_user=seen["user_id"].to_numpy(),
             seen_pin=seen["pin_id"].to_numpy(),
             popular=np.load(build / "popular.npy"),
-            catalog_ids=np.load(build / "catalog_ids.npy"),
-            catalog_embeddings=np.load(build / "catalog_embeddings.npy", mmap_mode="r"),
+            catalog=CatalogView(build),
             index=index,
             index_pin_ids=index_pin_ids,
             index_manifest=index_manifest,
