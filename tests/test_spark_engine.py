@@ -1,16 +1,25 @@
 """The Spark engine (Parquet in, groupBy(user_id).applyInPandas, Parquet out; local mode)
 writes exactly the local engine's tables."""
 
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
 import dagster as dg
 import pytest
 
 from pinnersage_dagster.assets import all_assets
 from pinnersage_dagster.config import PinnerSageParams
+from pinnersage_dagster.engines.spark import export_day_inputs
+from pinnersage_dagster.warehouse import replace_interests
 
 from .conftest import DAY, WINDOW, materializations
 from .test_assets import content_hash
 
 TABLES = ("user_clusters", "user_medoids")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(graph, **params) -> dict:
@@ -30,3 +39,22 @@ def test_spark_engine_writes_the_local_engines_tables(graph_copy):
     assert spark["hashes"] == local["hashes"]
     exchange = graph_copy.root / "exchange" / DAY.isoformat()
     assert not exchange.exists() or not any(exchange.iterdir())  # the run's Parquet exchange is removed
+
+
+@pytest.mark.slow
+def test_spark_submit_runs_the_pass_on_exported_inputs(graph_copy, tmp_path):
+    """The README's spark-submit command: a cluster runs the pass on inputs the pipeline exported."""
+    local = run(graph_copy, clustering_workers=2)["hashes"]
+    inputs, output = tmp_path / "inputs", tmp_path / "rows"
+    inputs.mkdir()
+    with graph_copy.connect() as conn:
+        export_day_inputs(conn, DAY, str(inputs))
+    submit = Path(sys.executable).parent / "spark-submit"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    subprocess.run([str(submit), "--master", "local[2]", str(REPO / "pinnersage_dagster" / "core" / "spark_engine.py"),
+                    "--inputs", str(inputs), "--output", str(output), "--alpha", "1.3", "--decay-lambda", "0.01",
+                    "--now", f"{DAY + timedelta(days=1)}T00:00:00"], check=True, env=env, timeout=600,
+                   capture_output=True)
+    with graph_copy.connect() as conn:
+        replace_interests(conn, DAY, str(output / "*.parquet"))
+        assert {t: content_hash(conn, t) for t in TABLES} == local

@@ -107,6 +107,8 @@ def candidate_pool(
         "graph_elements": update.elements,
         "graph_tombstones": update.elements - update.live,
         "duplicate_edges": update.edges,
+        "graph_insert_seconds": round(update.insert_seconds, 2),
+        "duplicate_self_join_seconds": round(update.self_join_seconds, 2),
         "graph_build_id": graph_manifest["build_id"],
         "duplicate_examples": dg.MetadataValue.md(
             frame_markdown(refined.excluded[refined.excluded["reason"] == "near_duplicate"].head(8))

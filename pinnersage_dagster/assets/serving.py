@@ -18,9 +18,11 @@ from .constants import DUCKDB_POOL, GROUP
 from .index import pin_index
 
 MEMBERS_SQL = """
-    SELECT user_id, cluster_id, unnest(pin_ids) AS pin_id FROM user_clusters WHERE partition_date = ?
+    SELECT user_id, cluster_id, pin_id
+    FROM (SELECT user_id, cluster_id, unnest(pin_ids) AS pin_id FROM user_clusters WHERE partition_date = ?)
+    ORDER BY user_id, cluster_id, pin_id
 """
-SEEN_SQL = "SELECT DISTINCT user_id, pin_id FROM action_windows WHERE partition_date = ?"
+SEEN_SQL = "SELECT DISTINCT user_id, pin_id FROM action_windows WHERE partition_date = ? ORDER BY user_id, pin_id"
 # cold start: the window's most acted-on pins that are in the pool as of that day
 POPULAR_SQL = """
     SELECT w.pin_id FROM action_windows w JOIN candidate_pool c USING (pin_id)
@@ -50,7 +52,9 @@ def serving_snapshot(
     for day in partition_days(context):
         _, end = day_bounds(day)
         with duckdb.get_connection() as conn:
-            medoids = conn.execute("SELECT * EXCLUDE (partition_date) FROM user_medoids WHERE partition_date = ?", [day]).df()
+            medoids = conn.execute(
+                "SELECT * EXCLUDE (partition_date) FROM user_medoids WHERE partition_date = ? ORDER BY user_id, cluster_id",
+                [day]).df()
             members = conn.execute(MEMBERS_SQL, [day]).df()
             seen = conn.execute(SEEN_SQL, [day]).df()
             popular = conn.execute(POPULAR_SQL, [day, end, params.retrieval_budget]).df()["pin_id"].to_numpy()

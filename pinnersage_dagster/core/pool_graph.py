@@ -13,6 +13,7 @@ tombstones would exceed ``MAX_TOMBSTONE_SHARE`` of the graph.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,6 +83,8 @@ class GraphUpdate:
     elements: int
     live: int
     edges: int
+    insert_seconds: float = 0.0  # hnswlib add_items
+    self_join_seconds: float = 0.0  # the duplicate self-join: one kNN query per inserted pin
 
 
 def fingerprints(x: np.ndarray) -> np.ndarray:
@@ -119,8 +122,8 @@ def update_pool_graph(
         if tombstones > MAX_TOMBSTONE_SHARE * (previous.elements + int((~same).sum())):
             reason = f"{tombstones} tombstones would exceed {MAX_TOMBSTONE_SHARE:.0%} of the graph"
     if reason is not None:
-        graph = _build(pin_ids, np.ascontiguousarray(x, dtype=np.float32), fp, params, num_threads, seed)
-        update = GraphUpdate("rebuild", reason, len(pin_ids), 0, graph.elements, len(pin_ids), len(graph.edges))
+        graph, seconds = _build(pin_ids, np.ascontiguousarray(x, dtype=np.float32), fp, params, num_threads, seed)
+        update = GraphUpdate("rebuild", reason, len(pin_ids), 0, graph.elements, len(pin_ids), len(graph.edges), *seconds)
         return graph, update
 
     graph = previous
@@ -131,10 +134,12 @@ def update_pool_graph(
     new = np.flatnonzero(~same)
     first = graph.elements
     new_labels = np.arange(first, first + len(new), dtype=np.int64)
+    started = time.perf_counter()
     if len(new):
         graph.index.resize_index(first + len(new))
         graph.index.set_num_threads(threads(num_threads))
         graph.index.add_items(np.ascontiguousarray(x[new], dtype=np.float32), new_labels)
+    inserted = time.perf_counter()
     graph = PoolGraph(
         index=graph.index,
         pin_ids=np.r_[graph.pin_ids, pin_ids[new]],
@@ -147,6 +152,7 @@ def update_pool_graph(
     update = GraphUpdate(
         "incremental", "catalog changed by inserts/retirements only", len(new), len(retire),
         graph.elements, int(graph.live.sum()), len(graph.edges),
+        inserted - started, time.perf_counter() - inserted,
     )
     return graph, update
 
@@ -173,17 +179,19 @@ def _rebuild_reason(previous: PoolGraph | None, params: GraphParams) -> str | No
 
 def _build(
     pin_ids: np.ndarray, x: np.ndarray, fp: np.ndarray, params: GraphParams, num_threads: int, seed: int
-) -> PoolGraph:
+) -> tuple[PoolGraph, tuple[float, float]]:
     n = len(pin_ids)
     index = hnswlib.Index(space=SPACE, dim=params.dimension)
     index.init_index(max_elements=max(n, 1), ef_construction=params.ef_construction, M=params.M, random_seed=seed)
     index.set_num_threads(threads(num_threads))
     labels = np.arange(n, dtype=np.int64)
+    started = time.perf_counter()
     if n:
         index.add_items(x, labels)
+    inserted = time.perf_counter()
     graph = PoolGraph(index, pin_ids.copy(), fp, np.ones(n, bool), np.empty((0, 2), np.int64), params)
     graph.edges = _unique_edges(_duplicate_edges(graph, x, labels))
-    return graph
+    return graph, (inserted - started, time.perf_counter() - inserted)
 
 
 def _duplicate_edges(graph: PoolGraph, x: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -76,3 +76,25 @@ def represent_user_group(rows: pd.DataFrame, *, alpha: float, decay_lambda: floa
         np.arange(len(rows)), embeddings, alpha=alpha, decay_lambda=decay_lambda, now_us=now_us,
     )
     return table.to_pandas() if table.num_rows else pd.DataFrame({c: pd.Series(dtype=object) for c in ROW_SCHEMA.names})
+
+
+def main() -> None:
+    """``spark-submit`` entry point: the pass over inputs a pipeline exported (README, 'Spark')."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=run_user_pass_spark.__doc__)
+    parser.add_argument("--inputs", required=True, help="folder holding window/ and pins/ Parquet")
+    parser.add_argument("--output", required=True, help="folder to write the rows to")
+    parser.add_argument("--alpha", type=float, required=True)
+    parser.add_argument("--decay-lambda", type=float, required=True)
+    parser.add_argument("--now", required=True, help="T_now of Eq. 3, UTC, e.g. 2026-06-11T00:00:00")
+    args = parser.parse_args()
+    from pyspark.sql import SparkSession
+
+    now_us = int(pd.Timestamp(args.now).value // 1000)
+    run_user_pass_spark(SparkSession.builder.getOrCreate(), args.inputs, args.output,
+                        alpha=args.alpha, decay_lambda=args.decay_lambda, now_us=now_us)
+
+
+if __name__ == "__main__":
+    main()

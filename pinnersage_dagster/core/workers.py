@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from multiprocessing.shared_memory import SharedMemory
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ from .clustering import cluster_users
 from .user_pass import represent_users
 
 _BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+T = TypeVar("T")
 
 
 class SharedMatrix:
@@ -79,6 +80,22 @@ class UserPool:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
+    def map_users(
+        self, fn: Callable[..., T], matrix: SharedMatrix, user_ids: np.ndarray, *columns: np.ndarray, **kwargs: object
+    ) -> Callable[[], list[T]]:
+        """Start ``fn(matrix, user_ids, *columns, **kwargs)`` on chunks of whole users (rows sorted
+        by user; ``columns[0]`` are pin ids) in the workers; returns a function that waits for the
+        chunks' results, in order, so the caller can read the next batch meanwhile. ``fn`` must be
+        a module-level function (it is sent to the workers by name)."""
+        if self._pool is None or len(user_ids) == 0:
+            result = [fn(matrix.array, user_ids, *columns, **kwargs)]
+            return lambda: result
+        futures: list[Future] = [
+            self._pool.submit(_call_shared, fn, matrix.name, matrix.shape, user_ids[a:b], *[c[a:b] for c in columns], **kwargs)
+            for a, b in self._chunks(user_ids, columns[0])
+        ]
+        return lambda: [f.result() for f in futures]
+
     def represent(
         self,
         user_ids: np.ndarray,
@@ -91,32 +108,18 @@ class UserPool:
         decay_lambda: float,
         now_us: int,
     ) -> Callable[[], pa.Table]:
-        """Start ``core.user_pass.represent_users`` on a batch of actions (sorted by user, pin, ts)
-        whose ``pin_rows`` index ``matrix``; returns a function that waits for the result, so the
-        caller can read the next batch meanwhile."""
-        settings = {"alpha": alpha, "decay_lambda": decay_lambda, "now_us": now_us}
-        if self._pool is None or len(user_ids) == 0:
-            table = represent_users(user_ids, pin_ids, ts_us, pin_rows, matrix.array, **settings)
-            return lambda: table
-        futures = [
-            self._pool.submit(_represent_shared, matrix.name, matrix.shape, user_ids[a:b], pin_ids[a:b], ts_us[a:b],
-                              pin_rows[a:b], settings)
-            for a, b in self._chunks(user_ids, pin_ids)
-        ]
-        return lambda: pa.concat_tables([f.result() for f in futures])
+        """``core.user_pass.represent_users`` on a batch of actions (sorted by user, pin, ts) whose
+        ``pin_rows`` index ``matrix``; returns a function that waits for the result."""
+        wait = self.map_users(_represent, matrix, user_ids, pin_ids, ts_us, pin_rows,
+                              alpha=alpha, decay_lambda=decay_lambda, now_us=now_us)
+        return lambda: pa.concat_tables(wait())
 
     def cluster(self, user_ids: np.ndarray, pin_ids: np.ndarray, embeddings: np.ndarray, alpha: float) -> pd.DataFrame:
         """``core.clustering.cluster_users`` (Ward only) on one row per distinct (user, pin)."""
-        if self._pool is None or len(user_ids) == 0:
-            return cluster_users(user_ids, pin_ids, embeddings, alpha)
         with SharedMatrix(*embeddings.shape) as matrix:
             matrix.array[:] = embeddings
-            rows = np.arange(len(user_ids))
-            futures: list[Future] = [
-                self._pool.submit(_cluster_shared, matrix.name, matrix.shape, user_ids[a:b], pin_ids[a:b], rows[a:b], alpha)
-                for a, b in self._chunks(user_ids, pin_ids)
-            ]
-            return pd.concat([f.result() for f in futures], ignore_index=True)
+            parts = self.map_users(_cluster, matrix, user_ids, pin_ids, np.arange(len(user_ids)), alpha=alpha)()
+            return pd.concat(parts, ignore_index=True)
 
     def _chunks(self, user_ids: np.ndarray, pin_ids: np.ndarray) -> list[tuple[int, int]]:
         """Row ranges of whole users, of similar Ward cost: sum of (distinct pins)^2 + a per-user overhead."""
@@ -162,9 +165,13 @@ def _shared(name: str, shape: tuple[int, int]) -> np.ndarray:
     return _attached[name][1]
 
 
-def _represent_shared(name: str, shape: tuple[int, int], user_ids, pin_ids, ts_us, pin_rows, settings: dict) -> pa.Table:
-    return represent_users(user_ids, pin_ids, ts_us, pin_rows, _shared(name, shape), **settings)
+def _call_shared(fn: Callable[..., T], name: str, shape: tuple[int, int], *columns: np.ndarray, **kwargs: object) -> T:
+    return fn(_shared(name, shape), *columns, **kwargs)
 
 
-def _cluster_shared(name: str, shape: tuple[int, int], user_ids, pin_ids, rows, alpha: float) -> pd.DataFrame:
-    return cluster_users(user_ids, pin_ids, _shared(name, shape)[rows], alpha)
+def _represent(matrix: np.ndarray, user_ids, pin_ids, ts_us, pin_rows, **settings) -> pa.Table:
+    return represent_users(user_ids, pin_ids, ts_us, pin_rows, matrix, **settings)
+
+
+def _cluster(matrix: np.ndarray, user_ids, pin_ids, rows, alpha: float) -> pd.DataFrame:
+    return cluster_users(user_ids, pin_ids, matrix[rows], alpha)

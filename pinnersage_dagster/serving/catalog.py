@@ -206,8 +206,10 @@ class CatalogView:
         missing = (delta < 0) & (base < 0)
         if missing.any():
             raise KeyError(f"pins not in the catalog: {np.asarray(pin_ids)[missing][:5].tolist()}")
-        out = np.empty((len(delta), self.base_embeddings.shape[1]), dtype=np.float32)
         in_delta = delta >= 0
+        if not in_delta.any():  # the common case: one gather from the base
+            return np.asarray(self.base_embeddings[base])
+        out = np.empty((len(delta), self.dimension), dtype=np.float32)
         out[in_delta] = self.delta_embeddings[delta[in_delta]]
         out[~in_delta] = self.base_embeddings[base[~in_delta]]
         return out
