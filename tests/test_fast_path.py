@@ -123,3 +123,25 @@ def test_one_pass_writes_the_two_pass_tables(population_warehouse, tmp_path, wor
         replace_interests(conn, day, str(tmp_path / "rows" / "*.parquet"))
         assert {t: content_hash(conn, t) for t in ("user_clusters", "user_medoids")} == expected
     assert (stats.batches == 1) if batch_rows > 100_000 else (stats.batches > 10)
+
+
+def test_fastcluster_cuts_like_scipy_on_the_same_distances(population):
+    """fastcluster's Ward (the product's) against scipy's (the reference) on identical input."""
+    from scipy.cluster.hierarchy import linkage
+
+    from pinnersage_dagster.core.ward import clusters_from_linkage, gram_distances, ward_linkage
+
+    users, _, emb, *_ = population
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    compared = 0
+    for s, e in zip(starts, np.r_[starts[1:], len(users)]):
+        if e - s < 2:
+            continue
+        ours = ward_linkage(emb[s:e])
+        scipys = linkage(gram_distances(emb[s:e]), method="ward")
+        assert np.allclose(ours[:, 2], scipys[:, 2], rtol=1e-12, atol=1e-12)
+        for alpha in (0.8, 1.3, 2.0):
+            a, b = clusters_from_linkage(ours, alpha), clusters_from_linkage(scipys, alpha)
+            assert np.array_equal(a.labels, b.labels)
+        compared += 1
+    assert compared > 500

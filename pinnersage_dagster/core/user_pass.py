@@ -68,61 +68,56 @@ def represent_users(
         step_user, step_pin = np.diff(user_ids), np.diff(pin_ids)
         if np.any((step_user < 0) | ((step_user == 0) & (step_pin < 0))):
             raise ValueError("actions must be sorted by (user_id, pin_id, ts)")
-    user_start = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]]) if n else np.empty(0, np.int64)
-    user_end = np.r_[user_start[1:], n].astype(np.int64)
-    # an action's age in days, computed as pandas does for (T_now - ts).total_seconds() / 86400
-    age_days = ((now_us - np.asarray(ts_us, dtype=np.int64)) / 1e6) / 86400.0
-    parts = [
-        _one_user(int(user_ids[s]), pin_ids[s:e], age_days[s:e], pin_rows[s:e], embeddings, alpha, decay_lambda)
-        for s, e in zip(user_start.tolist(), user_end.tolist())
-    ]
-    if not parts:
+    if n == 0:
         return ROW_SCHEMA.empty_table()
-    columns = [np.concatenate([p[i] for p in parts]) for i in range(len(ROW_COLUMNS))]
-    # from_pandas: a singleton's merge_cost NaN is stored as NULL (no merge), as the warehouse always had it
-    arrays = [pa.array(c, type=f.type, from_pandas=True) for c, f in zip(columns, ROW_SCHEMA)]
-    return pa.Table.from_arrays(arrays, schema=ROW_SCHEMA)
+    # each distinct (user, pin): Ward runs on these rows, one user at a time
+    new_pin = np.r_[True, (user_ids[1:] != user_ids[:-1]) | (pin_ids[1:] != pin_ids[:-1])]
+    action_pin = np.cumsum(new_pin) - 1
+    d_user, d_pin, d_row = user_ids[new_pin], pin_ids[new_pin], pin_rows[new_pin]
+    starts = np.flatnonzero(np.r_[True, d_user[1:] != d_user[:-1]])
+    ends = np.r_[starts[1:], len(d_user)]
+    label = np.full(len(d_user), UNCLUSTERED, dtype=np.int64)  # cluster of each distinct pin, numbered across the batch
+    costs, kinds, clusters = [], [], 0
+    user_first_cluster = np.empty(len(starts), dtype=np.int64)
+    for user, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
+        user_first_cluster[user] = clusters
+        result = ward_clusters(embeddings[d_row[s:e]], alpha)
+        if result.n_clusters == 0:  # Algorithm 1 found no cluster: every distinct pin is a singleton
+            label[s:e] = clusters + np.arange(e - s)
+            costs.append(np.full(e - s, np.nan))
+            kinds.append(np.full(e - s, SINGLETON, dtype=object))
+        else:
+            clustered = result.labels != UNCLUSTERED
+            label[s:e][clustered] = clusters + result.labels[clustered]
+            costs.append(result.merge_costs)
+            kinds.append(np.full(result.n_clusters, WARD, dtype=object))
+        clusters += len(costs[-1])
+    cost, kind = np.concatenate(costs), np.concatenate(kinds)
 
-
-def _one_user(
-    user_id: int,
-    pin_ids: np.ndarray,
-    age_days: np.ndarray,
-    pin_rows: np.ndarray,
-    embeddings: np.ndarray,
-    alpha: float,
-    decay_lambda: float,
-) -> tuple[np.ndarray, ...]:
-    first = np.flatnonzero(np.r_[True, pin_ids[1:] != pin_ids[:-1]])  # each distinct pin's first action
-    distinct = pin_ids[first]
-    action_pin = np.cumsum(np.r_[True, pin_ids[1:] != pin_ids[:-1]]) - 1  # distinct-pin index of each action
-    x = np.asarray(embeddings[pin_rows[first]], dtype=np.float32)
-    result = ward_clusters(x, alpha)
-    if result.n_clusters == 0:  # Algorithm 1 found no cluster: every distinct pin is a singleton
-        labels = np.arange(len(distinct), dtype=np.int64)
-        kind, costs = SINGLETON, np.full(len(distinct), np.nan)
-    else:
-        labels, kind, costs = result.labels, WARD, result.merge_costs
-    members = np.flatnonzero(labels != UNCLUSTERED)
-    members = members[np.argsort(labels[members], kind="stable")]  # by (cluster, pin_id)
-    member_cluster = labels[members]
-    n_clusters = len(costs)
-    medoid = members[segment_medoids(x[members], member_cluster)]
-
-    action_cluster = labels[action_pin]
-    counted = action_cluster != UNCLUSTERED  # actions on pins in no cluster count for none
-    importance = segment_importance(action_cluster[counted], age_days[counted], n_clusters, decay_lambda)
-    n_actions = np.bincount(action_cluster[counted], minlength=n_clusters)
-    size = np.bincount(member_cluster, minlength=n_clusters)
-    k = len(members)
-    return (
-        np.full(k, user_id, dtype=np.int64),
-        member_cluster,
-        distinct[members],
-        np.full(k, kind, dtype=object),
-        costs[member_cluster],
-        distinct[medoid][member_cluster],
+    # members in (user, cluster, pin) order: clusters are numbered in user order, pins are sorted
+    members = np.flatnonzero(label != UNCLUSTERED)
+    members = members[np.argsort(label[members], kind="stable")]
+    member_cluster = label[members]
+    medoid = d_pin[members[segment_medoids(embeddings[d_row[members]], member_cluster)]]
+    # each action counts for the cluster of its pin, summed in (pin, ts) order within the cluster
+    action_cluster = label[action_pin]
+    counted = action_cluster != UNCLUSTERED
+    age_days = ((now_us - np.asarray(ts_us[counted], dtype=np.int64)) / 1e6) / 86400.0  # as pandas' total_seconds / 86400
+    importance = segment_importance(action_cluster[counted], age_days, clusters, decay_lambda)
+    n_actions = np.bincount(action_cluster[counted], minlength=clusters)
+    size = np.bincount(member_cluster, minlength=clusters)
+    user_of_member = np.searchsorted(starts, members, side="right") - 1
+    columns = [
+        d_user[members],
+        member_cluster - user_first_cluster[user_of_member],  # cluster ids count from 0 per user
+        d_pin[members],
+        kind[member_cluster],
+        cost[member_cluster],
+        medoid[member_cluster],
         importance[member_cluster],
         size[member_cluster],
         n_actions[member_cluster],
-    )
+    ]
+    # from_pandas: a singleton's merge_cost NaN is stored as NULL (no merge), as the warehouse always had it
+    arrays = [pa.array(c, type=f.type, from_pandas=True) for c, f in zip(columns, ROW_SCHEMA)]
+    return pa.Table.from_arrays(arrays, schema=ROW_SCHEMA)
