@@ -51,7 +51,7 @@ def test_spark_submit_runs_the_pass_on_exported_inputs(graph_copy, tmp_path):
         export_day_inputs(conn, DAY, str(inputs))
     submit = Path(sys.executable).parent / "spark-submit"
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    subprocess.run([str(submit), "--master", "local[2]", str(REPO / "pinnersage_dagster" / "core" / "spark_engine.py"),
+    subprocess.run([str(submit), "--master", "local[2]", str(REPO / "pinnersage_dagster" / "engines" / "spark_submit.py"),
                     "--inputs", str(inputs), "--output", str(output), "--alpha", "1.3", "--decay-lambda", "0.01",
                     "--now", f"{DAY + timedelta(days=1)}T00:00:00"], check=True, env=env, timeout=600,
                    capture_output=True)

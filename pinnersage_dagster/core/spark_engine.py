@@ -79,7 +79,7 @@ def represent_user_group(rows: pd.DataFrame, *, alpha: float, decay_lambda: floa
 
 
 def main() -> None:
-    """``spark-submit`` entry point: the pass over inputs a pipeline exported (README, 'Spark')."""
+    """The pass over inputs a pipeline exported, as a Spark application (``engines/spark_submit.py``)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=run_user_pass_spark.__doc__)
@@ -94,7 +94,3 @@ def main() -> None:
     now_us = int(pd.Timestamp(args.now).value // 1000)
     run_user_pass_spark(SparkSession.builder.getOrCreate(), args.inputs, args.output,
                         alpha=args.alpha, decay_lambda=args.decay_lambda, now_us=now_us)
-
-
-if __name__ == "__main__":
-    main()
