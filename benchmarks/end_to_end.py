@@ -149,7 +149,13 @@ def pool_build(args: argparse.Namespace) -> None:
     print("METADATA " + json.dumps({"pool_build_baseline_seconds": round(seconds, 2), "pins": int(len(x))}))
 
 
-BASELINES = {"ward_only": ward_only, "pool_build": pool_build}
+def uploads(args: argparse.Namespace) -> None:
+    """Child process: the catalog uploads of the steady-state day (kept out of the parent, whose peak
+    RSS every later child would inherit: Linux carries the high-water mark across exec)."""
+    print("METADATA " + json.dumps(add_uploads(Path(args.root), args.new_pins, date.fromisoformat(args.partition))))
+
+
+BASELINES = {"ward_only": ward_only, "pool_build": pool_build, "uploads": uploads}
 
 
 def add_uploads(root: Path, n: int, day: date, seed: int = 3) -> dict:
@@ -203,7 +209,7 @@ def main() -> None:
 
     def run(phase: str, stage: str, partition: str | None = None, range_start: str | None = None) -> None:
         command = [sys.executable, __file__, "--stage", stage, "--root", str(root),
-                   "--users", str(args.users), "--pins", str(args.pins)]
+                   "--users", str(args.users), "--pins", str(args.pins), "--new-pins", str(args.new_pins)]
         command += ["--partition", partition] if partition else []
         command += ["--range-start", range_start] if range_start else []
         started = time.perf_counter()
@@ -226,7 +232,8 @@ def main() -> None:
     for stage in STAGES:
         run("cold day", stage, None if stage == "candidate_pool" else DAY.isoformat())
     run("baseline", "pool_build")
-    uploads = add_uploads(root, args.new_pins, steady_day)
+    run("setup", "uploads", steady_day.isoformat())
+    uploads = timings.pop()["metadata"]
     for stage in STAGES:
         run("steady-state day", stage, None if stage == "candidate_pool" else steady_day.isoformat())
     run("baseline", "ward_only", steady_day.isoformat())

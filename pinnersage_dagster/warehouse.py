@@ -231,3 +231,20 @@ class WarehouseCatalog:
                 n = batch.num_rows
                 x = batch.column("embedding").values.to_numpy(zero_copy_only=False).reshape(n, self.dimension)
                 yield batch.column("pin_id").to_numpy(), batch.column("h").to_numpy().astype(np.uint64), x
+
+
+def fill_embeddings(conn: duckdb.DuckDBPyConnection, sql: str, params: list, out: np.ndarray, chunk_rows: int = 65_536) -> np.ndarray:
+    """Stream ``pin_id, embedding`` rows of a query into the preallocated float32 ``out``, chunk by
+    chunk (never the whole result as Arrow next to its numpy copy); returns the pin ids."""
+    ids = np.empty(len(out), dtype=np.int64)
+    filled = 0
+    for batch in conn.sql(sql, params=params).to_arrow_reader(chunk_rows):
+        n = batch.num_rows
+        if filled + n > len(out):
+            raise RuntimeError("the catalog changed while its embeddings were read: re-run")
+        ids[filled : filled + n] = batch.column("pin_id").to_numpy()
+        out[filled : filled + n] = batch.column("embedding").values.to_numpy(zero_copy_only=False).reshape(n, -1)
+        filled += n
+    if filled != len(out):
+        raise RuntimeError("the catalog changed while its embeddings were read: re-run")
+    return ids

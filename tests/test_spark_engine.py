@@ -31,7 +31,7 @@ def run(graph, **params) -> dict:
 
 
 @pytest.mark.slow
-def test_spark_engine_writes_the_local_engines_tables(graph_copy):
+def test_spark_writes_the_local_engines_tables(graph_copy, tmp_path):
     local = run(graph_copy, clustering_workers=2)
     spark = run(graph_copy, clustering_engine="spark", spark_master="local[2]")
     assert spark["meta"]["clustering_engine"] == "spark (local[2])"
@@ -40,11 +40,7 @@ def test_spark_engine_writes_the_local_engines_tables(graph_copy):
     exchange = graph_copy.root / "exchange" / DAY.isoformat()
     assert not exchange.exists() or not any(exchange.iterdir())  # the run's Parquet exchange is removed
 
-
-@pytest.mark.slow
-def test_spark_submit_runs_the_pass_on_exported_inputs(graph_copy, tmp_path):
-    """The README's spark-submit command: a cluster runs the pass on inputs the pipeline exported."""
-    local = run(graph_copy, clustering_workers=2)["hashes"]
+    # the README's spark-submit command: a cluster runs the pass on inputs the pipeline exported
     inputs, output = tmp_path / "inputs", tmp_path / "rows"
     inputs.mkdir()
     with graph_copy.connect() as conn:
@@ -57,4 +53,4 @@ def test_spark_submit_runs_the_pass_on_exported_inputs(graph_copy, tmp_path):
                    capture_output=True)
     with graph_copy.connect() as conn:
         replace_interests(conn, DAY, str(output / "*.parquet"))
-        assert {t: content_hash(conn, t) for t in TABLES} == local
+        assert {t: content_hash(conn, t) for t in TABLES} == local["hashes"]

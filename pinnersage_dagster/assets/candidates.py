@@ -4,6 +4,7 @@
 import time
 
 import dagster as dg
+import numpy as np
 from dagster_duckdb import DuckDBResource
 
 from ..config import PinnerSageParams
@@ -14,8 +15,10 @@ from ..core.metrics import pool_refinement_scores
 from ..core.pool_graph import PoolGraph, load_pool_graph, publish_pool_graph
 from ..reporting import frame_markdown
 from ..resources import DataSource, IndexStore
-from ..warehouse import embedding_matrix, ensure_tables, query_arrow, replace_table, write_pins
+from ..warehouse import embedding_dim, ensure_tables, fill_embeddings, query_arrow, replace_table, write_pins
 from .constants import DUCKDB_POOL, GROUP
+
+GOOD_PINS_SQL = "SELECT pin_id, embedding FROM pins WHERE quality >= ? ORDER BY pin_id"
 
 
 @dg.asset(group_name=GROUP, pool=DUCKDB_POOL, kinds={"duckdb"})
@@ -62,15 +65,14 @@ def candidate_pool(
     catalog only gained or lost pins, which every day's ``pin_index`` starts from.
     """
     with duckdb.get_connection() as conn:
-        table = query_arrow(conn, "SELECT pin_id, embedding, quality, created_at FROM pins ORDER BY pin_id")
+        table = query_arrow(conn, "SELECT pin_id, quality, created_at FROM pins ORDER BY pin_id")
+        quality = table.column("quality").to_numpy()
+        # only the pins that pass the quality threshold are embedded in the graph: read just those
+        good = np.empty((int((quality >= params.quality_threshold).sum()), embedding_dim(conn)), dtype=np.float32)
+        fill_embeddings(conn, GOOD_PINS_SQL, [params.quality_threshold], good)
     catalog_pins = table.num_rows
-    columns = (
-        table.column("pin_id").to_numpy(),
-        embedding_matrix(table),
-        table.column("quality").to_numpy(),
-        table.column("created_at").to_numpy(zero_copy_only=False),
-    )
-    del table  # the float32 matrix is all that is kept of the embeddings
+    columns = (table.column("pin_id").to_numpy(), good, quality, table.column("created_at").to_numpy(zero_copy_only=False))
+    del table, good
     previous = _previous_graph(context, index_store)
     started = time.perf_counter()
     refined = refine_candidate_pool(

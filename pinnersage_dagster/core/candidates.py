@@ -49,14 +49,16 @@ def refine_candidate_pool(
     previous: PoolGraph | None = None,
     num_threads: int = -1,
 ) -> RefinedPool:
-    """Quality filter then near-duplicate collapse. ``embeddings`` must be unit rows.
+    """Quality filter then near-duplicate collapse. ``embeddings`` must be unit rows: one per pin,
+    or only those of the pins with ``quality >= quality_threshold``, in the same order (what
+    the asset reads, so the low-quality pins' embeddings never take memory).
 
     ``previous`` is the graph of the last run (consumed); without it the graph is built anew.
     """
     n = len(pin_ids)
-    if not (embeddings.shape[0] == len(quality) == len(created_at) == n):
-        raise ValueError("pin_ids, embeddings, quality and created_at must be aligned")
     good = quality >= quality_threshold
+    if not (len(quality) == len(created_at) == n and embeddings.shape[0] in (n, int(good.sum()))):
+        raise ValueError("pin_ids, embeddings, quality and created_at must be aligned")
     low = pd.DataFrame(
         {
             "pin_id": pin_ids[~good],
@@ -65,7 +67,8 @@ def refine_candidate_pool(
             "cosine": np.nan,
         }
     )
-    ids, x, q, created = pin_ids[good], embeddings[good], quality[good], created_at[good]
+    x = embeddings[good] if embeddings.shape[0] == n else embeddings
+    ids, q, created = pin_ids[good], quality[good], created_at[good]
     params = GraphParams(int(embeddings.shape[1]), M, ef_construction, float(duplicate_cosine), neighbours, ef)
     graph, update = update_pool_graph(previous, ids, x, params, num_threads=num_threads)
     component = duplicate_components(graph, graph.labels_of(ids))
@@ -78,14 +81,15 @@ def refine_candidate_pool(
     rep_of_component[component[order][first]] = order[first]
     rep = rep_of_component[component]
     is_rep = rep == np.arange(len(ids))
-    dup_cos = np.einsum("ij,ij->i", x, x[rep]) if len(ids) else np.empty(0)
+    dup = np.flatnonzero(~is_rep)  # only duplicates need their cosine: no second copy of the pool's matrix
+    dup_cos = np.einsum("ij,ij->i", x[dup], x[rep[dup]]) if len(dup) else np.empty(0)
 
     dups = pd.DataFrame(
         {
             "pin_id": ids[~is_rep],
             "reason": NEAR_DUPLICATE,
             "representative_pin_id": pd.array(ids[rep[~is_rep]], dtype="Int64"),
-            "cosine": dup_cos[~is_rep].astype(np.float64),
+            "cosine": dup_cos.astype(np.float64),
         }
     )
     group_size = np.bincount(component, minlength=len(rep_of_component)) if len(ids) else np.empty(0, int)

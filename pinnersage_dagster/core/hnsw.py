@@ -138,7 +138,7 @@ def live_pin_ids(partition_dir: Path) -> np.ndarray:
     """The pins a partition's published index can return, after verifying the build."""
     manifest = read_manifest(partition_dir)
     build_dir = partition_dir / "builds" / manifest.build_id
-    pin_ids, live = _verified_ids(build_dir / INDEX_FILE, build_dir / IDS_FILE, build_dir / LIVE_FILE, manifest)
+    pin_ids, live = verified_index_ids(build_dir / INDEX_FILE, build_dir / IDS_FILE, build_dir / LIVE_FILE, manifest)
     return pin_ids[live]
 
 
@@ -147,7 +147,7 @@ def open_index_files(
 ) -> tuple[hnswlib.Index, np.ndarray]:
     """Verify an index file and its label files against ``manifest`` and open them
     (``checksums=False``: the files were hashed a moment ago by the publish reading them back)."""
-    pin_ids, _ = _verified_ids(index_path, ids_path, live_path, manifest, checksums)
+    pin_ids, _ = verified_index_ids(index_path, ids_path, live_path, manifest, checksums)
     index = hnswlib.Index(space=manifest.space, dim=manifest.dimension)
     index.load_index(str(index_path), max_elements=max(manifest.elements, 1))
     if index.get_current_count() != manifest.elements:
@@ -156,9 +156,10 @@ def open_index_files(
     return index, pin_ids
 
 
-def _verified_ids(
+def verified_index_ids(
     index_path: Path, ids_path: Path, live_path: Path, manifest: IndexManifest, checksums: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
+    """The label -> pin id map and live mask of an index, checked against its manifest."""
     for path, name in ((index_path, INDEX_FILE), (ids_path, IDS_FILE), (live_path, LIVE_FILE)):
         if checksums:
             check_file(path, manifest.files.get(name))

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ..core.user_pass import ROW_SCHEMA
 from ..core.workers import SharedMatrix, UserPool
-from ..warehouse import embedding_dim, user_batches
+from ..warehouse import embedding_dim, fill_embeddings, user_batches
 
 DAY_PINS_SQL = """
     SELECT pin_id, embedding FROM pins
@@ -57,18 +57,8 @@ def day_embeddings(connect: Callable[[], duckdb.DuckDBPyConnection], day: date) 
             "(SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ?)", [day]
         ).fetchall()
         matrix = SharedMatrix(int(rows), dim)
-        ids = np.empty(int(rows), dtype=np.int64)
         try:
-            filled = 0
-            reader = conn.sql(DAY_PINS_SQL, params=[day]).to_arrow_reader(STREAM_ROWS)
-            for batch in reader:
-                n = batch.num_rows
-                ids[filled : filled + n] = batch.column("pin_id").to_numpy()
-                values = batch.column("embedding").values.to_numpy(zero_copy_only=False)
-                matrix.array[filled : filled + n] = values.reshape(n, dim)
-                filled += n
-            if filled != rows:
-                raise RuntimeError(f"the catalog changed while {day}'s embeddings were read ({filled} of {rows} rows)")
+            ids = fill_embeddings(conn, DAY_PINS_SQL, [day], matrix.array, STREAM_ROWS)
         except BaseException:
             matrix.__exit__(None, None, None)
             raise

@@ -24,10 +24,19 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from scipy.sparse import csr_matrix
 
 from ..core.artifacts import ArtifactIntegrityError, publish, verified_build
-from ..core.hnsw import IDS_FILE, INDEX_FILE, LIVE_FILE, IndexManifest, open_index_files, read_manifest
+from ..core.hnsw import (
+    IDS_FILE,
+    INDEX_FILE,
+    LIVE_FILE,
+    IndexManifest,
+    open_index_files,
+    read_manifest,
+    verified_index_ids,
+)
 from .catalog import CatalogSource, CatalogView, find_base, write_catalog
 
 FORMAT_VERSION = 3  # 2: the index may carry tombstones (index_live.npy); 3: catalog as base + delta
@@ -88,8 +97,27 @@ def publish_snapshot(
         }
         return fields, linked
 
-    # read back before publishing; checksums were just computed (or carried over) by publish
-    return publish(partition_dir, write, verify=lambda build, manifest: _open(build, manifest, checksums=False))
+    return publish(partition_dir, write, verify=_readable)
+
+
+def _readable(build: Path, manifest: dict) -> None:
+    """Read the new build back before publishing it, without hashing again (publish just did) and
+    without loading the HNSW graph: it is the pin_index build, verified when that was published."""
+    try:
+        index_manifest = IndexManifest(**manifest["index"])
+        pin_ids, _ = verified_index_ids(build / INDEX_FILE, build / "index_pin_ids.npy", build / "index_live.npy",
+                                        index_manifest, checksums=False)
+        clusters = pq.read_metadata(build / "medoids.parquet").num_rows
+        if np.load(build / "centroids.npy", mmap_mode="r").shape[0] != clusters:
+            raise ArtifactIntegrityError(f"{build}: centroids do not line up with medoids")
+        for name in ("members.parquet", "seen.parquet"):
+            pq.read_metadata(build / name)
+        np.load(build / "popular.npy")
+        CatalogView(build)
+    except ArtifactIntegrityError:
+        raise
+    except Exception as exc:
+        raise ArtifactIntegrityError(f"{build}: cannot be read back: {type(exc).__name__}: {exc}") from exc
 
 
 def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -204,16 +232,14 @@ def load_snapshot(partition_dir: Path) -> ServingSnapshot:
     return _open(build, manifest)
 
 
-def _open(build: Path, manifest: dict, checksums: bool = True) -> ServingSnapshot:
-    """Open a build; ``checksums=False`` skips re-hashing files whose checksums were just taken."""
+def _open(build: Path, manifest: dict) -> ServingSnapshot:
     try:
         index_manifest = IndexManifest(**manifest["index"])
         if index_manifest.source_partition != manifest["partition"]:
             raise ArtifactIntegrityError(f"{build}: index of {index_manifest.source_partition} in a snapshot of {manifest['partition']}")
         # the linked files are verified against the index manifest the snapshot was paired with
         index, index_pin_ids = open_index_files(
-            build / INDEX_FILE, build / "index_pin_ids.npy", build / "index_live.npy", index_manifest,
-            checksums=checksums,
+            build / INDEX_FILE, build / "index_pin_ids.npy", build / "index_live.npy", index_manifest
         )
         medoids = pd.read_parquet(build / "medoids.parquet")
         centroids = np.load(build / "centroids.npy")
