@@ -35,7 +35,7 @@ dev: setup
 	$(BIN)/dagster dev -w workspace.yaml
 
 clean:
-	rm -rf data/pinnersage.duckdb data/pinnersage.duckdb.wal data/pin_index $(DAGSTER_HOME)
+	rm -rf data/pinnersage.duckdb data/pinnersage.duckdb.wal data/pin_index data/serving data/exchange $(DAGSTER_HOME)
 
 .PHONY: bench-serving
 bench-serving: setup
