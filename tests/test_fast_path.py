@@ -145,3 +145,24 @@ def test_fastcluster_cuts_like_scipy_on_the_same_distances(population):
             assert np.array_equal(a.labels, b.labels)
         compared += 1
     assert compared > 500
+
+
+def test_actions_on_pins_that_left_the_catalog_are_counted_not_dropped_silently(graph_copy, tmp_path):
+    from pinnersage_dagster.engines.spark import export_day_inputs
+
+    with graph_copy.connect() as conn:
+        gone = [r[0] for r in conn.execute(
+            "SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ? ORDER BY pin_id LIMIT 5", [DAY]).fetchall()]
+        conn.execute(f"DELETE FROM pins WHERE pin_id IN ({', '.join(map(str, gone))})")
+        (expected,) = conn.execute(
+            f"SELECT count(*) FROM action_windows WHERE partition_date = ? AND pin_id IN ({', '.join(map(str, gone))})",
+            [DAY]).fetchone()
+        (tmp_path / "inputs").mkdir()
+        assert export_day_inputs(conn, DAY, str(tmp_path / "inputs"))["left_catalog"] == expected > 0  # Spark engine
+    result = dg.materialize(all_assets, selection=["user_clusters", "user_medoids"], resources=graph_copy.resources,
+                            partition_key=DAY.isoformat())
+    assert materializations(result, "user_clusters")[-1].metadata["actions_on_pins_left_catalog"].value == expected
+    with graph_copy.connect(read_only=True) as conn:
+        members = {r[0] for r in conn.execute("SELECT DISTINCT unnest(pin_ids) FROM user_clusters WHERE partition_date = ?",
+                                              [DAY]).fetchall()}
+    assert not members & set(gone)

@@ -84,6 +84,7 @@ def user_interests(
             else:
                 _, counts = run_spark_pass(spark, duckdb.get_connection, day, run_uri, **settings)
                 engine = {"exported_actions": counts["window"], "day_pins": counts["pins"],
+                          "actions_on_pins_left_catalog": counts["left_catalog"],
                           "clustering_engine": f"spark ({params.spark_master})"}
             seconds = time.perf_counter() - started
             with duckdb.get_connection() as conn:

@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 
 from .user_pass import ROW_SCHEMA, represent_users
+from .workers import BLAS_THREADS
 
 OUTPUT_SCHEMA = (
     "user_id long, cluster_id long, pin_id long, kind string, merge_cost double, "
     "medoid_pin_id long, importance double, size long, n_actions long"
 )
-_ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def spark_session(master: str, app_name: str = "pinnersage"):
@@ -44,8 +44,8 @@ def spark_session(master: str, app_name: str = "pinnersage"):
     )
     if master.startswith("local"):
         builder = builder.config("spark.pyspark.python", sys.executable)
-    for key, value in _ONE_BLAS_THREAD.items():  # one Spark task per core, one BLAS thread per task
-        builder = builder.config(f"spark.executorEnv.{key}", value)
+    for key in BLAS_THREADS:  # one Spark task per core, one BLAS thread per task, as in the local workers
+        builder = builder.config(f"spark.executorEnv.{key}", "1")
     return builder.getOrCreate()
 
 

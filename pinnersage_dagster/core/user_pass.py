@@ -10,7 +10,7 @@ clustering just gathered, and the importance (Eq. 3) sums each cluster's actions
 (pin_id, ts) order, so the result does not depend on how users are batched or which engine
 ran them (bit for bit).
 
-Output: one row per cluster member (``ROW_COLUMNS``), carrying its cluster's medoid,
+Output: one row per cluster member (``ROW_SCHEMA``), carrying its cluster's medoid,
 importance, size and action count; ``user_clusters`` and ``user_medoids`` are both
 aggregations of these rows.
 """
@@ -39,7 +39,6 @@ ROW_SCHEMA = pa.schema(
         ("n_actions", pa.int64()),
     ]
 )
-ROW_COLUMNS = ROW_SCHEMA.names
 
 
 def represent_users(

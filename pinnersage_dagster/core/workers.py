@@ -24,7 +24,7 @@ import pyarrow as pa
 from .clustering import cluster_users
 from .user_pass import represent_users
 
-_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 T = TypeVar("T")
 
 
@@ -60,8 +60,8 @@ class UserPool:
 
     def __enter__(self) -> "UserPool":
         if self.workers > 1:
-            saved = {k: os.environ.get(k) for k in _BLAS_THREADS}
-            os.environ.update({k: "1" for k in _BLAS_THREADS})
+            saved = {k: os.environ.get(k) for k in BLAS_THREADS}
+            os.environ.update({k: "1" for k in BLAS_THREADS})
             try:
                 self._pool = ProcessPoolExecutor(
                     self.workers, mp_context=get_context("spawn"), initializer=_exit_with_parent, initargs=(os.getpid(),)

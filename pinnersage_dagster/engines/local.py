@@ -42,7 +42,6 @@ class PassStats:
 
     batches: int = 0
     largest_batch_rows: int = 0
-    actions: int = 0
     day_pins: int = 0
     actions_on_pins_left_catalog: int = 0
 
@@ -96,7 +95,6 @@ def run_local_pass(
             if not known.all():  # the catalog lost pins since the window was built
                 stats.actions_on_pins_left_catalog += int((~known).sum())
                 user_ids, pin_ids, ts_us, pin_rows = user_ids[known], pin_ids[known], ts_us[known], pin_rows[known]
-            stats.actions += len(user_ids)
             started = pool.represent(user_ids, pin_ids, ts_us, pin_rows, matrix, **settings)
             if pending is not None:  # the previous batch finished while this one was read
                 pq.write_table(pending(), out_dir / f"part-{number - 1:06d}.parquet")

@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from ..core.artifacts import ArtifactIntegrityError, check_file, read_manifest
+from ..core.pool_graph import fingerprints
 
 REBASE_SHARE = 0.10
 BASE_FILES = ("catalog_base_ids.npy", "catalog_base_hashes.npy", "catalog_base_embeddings.npy")
@@ -47,7 +48,7 @@ class CatalogSource(Protocol):
 class ArrayCatalog:
     """A catalog held in memory: sorted ids and their embeddings."""
 
-    hash_kind = "numpy-rowhash-v1"
+    hash_kind = "blake2b-64"  # core.pool_graph.fingerprints
 
     def __init__(self, ids: np.ndarray, embeddings: np.ndarray) -> None:
         order = np.argsort(ids, kind="stable")
@@ -55,23 +56,12 @@ class ArrayCatalog:
         self.dimension = int(self.embeddings.shape[1])
 
     def fingerprints(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.ids, row_hashes(self.embeddings)
+        return self.ids, fingerprints(self.embeddings)
 
     def rows(self, pin_ids: np.ndarray | None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         picked = slice(None) if pin_ids is None else np.searchsorted(self.ids, np.sort(pin_ids))
         x = self.embeddings[picked]
-        yield self.ids[picked], row_hashes(x), x
-
-
-def row_hashes(x: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each float32 row (multiply-xorshift over its 32-bit words)."""
-    words = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    h = np.full(len(words), 0x9E3779B97F4A7C15, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(words.shape[1]):
-            h = (h ^ words[:, j]) * np.uint64(0x100000001B3)
-            h ^= h >> np.uint64(29)
-    return h
+        yield self.ids[picked], fingerprints(x), x
 
 
 @dataclass
