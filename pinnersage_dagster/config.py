@@ -59,6 +59,13 @@ class PinnerSageParams(dg.ConfigurableResource):
         default=128, ge=8,
         description="HNSW ef of the duplicate self-join; 64 loses ~4% of duplicates at 200k pins, 128 under 1%.",
     )
+    embedding_dim: int = Field(
+        default=64, ge=2, le=1024,
+        description="Dimension of embeddings learned from the log (pin_embeddings) when the source gives none.",
+    )
+    embedding_min_users: int = Field(
+        default=2, ge=1, description="Distinct users a pin needs before an embedding is learned for it.",
+    )
     hnsw_m: int = Field(default=32, ge=4, description="HNSW graph degree M.")
     hnsw_ef_construction: int = Field(default=200, ge=8, description="HNSW ef at build time.")
     hnsw_ef: int = Field(default=200, ge=8, description="HNSW ef at query time (recall/latency trade-off).")

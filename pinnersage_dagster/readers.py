@@ -8,6 +8,7 @@ warehouse lock): each value is cast with TRY_CAST next to its raw text, and the 
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 from datetime import date, datetime
 from pathlib import Path
@@ -20,18 +21,18 @@ import pyarrow as pa
 from .core.contract import ACTION_COLUMNS, PIN_COLUMNS, ContractError, RawPins, require_columns
 from .core.synthetic import PinCatalog, SyntheticWorld, generate_day_actions
 
-_CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
 
 
 def _relation_sql(path: str) -> str:
-    if path.endswith(_CSV_SUFFIXES):
+    if path.endswith(CSV_SUFFIXES):
         return "read_csv(?, all_varchar = true, header = true)"
     if path.endswith(".parquet"):
         return "read_parquet(?)"
     raise ContractError(f"{path}: unsupported file type (expected .parquet or .csv)")
 
 
-def _connect() -> duckdb.DuckDBPyConnection:
+def connect() -> duckdb.DuckDBPyConnection:
     conn = duckdb.connect()
     conn.execute("SET TimeZone = 'UTC'")
     return conn
@@ -53,27 +54,64 @@ def expand(pattern: str) -> list[str]:
     return files
 
 
-def _id(column: str) -> str:
+def id_expression(column: str) -> str:
     """An integer id, or NULL: DuckDB's own cast rounds '3.5' to 4, which would invent an id."""
     text = f"trim(CAST({column} AS VARCHAR))"
     return f"TRY_CAST(CASE WHEN regexp_full_match({text}, '[+-]?[0-9]+(\\.0*)?') THEN split_part({text}, '.', 1) END AS BIGINT)"
 
 
+# Epoch numbers: below 1e11 they are seconds (1e11 s is the year 5138), from 1e11 to 1e14 milliseconds.
+EPOCH_SECONDS_BELOW = 1e11
+EPOCH_MILLIS_BELOW = 1e14
+_NUMBER = "'[+-]?[0-9]+(\\.[0-9]*)?'"
+
+
+def _epoch(number: str) -> str:
+    return (
+        f"CASE WHEN abs({number}) < {EPOCH_SECONDS_BELOW:.0f} THEN make_timestamp(CAST(round({number} * 1e6) AS BIGINT)) "
+        f"WHEN abs({number}) < {EPOCH_MILLIS_BELOW:.0f} THEN make_timestamp(CAST(round({number} * 1e3) AS BIGINT)) END"
+    )
+
+
+def ts_expression(column: str, kind: str = "VARCHAR") -> str:
+    """A UTC ``TIMESTAMP`` from a column of DuckDB type ``kind``, or NULL where it does not parse.
+
+    Accepted: timestamps (naive values are UTC), timestamps with an offset, dates (midnight
+    UTC), and epoch seconds or milliseconds as numbers or digit strings (README, 'Your own data').
+    """
+    kind = kind.upper()
+    if kind.startswith("TIMESTAMP WITH TIME ZONE"):
+        return f"timezone('UTC', {column})"
+    if kind.startswith("TIMESTAMP") or kind == "DATE":
+        return f"CAST({column} AS TIMESTAMP)"
+    if kind in NUMERIC_TYPES or kind.startswith("DECIMAL"):
+        return _epoch(f"CAST({column} AS DOUBLE)")
+    text = f"trim(CAST({column} AS VARCHAR))"
+    return (
+        f"CASE WHEN regexp_full_match({text}, {_NUMBER}) THEN {_epoch(f'TRY_CAST({text} AS DOUBLE)')} "
+        f"ELSE timezone('UTC', TRY_CAST({text} AS TIMESTAMPTZ)) END"
+    )
+
+
+NUMERIC_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+                 "UBIGINT", "FLOAT", "DOUBLE", "REAL"}
+
+
 def _ts(column: str) -> str:
-    return f"timezone('UTC', TRY_CAST({column} AS TIMESTAMPTZ))"
+    return ts_expression(column)
 
 
 def read_action_files(pattern: str) -> pd.DataFrame:
     """Raw action rows of every file matching ``pattern`` (columns per ``validate_actions``)."""
     frames = []
-    conn = _connect()
+    conn = connect()
     try:
         for path in expand(pattern):
             require_columns(_columns(conn, path), ACTION_COLUMNS, path)
             sql = f"""
                 SELECT ? AS source, row_number() OVER () AS row_number,
-                       {_id('user_id')} AS user_id, CAST(user_id AS VARCHAR) AS raw_user_id,
-                       {_id('pin_id')} AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
+                       {id_expression('user_id')} AS user_id, CAST(user_id AS VARCHAR) AS raw_user_id,
+                       {id_expression('pin_id')} AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
                        CAST(action AS VARCHAR) AS action, CAST(action AS VARCHAR) AS raw_action,
                        {_ts("ts")} AS ts, CAST(ts AS VARCHAR) AS raw_ts
                 FROM {_relation_sql(path)}
@@ -84,7 +122,11 @@ def read_action_files(pattern: str) -> pd.DataFrame:
                 raise ContractError(f"{path}: cannot be read: {exc}") from exc
     finally:
         conn.close()
-    frame = pd.concat(frames, ignore_index=True)
+    return raw_action_frame(pd.concat(frames, ignore_index=True))
+
+
+def raw_action_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Typed ids and timestamps of raw action rows read by DuckDB."""
     for column in ("user_id", "pin_id"):
         frame[column] = frame[column].astype("Int64")
     frame["ts"] = pd.to_datetime(frame["ts"]).astype("datetime64[us]")
@@ -93,18 +135,20 @@ def read_action_files(pattern: str) -> pd.DataFrame:
 
 def read_pin_files(pattern: str) -> RawPins:
     """Raw pin rows of every file matching ``pattern``; ``quality`` and ``created_at`` are optional."""
-    parts = []
-    conn = _connect()
+    parts, has_embeddings = [], set()
+    conn = connect()
     try:
         for path in expand(pattern):
             columns = _columns(conn, path)
             require_columns(columns, PIN_COLUMNS, path)
+            has_embeddings.add("embedding" in columns)
+            embedding = "embedding" if "embedding" in columns else "NULL"
             quality = "quality" if "quality" in columns else "NULL"
             created = "created_at" if "created_at" in columns else "NULL"
             sql = f"""
                 SELECT ? AS source, row_number() OVER () AS row_number,
-                       {_id('pin_id')} AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
-                       TRY_CAST(embedding AS DOUBLE[]) AS embedding,
+                       {id_expression('pin_id')} AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
+                       TRY_CAST({embedding} AS DOUBLE[]) AS embedding,
                        TRY_CAST({quality} AS DOUBLE) AS quality, CAST({quality} AS VARCHAR) AS raw_quality,
                        {_ts(created)} AS created_at, CAST({created} AS VARCHAR) AS raw_created_at
                 FROM {_relation_sql(path)}
@@ -115,6 +159,8 @@ def read_pin_files(pattern: str) -> RawPins:
                 raise ContractError(f"{path}: cannot be read: {exc}") from exc
     finally:
         conn.close()
+    if len(has_embeddings) > 1:
+        raise ContractError(f"{pattern}: some files have an embedding column and some do not; use one layout")
     table = pa.concat_tables(parts)
     frame = table.drop(["embedding"]).to_pandas()
     row_number = frame["row_number"].to_numpy()
@@ -128,7 +174,61 @@ def read_pin_files(pattern: str) -> RawPins:
         raw_quality=frame["raw_quality"],
         created_at=pd.to_datetime(frame["created_at"]).astype("datetime64[us]"),
         raw_created_at=frame["raw_created_at"],
+        has_embeddings=has_embeddings.pop(),
     )
+
+
+def pin_files_have_embeddings(pattern: str) -> bool:
+    """Whether the pins file(s) carry an ``embedding`` column (read from the header alone)."""
+    conn = connect()
+    try:
+        return all("embedding" in _columns(conn, path) for path in expand(pattern))
+    finally:
+        conn.close()
+
+
+def read_pin_ids(pattern: str) -> np.ndarray:
+    """The distinct integer pin ids of the pins file(s), read from the ``pin_id`` column alone."""
+    conn = connect()
+    try:
+        ids = []
+        for path in expand(pattern):
+            require_columns(_columns(conn, path), PIN_COLUMNS, path)
+            sql = f"SELECT DISTINCT {id_expression('pin_id')} AS pin_id FROM {_relation_sql(path)}"
+            try:
+                ids.append(conn.execute(sql, [path]).fetchnumpy()["pin_id"])
+            except duckdb.Error as exc:
+                raise ContractError(f"{path}: cannot be read: {exc}") from exc
+    finally:
+        conn.close()
+    values = np.concatenate([np.ma.compressed(np.ma.asarray(i)) for i in ids]) if ids else np.empty(0)
+    return np.unique(values.astype(np.int64))
+
+
+def learned_raw_pins(conn: duckdb.DuckDBPyConnection, raw: RawPins | None, day: date) -> RawPins:
+    """Pin rows with the embeddings ``pin_embeddings`` learned for ``day`` (``conn``: the warehouse).
+
+    With a pins file (without embeddings), its rows get the learned embedding of their pin, NULL
+    where none was learned; without one, the catalog is the learned pins (quality 1.0, always existed).
+    """
+    learned = conn.sql(
+        "SELECT pin_id, embedding FROM pin_embeddings WHERE partition_date = ? ORDER BY pin_id", params=[day]
+    ).to_arrow_table()
+    ids, vectors = learned.column("pin_id").to_numpy(), learned.column("embedding").combine_chunks()
+    if raw is None:
+        n = len(ids)
+        none = pd.Series([pd.NA] * n, dtype="object")
+        return RawPins(
+            source=f"pins learned from the log (pin_embeddings of {day})", row_number=np.arange(1, n + 1),
+            pin_id=pd.Series(ids, dtype="Int64"), raw_pin_id=pd.Series(ids.astype(str)), embedding=vectors,
+            quality=pd.Series([pd.NA] * n, dtype="Float64"), raw_quality=none,
+            created_at=pd.Series(pd.NaT, index=range(n), dtype="datetime64[us]"), raw_created_at=none,
+        )
+    wanted = raw.pin_id.fillna(-1).to_numpy(np.int64)
+    at = np.clip(np.searchsorted(ids, wanted), 0, max(len(ids) - 1, 0))
+    found = (len(ids) > 0) & (ids[at] == wanted) if len(ids) else np.zeros(len(wanted), bool)
+    take = pa.array(np.where(found, at, 0), mask=~found)
+    return dataclasses.replace(raw, embedding=vectors.take(take) if len(ids) else pa.nulls(len(wanted), pa.list_(pa.float32())))
 
 
 def synthetic_raw_pins(world: SyntheticWorld, catalog: PinCatalog) -> RawPins:

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import dagster as dg
 import numpy as np
 import pandas as pd
+
+
+def column_schema(**columns: str) -> dg.TableSchema:
+    """A table's columns for the UI: ``name="type: what it holds"``."""
+    return dg.TableSchema(
+        columns=[dg.TableColumn(name, *(part.strip() for part in text.split(":", 1))) for name, text in columns.items()]
+    )
 
 
 def distribution(values: np.ndarray | pd.Series) -> dict[str, float]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import glob
 import os
 from abc import abstractmethod
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
@@ -16,7 +19,11 @@ from .config import PinnerSageParams
 from .core.contract import RawPins
 from .core.synthetic import SyntheticWorld, generate_pins, generate_population
 from .partitions import START_DATE
-from .readers import partition_file, read_action_files, read_pin_files, synthetic_raw_actions, synthetic_raw_pins
+from .action_log import ActionLog, Span
+from .readers import (
+    partition_file, pin_files_have_embeddings, read_action_files, read_pin_files, read_pin_ids, synthetic_raw_actions,
+    synthetic_raw_pins,
+)
 
 DEFAULT_DATABASE = "data/pinnersage.duckdb"
 DEFAULT_INDEX_ROOT = "data/pin_index"
@@ -28,11 +35,25 @@ class DataSource(dg.ConfigurableResource):
     """Where pins and action events come from. Implementations: synthetic world, or files."""
 
     @abstractmethod
-    def read_pins(self) -> RawPins: ...
+    def read_pins(self) -> RawPins | None:
+        """The pin rows, or None when there is no pins file (the catalog is the pins seen in actions)."""
 
     @abstractmethod
-    def read_actions(self, day: date) -> pd.DataFrame:
-        """Raw action rows for one UTC day, in the shape ``core.contract.validate_actions`` takes."""
+    def read_actions(self, span: Span) -> Iterator[tuple[date, pd.DataFrame]]:
+        """Raw action rows of each day of ``span``, in the shape ``core.contract.validate_actions`` takes."""
+
+    @abstractmethod
+    def known_pin_ids(self) -> np.ndarray | None:
+        """The pin ids actions may refer to; None when any id is a pin (no pins file)."""
+
+    @abstractmethod
+    def newest_day(self, now: pd.Timestamp) -> date | None:
+        """The newest UTC day the source holds actions of (not after ``now``)."""
+
+    @property
+    def learns_embeddings(self) -> bool:
+        """True when the source gives no embeddings and ``pin_embeddings`` learns them from the log."""
+        return False
 
     def pin_truth(self) -> pd.DataFrame | None:
         return None
@@ -65,8 +86,15 @@ class SyntheticSource(DataSource):
     def read_pins(self) -> RawPins:
         return synthetic_raw_pins(self.world, generate_pins(self.world))
 
-    def read_actions(self, day: date) -> pd.DataFrame:
-        return synthetic_raw_actions(self.world, day)
+    def read_actions(self, span: Span) -> Iterator[tuple[date, pd.DataFrame]]:
+        for day in span.days:
+            yield day, synthetic_raw_actions(self.world, day)
+
+    def known_pin_ids(self) -> np.ndarray:
+        return generate_pins(self.world).pin_id
+
+    def newest_day(self, now: pd.Timestamp) -> date:
+        return (now - pd.Timedelta(days=1)).date()  # the world has actions on every day
 
     def pin_truth(self) -> pd.DataFrame:
         return generate_pins(self.world).truth()
@@ -82,17 +110,49 @@ class SyntheticSource(DataSource):
 class FileSource(DataSource):
     """Your own data, per the data contract (README, 'Your own data')."""
 
-    pins_path: str = Field(description="A Parquet/CSV file or glob with pin_id, embedding[, quality, created_at].")
+    pins_path: str | None = Field(
+        default=None,
+        description="A Parquet/CSV file or glob with pin_id[, embedding, quality, created_at]. Without it, or "
+        "without an embedding column, embeddings are learned from the log (pin_embeddings).",
+    )
     actions_path: str = Field(
-        description="Per-day Parquet/CSV files with user_id, pin_id, action, ts; '{date}' is replaced by YYYY-MM-DD."
+        description="user_id, pin_id, action, ts rows: one Parquet/CSV file, a glob or a folder covering any "
+        "span of days, or per-day files where '{date}' is replaced by YYYY-MM-DD."
     )
     embedding_dim: int | None = Field(default=None, description="Expected dimension; default: the most common one.")
 
-    def read_pins(self) -> RawPins:
-        return read_pin_files(self.pins_path)
+    @property
+    def per_day_files(self) -> bool:
+        return "{date}" in self.actions_path
 
-    def read_actions(self, day: date) -> pd.DataFrame:
-        return read_action_files(partition_file(self.actions_path, day))
+    def read_pins(self) -> RawPins | None:
+        return read_pin_files(self.pins_path) if self.pins_path else None
+
+    def read_actions(self, span: Span) -> Iterator[tuple[date, pd.DataFrame]]:
+        if not self.per_day_files:
+            yield from ActionLog(self.actions_path).read(span)
+            return
+        for day in span.days:  # a missing day file fails the run, naming it
+            yield day, read_action_files(partition_file(self.actions_path, day))
+
+    def known_pin_ids(self) -> np.ndarray | None:
+        return read_pin_ids(self.pins_path) if self.pins_path else None
+
+    def newest_day(self, now: pd.Timestamp) -> date | None:
+        if not self.per_day_files:
+            return ActionLog(self.actions_path).newest_day(now)
+        days = []
+        for path in glob.glob(self.actions_path.replace("{date}", "*")):
+            prefix, suffix = self.actions_path.split("{date}", 1)
+            try:
+                days.append(date.fromisoformat(path[len(prefix) : len(path) - len(suffix)]))
+            except ValueError:
+                continue
+        return max((d for d in days if pd.Timestamp(d) <= now), default=None)
+
+    @property
+    def learns_embeddings(self) -> bool:
+        return not self.pins_path or not pin_files_have_embeddings(self.pins_path)
 
     @property
     def expected_dim(self) -> int | None:
@@ -151,9 +211,9 @@ class ExchangeStore(dg.ConfigurableResource):
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources for this deployment, chosen by environment variables (README, 'Configuration')."""
     if os.getenv("PINNERSAGE_SOURCE", "synthetic") == "files":
-        source: DataSource = FileSource(
-            pins_path=dg.EnvVar("PINNERSAGE_PINS_PATH"), actions_path=dg.EnvVar("PINNERSAGE_ACTIONS_PATH")
-        )
+        # no pins file: the catalog is the pins seen in actions, with embeddings learned from the log
+        pins = {"pins_path": dg.EnvVar("PINNERSAGE_PINS_PATH")} if os.getenv("PINNERSAGE_PINS_PATH") else {}
+        source: DataSource = FileSource(actions_path=dg.EnvVar("PINNERSAGE_ACTIONS_PATH"), **pins)
     else:
         source = SyntheticSource(
             n_users=int(os.getenv("PINNERSAGE_SYNTHETIC_USERS", "2000")),

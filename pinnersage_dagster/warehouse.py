@@ -28,6 +28,9 @@ PARTITIONED_TABLES: dict[str, str] = {
     "user_medoids": "partition_date DATE NOT NULL, user_id BIGINT NOT NULL, cluster_id BIGINT NOT NULL, "
     "medoid_pin_id BIGINT NOT NULL, importance DOUBLE NOT NULL, size BIGINT NOT NULL, "
     "n_actions BIGINT NOT NULL, kind VARCHAR NOT NULL",
+    "pin_embeddings": "partition_date DATE NOT NULL, pin_id BIGINT NOT NULL, embedding FLOAT[] NOT NULL",
+    "pin_embeddings_quarantine": "partition_date DATE NOT NULL, pin_id BIGINT NOT NULL, reason VARCHAR NOT NULL, "
+    "detail VARCHAR",
 }
 
 CATALOG_TABLES: dict[str, str] = {

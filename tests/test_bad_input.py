@@ -188,11 +188,17 @@ def test_a_missing_column_fails_naming_the_file_and_column(world):
     path = world.write_actions(DAY, ["7,3,2026-03-03T10:00:00Z"], header="user_id,pin_id,ts")
     message = failure_message(world.run(["raw_actions"], raise_on_error=False))
     assert str(path) in message and "['action']" in message
-    bad_pins = world.root / "no_embedding.csv"
-    bad_pins.write_text("pin_id,quality\n1,0.5\n")
+    bad_pins = world.root / "no_id.csv"
+    bad_pins.write_text("pin,quality\n1,0.5\n")
     world.use(pins=bad_pins)
     message = failure_message(world.run(["pins"], partition=None, raise_on_error=False))
-    assert "no_embedding.csv" in message and "['embedding']" in message
+    assert "no_id.csv" in message and "['pin_id']" in message
+    # without an embedding column, embeddings are learned: the catalog says what it waits for
+    no_embedding = world.root / "no_embedding.csv"
+    no_embedding.write_text("pin_id,quality\n1,0.5\n")
+    world.use(pins=no_embedding)
+    message = failure_message(world.run(["pins"], partition=None, raise_on_error=False))
+    assert "the source gives no embeddings" in message and "pin_embeddings" in message
 
 
 def test_extra_columns_are_ignored(world):

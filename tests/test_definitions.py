@@ -24,7 +24,7 @@ def test_definitions_hold_the_whole_graph():
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {
         "pins", "candidate_pool", "pin_index", "raw_actions", "action_windows", "user_clusters", "user_medoids",
-        "serving_snapshot", "offline_evaluation",
+        "serving_snapshot", "offline_evaluation", "pin_embeddings",
     }
     job = defs.resolve_job_def("pinnersage_daily_job")
     assert job.partitions_def == daily_partitions

@@ -1,18 +1,20 @@
 """The PinnerSage asset graph, one module per stage.
 
-pins -> candidate_pool -> pin_index                      (catalog side)
-pins -> raw_actions -> action_windows -> user_clusters + user_medoids    (user side, one pass)
+raw_actions -> pin_embeddings (only when the source gives no embeddings) -> pins   (the catalog)
+pins -> candidate_pool -> pin_index                                              (catalog side)
+raw_actions + pins -> action_windows -> user_clusters + user_medoids   (user side, one pass)
 user_medoids + pin_index -> serving_snapshot                             (what is served)
 """
 
 from .actions import action_windows, raw_actions
 from .candidates import candidate_pool, pins
+from .embeddings import pin_embeddings
 from .index import pin_index
 from .interests import user_interests
 from .serving import serving_snapshot
 from .evaluation import offline_evaluation
 
 all_assets = [
-    pins, candidate_pool, pin_index, raw_actions, action_windows, user_interests, serving_snapshot,
+    pins, candidate_pool, pin_index, raw_actions, pin_embeddings, action_windows, user_interests, serving_snapshot,
     offline_evaluation,
 ]

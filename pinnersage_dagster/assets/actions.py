@@ -10,12 +10,18 @@ from dagster_duckdb import DuckDBResource
 from ..config import PinnerSageParams
 from ..core.contract import validate_actions
 from ..partitions import daily_partitions, partition_days, window_mapping
+from ..action_log import Span
 from ..readers import day_bounds
+from ..reporting import column_schema
 from ..resources import DataSource
 from ..warehouse import WINDOW_SQL, ensure_tables, replace_partition_from_query, replace_partitions
 from .candidates import pins
 from .constants import DUCKDB_POOL, GROUP
 
+RAW_ACTIONS_SCHEMA = column_schema(
+    partition_date="date: the UTC day of ts", user_id="int64: the user", pin_id="int64: the pin acted on",
+    action="string: repin or click", ts="timestamp: when, UTC",
+)
 WINDOW_STATS_SQL = """
     WITH eligible AS (
         SELECT user_id, count(*) AS n
@@ -32,31 +38,39 @@ WINDOW_STATS_SQL = """
 @dg.asset(
     group_name=GROUP,
     partitions_def=daily_partitions,
-    # loading a day is cheap I/O: a 90-day history load is one run, not 90
+    # loading a day is cheap I/O: a 90-day history load is one run, not 90, and reads the source once
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool=DUCKDB_POOL,
     kinds={"duckdb"},
-    deps=[pins],
 )
 def raw_actions(context: dg.AssetExecutionContext, duckdb: DuckDBResource, source: DataSource) -> dg.MaterializeResult:
     """The valid repin/click events of partition day D (ts in [D, D+1) UTC).
 
-    Rows that break the contract (bad ids or action, bad or out-of-day timestamps, unknown
-    pins, repeated events) go to ``raw_actions_quarantine`` with their reason.
+    Rows that break the contract (bad ids or action, bad or out-of-day timestamps, pins the
+    source's catalog does not hold, repeated events) go to ``raw_actions_quarantine`` with their
+    reason. With a log spanning many days, the first partition also quarantines the log's rows
+    before it or without a usable ts, and the newest partition its rows in the future.
     """
-    with duckdb.get_connection() as conn:
-        ensure_tables(conn)
-        known = conn.execute("SELECT pin_id FROM pins").df()["pin_id"].to_numpy()
+    known = source.known_pin_ids()
     now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    first = daily_partitions.start.date()
+    span = Span(
+        days=partition_days(context),
+        first_partition=first,
+        newest_partition=daily_partitions.get_last_partition_window().start.date(),
+        now=now,
+    )
     read = accepted = quarantined = 0
     reasons: dict[str, int] = {}
-    per_day = []
+    per_day = {}
     users: set[int] = set()
-    for day in partition_days(context):
+    for day, rows in source.read_actions(span):
         start, end = day_bounds(day)
-        rows = source.read_actions(day)
-        validated = validate_actions(rows, day_start=start, day_end=end, now=now, known_pin_ids=known)
+        validated = validate_actions(
+            rows, day_start=start, day_end=end, now=now, known_pin_ids=known, first_start=day_bounds(first)[0]
+        )
         with duckdb.get_connection() as conn:
+            ensure_tables(conn)
             replace_partitions(conn, "raw_actions", validated.accepted.assign(partition_date=day), day, day)
             replace_partitions(conn, "raw_actions_quarantine", validated.quarantine.assign(partition_date=day), day, day)
         read += len(rows)
@@ -64,7 +78,7 @@ def raw_actions(context: dg.AssetExecutionContext, duckdb: DuckDBResource, sourc
         quarantined += len(validated.quarantine)
         for reason, count in validated.reasons.items():
             reasons[reason] = reasons.get(reason, 0) + count
-        per_day.append(len(validated.accepted))
+        per_day[str(day)] = len(validated.accepted)
         users.update(validated.accepted["user_id"].unique().tolist())
     if read != accepted + quarantined:  # the accounting identity: nothing is lost
         raise RuntimeError(f"rows read {read} != accepted {accepted} + quarantined {quarantined}")
@@ -76,7 +90,9 @@ def raw_actions(context: dg.AssetExecutionContext, duckdb: DuckDBResource, sourc
             "rows_quarantined": quarantined,
             "quarantine_reasons": reasons,
             "users": len(users),
-            "accepted_per_day": dict(zip(map(str, partition_days(context)), per_day)) if len(per_day) <= 31 else "many",
+            "empty_days": sum(1 for n in per_day.values() if n == 0),
+            "accepted_per_day": per_day if len(per_day) <= 31 else "many",
+            "dagster/column_schema": RAW_ACTIONS_SCHEMA,
         }
     )
 

@@ -2,6 +2,7 @@
 
 
 import time
+from datetime import date
 
 import dagster as dg
 import numpy as np
@@ -13,23 +14,40 @@ from ..core.candidates import refine_candidate_pool
 from ..core.contract import validate_pins
 from ..core.metrics import pool_refinement_scores
 from ..core.pool_graph import PoolGraph, load_pool_graph, publish_pool_graph
-from ..reporting import frame_markdown
+from ..readers import learned_raw_pins
+from ..reporting import column_schema, frame_markdown
 from ..resources import DataSource, IndexStore
-from ..warehouse import embedding_dim, ensure_tables, fill_embeddings, query_arrow, replace_table, write_pins
+from ..warehouse import (
+    embedding_dim, ensure_tables, fill_embeddings, query_arrow, replace_table, table_exists, write_pins,
+)
 from .constants import DUCKDB_POOL, GROUP
 
 GOOD_PINS_SQL = "SELECT pin_id, embedding FROM pins WHERE quality >= ? ORDER BY pin_id"
 
 
-@dg.asset(group_name=GROUP, pool=DUCKDB_POOL, kinds={"duckdb"})
+@dg.asset(
+    group_name=GROUP,
+    pool=DUCKDB_POOL,
+    kinds={"duckdb"},
+    # only read when the source gives no embeddings: then the catalog takes those learned for its run's day
+    deps=[dg.AssetDep("pin_embeddings", partition_mapping=dg.LastPartitionMapping())],
+)
 def pins(context: dg.AssetExecutionContext, duckdb: DuckDBResource, source: DataSource) -> dg.MaterializeResult:
     """The pin catalog: every valid pin with its unit embedding, quality and creation time.
 
     Unpartitioned: each run replaces the catalog from the source. Rows that break the data
-    contract go to ``pins_quarantine`` with their reason.
+    contract go to ``pins_quarantine`` with their reason. When the source gives no embeddings,
+    they come from ``pin_embeddings`` of the run's partition (the newest one outside a
+    partitioned run), and without a pins file the catalog is the pins learned from the log.
     """
-    raw = source.read_pins()
+    raw, learned_day = source.read_pins(), None
+    if raw is None or not raw.has_embeddings:
+        with duckdb.get_connection() as conn:
+            learned_day = _embedding_day(context, conn)
+            raw = learned_raw_pins(conn, raw, learned_day)
     validated, embeddings = validate_pins(raw, expected_dim=source.expected_dim)
+    if learned_day is not None:  # a pin of the pins file the log gave too little evidence to embed
+        validated.quarantine["reason"] = validated.quarantine["reason"].replace("null_embedding", "not_embedded")
     pin_truth, interest_truth = source.pin_truth(), source.interest_truth()
     with duckdb.get_connection() as conn:
         ensure_tables(conn)
@@ -43,16 +61,37 @@ def pins(context: dg.AssetExecutionContext, duckdb: DuckDBResource, source: Data
     return dg.MaterializeResult(
         metadata={
             "source": raw.source,
+            "embeddings": f"learned from the log before {learned_day} (pin_embeddings)" if learned_day else "from the source",
             "rows_read": len(raw),
             "dagster/row_count": len(validated.accepted),
             "rows_quarantined": len(validated.quarantine),
             "quarantine_reasons": validated.reasons,
             "dimension": int(embeddings.shape[1]),
             "ground_truth": "synthetic_pin_truth, synthetic_interest_truth" if pin_truth is not None else "none",
+            "dagster/column_schema": column_schema(
+                pin_id="int64: unique", embedding=f"float[{embeddings.shape[1]}]: unit-normalised",
+                quality="double: in [0, 1]; 1.0 when not given", created_at="timestamp: UTC; NULL = always existed",
+            ),
         }
     )
 
 
+def _embedding_day(context: dg.AssetExecutionContext, conn) -> date:
+    tags = context.run.tags
+    key = tags.get("dagster/partition") or tags.get("dagster/asset_partition_range_end")
+    if key:
+        day = date.fromisoformat(key)
+    else:
+        day = conn.execute("SELECT max(partition_date) FROM pin_embeddings").fetchall()[0][0] if table_exists(
+            conn, "pin_embeddings") else None
+    if day is None or not conn.execute(
+        "SELECT count(*) FROM pin_embeddings WHERE partition_date = ?", [day]
+    ).fetchall()[0][0]:
+        raise RuntimeError(
+            f"the source gives no embeddings and pin_embeddings has none for {day or 'any day'}: "
+            "materialize pin_embeddings for that partition first (the daily job does)"
+        )
+    return day
 @dg.asset(group_name=GROUP, pool=DUCKDB_POOL, kinds={"duckdb"}, deps=[pins])
 def candidate_pool(
     context: dg.AssetExecutionContext, duckdb: DuckDBResource, params: PinnerSageParams, index_store: IndexStore

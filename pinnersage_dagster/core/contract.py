@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 
 ACTIONS = ("repin", "click")
 ACTION_COLUMNS = ("user_id", "pin_id", "action", "ts")
-PIN_COLUMNS = ("pin_id", "embedding")
-OPTIONAL_PIN_COLUMNS = ("quality", "created_at")
+PIN_COLUMNS = ("pin_id",)
+OPTIONAL_PIN_COLUMNS = ("embedding", "quality", "created_at")  # without embeddings, they are learned
 
 QUARANTINE_COLUMNS = ["source", "row_number", "reason", "detail"]
 
@@ -40,6 +40,7 @@ class RawPins:
     raw_quality: pd.Series
     created_at: pd.Series  # datetime64 (tz-naive UTC)
     raw_created_at: pd.Series
+    has_embeddings: bool = True  # False: the source gives none, ``pin_embeddings`` learns them
 
     def __len__(self) -> int:
         return len(self.pin_id)
@@ -66,14 +67,21 @@ def _assign_reason(reason: pd.Series, mask: pd.Series | np.ndarray, label: str) 
 
 
 def validate_actions(
-    rows: pd.DataFrame, *, day_start: pd.Timestamp, day_end: pd.Timestamp, now: pd.Timestamp, known_pin_ids: np.ndarray
+    rows: pd.DataFrame,
+    *,
+    day_start: pd.Timestamp,
+    day_end: pd.Timestamp,
+    now: pd.Timestamp,
+    known_pin_ids: np.ndarray | None,
+    first_start: pd.Timestamp | None = None,
 ) -> Validated:
     """Validate one day's action rows.
 
     ``rows``: ``user_id, pin_id`` (Int64), ``action`` (string), ``ts`` (tz-naive UTC),
     ``raw_user_id, raw_pin_id, raw_action, raw_ts`` (text or NA), ``source, row_number``.
     Accepted rows have ts in [day_start, day_end), not after ``now``, a pin in
-    ``known_pin_ids``, and are not an exact repeat of an earlier row.
+    ``known_pin_ids`` (any pin when None), and are not an exact repeat of an earlier row.
+    Rows before ``first_start`` (the deployment's first partition) are ``ts_before_first_partition``.
     """
     reason = pd.Series(pd.NA, index=rows.index, dtype="object")
     for column in ("user_id", "pin_id"):
@@ -83,10 +91,12 @@ def validate_actions(
     _assign_reason(reason, rows["raw_ts"].isna(), "null_ts")
     _assign_reason(reason, rows["ts"].isna(), "unparseable_ts")
     ts = rows["ts"]
-    _assign_reason(reason, ((ts < day_start) | (ts >= day_end)).fillna(False), "ts_outside_partition")
+    if first_start is not None:
+        _assign_reason(reason, (ts < first_start).fillna(False), "ts_before_first_partition")
     _assign_reason(reason, (ts > now).fillna(False), "ts_in_future")
-    known = rows["pin_id"].isin(known_pin_ids).fillna(False)
-    _assign_reason(reason, ~known, "unknown_pin_id")
+    _assign_reason(reason, ((ts < day_start) | (ts >= day_end)).fillna(False), "ts_outside_partition")
+    if known_pin_ids is not None:
+        _assign_reason(reason, ~rows["pin_id"].isin(known_pin_ids).fillna(False), "unknown_pin_id")
     candidate = reason.isna()
     repeated = rows.duplicated(subset=["user_id", "pin_id", "action", "ts"], keep="first") & candidate
     _assign_reason(reason, repeated, "duplicate_event")

@@ -1,0 +1,183 @@
+"""An action log that spans any number of days: one Parquet/CSV file, a glob, or a folder
+(hive-partitioned or not) read recursively.
+
+The row's ``ts`` decides its day; folder names are never trusted for that (a ``day=...``
+folder may hold late events, or a text key). Partition day D takes the rows whose ``ts`` falls
+in [D, D+1) UTC. Two partitions also take the rows no day would otherwise see, so that none is
+lost: the first partition of the deployment takes rows before it and rows whose ``ts`` is
+missing or unparseable, and the newest partition (yesterday) takes rows in the future. The
+contract then quarantines them with their reason.
+
+Parquet is read with the day's filter pushed into the scan (row groups outside the day are
+skipped by their statistics). CSV has no statistics: a run parses each file once, keeps the
+run's days in a temporary table and splits them by day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from .core.contract import ACTION_COLUMNS, ContractError, require_columns
+from .readers import CSV_SUFFIXES, connect, expand, id_expression, raw_action_frame, ts_expression
+
+
+@dataclass(frozen=True)
+class Span:
+    """What one run reads: its days, and where the rows no day covers go."""
+
+    days: list[date]
+    first_partition: date  # takes rows before it and rows without a usable ts
+    newest_partition: date  # takes rows after ``now``
+    now: pd.Timestamp
+
+    def condition(self, day: date, ts: str) -> str:
+        """SQL: the rows of ``day`` (``ts`` is the parsed UTC timestamp expression)."""
+        parts = [f"({ts} >= DATE '{day}' AND {ts} < DATE '{day + timedelta(days=1)}')"]
+        if day == self.first_partition:
+            parts.append(f"({ts} IS NULL OR {ts} < DATE '{day}')")
+        if day == self.newest_partition:
+            parts.append(f"({ts} > TIMESTAMP '{self.now.isoformat(sep=' ')}')")
+        return " OR ".join(parts)
+
+
+@dataclass(frozen=True)
+class ActionLog:
+    path: str
+
+    def files(self) -> list[str]:
+        """The log's files, sorted; all Parquet or all CSV."""
+        root = Path(self.path)
+        if root.is_dir():
+            files = sorted(
+                str(p) for p in root.rglob("*") if p.is_file() and p.name.endswith((".parquet", *CSV_SUFFIXES))
+            )
+            if not files:
+                raise ContractError(f"{self.path}: folder holds no .parquet or .csv files")
+        else:
+            files = expand(self.path)
+        kinds = {f.endswith(".parquet") for f in files}
+        if len(kinds) > 1:
+            raise ContractError(f"{self.path}: mixes Parquet and CSV files; use one format per log")
+        if not kinds.pop() and not all(f.endswith(CSV_SUFFIXES) for f in files):
+            bad = next(f for f in files if not f.endswith(CSV_SUFFIXES))
+            raise ContractError(f"{bad}: unsupported file type (expected .parquet or .csv)")
+        return files
+
+    def read(self, span: Span) -> Iterator[tuple[date, pd.DataFrame]]:
+        """The raw rows of each day of ``span`` (shape of ``readers.read_action_files``)."""
+        files = self.files()
+        conn = connect()
+        try:
+            reader = _ParquetLog(conn, files) if files[0].endswith(".parquet") else _CsvLog(conn, files, span)
+            for day in span.days:
+                yield day, reader.day(day, span)
+        except duckdb.Error as exc:
+            raise ContractError(f"{self.path}: cannot be read: {exc}") from exc
+        finally:
+            conn.close()
+
+    def newest_day(self, now: pd.Timestamp) -> date | None:
+        """The newest day with a row not in the future, or None for an empty log."""
+        files = self.files()
+        conn = connect()
+        try:
+            if files[0].endswith(".parquet"):
+                ts = ts_expression("ts", _ParquetLog(conn, files).ts_type)
+                sql = f"SELECT max({ts}) FROM {_ParquetLog.RELATION} WHERE {ts} <= ?"
+                newest = conn.execute(sql, [files, now.to_pydatetime()]).fetchall()[0][0]
+            else:
+                newest = None
+                for path in files:
+                    sql = f"SELECT max({ts_expression('ts')}) FROM read_csv(?, all_varchar = true, header = true) WHERE {ts_expression('ts')} <= ?"
+                    value = conn.execute(sql, [path, now.to_pydatetime()]).fetchall()[0][0]
+                    newest = value if newest is None or (value is not None and value > newest) else newest
+        except duckdb.Error as exc:
+            raise ContractError(f"{self.path}: cannot be read: {exc}") from exc
+        finally:
+            conn.close()
+        return None if newest is None else newest.date()
+
+
+def _select(ts: str) -> str:
+    return f"""
+        {id_expression('user_id')} AS user_id, CAST(user_id AS VARCHAR) AS raw_user_id,
+        {id_expression('pin_id')} AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
+        CAST(action AS VARCHAR) AS action, CAST(action AS VARCHAR) AS raw_action,
+        {ts} AS ts, CAST(ts AS VARCHAR) AS raw_ts
+    """
+
+
+class _ParquetLog:
+    """Every file in one scan, the day's filter pushed down on the raw ``ts`` column."""
+
+    RELATION = "read_parquet(?, file_row_number = true, filename = true, union_by_name = true, hive_partitioning = true)"
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, files: list[str]) -> None:
+        self.conn, self.files = conn, files
+        schema = conn.execute(
+            "SELECT file_name, list(name) FROM parquet_schema(?) GROUP BY file_name", [files]
+        ).fetchall()
+        for path, columns in schema:
+            require_columns(columns, ACTION_COLUMNS, path)
+        self.ts_type: str = conn.execute(f"DESCRIBE SELECT ts FROM {self.RELATION}", [files]).fetchall()[0][1]
+
+    def _pushdown(self, day: date, span: Span) -> str:
+        """A filter on the raw column the scan can apply to row-group statistics (TRUE if none)."""
+        if day in (span.first_partition, span.newest_partition):
+            return "TRUE"
+        lo, hi = pd.Timestamp(day), pd.Timestamp(day + timedelta(days=1))
+        kind = self.ts_type.upper()
+        if kind.startswith("TIMESTAMP WITH TIME ZONE"):
+            return f"(ts >= TIMESTAMPTZ '{lo}+00' AND ts < TIMESTAMPTZ '{hi}+00')"
+        if kind.startswith("TIMESTAMP") or kind == "DATE":
+            return f"(ts >= TIMESTAMP '{lo}' AND ts < TIMESTAMP '{hi}')"
+        if kind in ("INTEGER", "BIGINT", "DOUBLE", "FLOAT", "UBIGINT", "HUGEINT"):
+            s0, s1 = lo.timestamp(), hi.timestamp()
+            return f"((ts >= {s0} AND ts < {s1}) OR (ts >= {s0 * 1000} AND ts < {s1 * 1000}))"
+        return "TRUE"
+
+    def day(self, day: date, span: Span) -> pd.DataFrame:
+        ts = ts_expression("ts", self.ts_type)
+        sql = f"""
+            SELECT filename AS source, file_row_number + 1 AS row_number, {_select(ts)}
+            FROM {self.RELATION}
+            WHERE {self._pushdown(day, span)} AND ({span.condition(day, ts)})
+            ORDER BY filename, file_row_number
+        """
+        return raw_action_frame(self.conn.execute(sql, [self.files]).df())
+
+
+class _CsvLog:
+    """Each file parsed once per run into a temporary table of the run's days."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, files: list[str], span: Span) -> None:
+        self.conn = conn
+        ts = ts_expression("ts")
+        keep = " OR ".join(f"({span.condition(day, 'ts')})" for day in span.days)
+        conn.execute(
+            "CREATE TEMP TABLE span_rows (source VARCHAR, row_number BIGINT, user_id BIGINT, raw_user_id VARCHAR, "
+            "pin_id BIGINT, raw_pin_id VARCHAR, action VARCHAR, raw_action VARCHAR, ts TIMESTAMP, raw_ts VARCHAR)"
+        )
+        for path in files:
+            columns = [r[0] for r in conn.execute("DESCRIBE SELECT * FROM read_csv(?, all_varchar = true, header = true)", [path]).fetchall()]
+            require_columns(columns, ACTION_COLUMNS, path)
+            conn.execute(
+                f"""
+                INSERT INTO span_rows
+                SELECT * FROM (
+                    SELECT ? AS source, row_number() OVER () AS row_number, {_select(ts)}
+                    FROM read_csv(?, all_varchar = true, header = true))
+                WHERE {keep}
+                """,
+                [path, path],
+            )
+
+    def day(self, day: date, span: Span) -> pd.DataFrame:
+        sql = f"SELECT * FROM span_rows WHERE {span.condition(day, 'ts')} ORDER BY source, row_number"
+        return raw_action_frame(self.conn.execute(sql).df())
