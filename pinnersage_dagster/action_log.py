@@ -23,8 +23,10 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from .core.contract import ACTION_COLUMNS, ContractError, require_columns
-from .readers import CSV_SUFFIXES, connect, expand, id_expression, raw_action_frame, ts_expression
+from .core.contract import ContractError
+from .readers import (
+    CSV_SUFFIXES, connect, expand, id_expression, raw_action_frame, renamed, require_action_columns, ts_expression,
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Span:
 @dataclass(frozen=True)
 class ActionLog:
     path: str
+    names: tuple[tuple[str, str], ...] = ()  # (contract column, your column) pairs
 
     def files(self) -> list[str]:
         """The log's files, sorted; all Parquet or all CSV."""
@@ -74,7 +77,8 @@ class ActionLog:
         files = self.files()
         conn = connect()
         try:
-            reader = _ParquetLog(conn, files) if files[0].endswith(".parquet") else _CsvLog(conn, files, span)
+            names = dict(self.names)
+            reader = _ParquetLog(conn, files, names) if files[0].endswith(".parquet") else _CsvLog(conn, files, span, names)
             for day in span.days:
                 yield day, reader.day(day, span)
         except duckdb.Error as exc:
@@ -87,14 +91,17 @@ class ActionLog:
         files = self.files()
         conn = connect()
         try:
+            names = dict(self.names)
             if files[0].endswith(".parquet"):
-                ts = ts_expression("ts", _ParquetLog(conn, files).ts_type)
-                sql = f"SELECT max({ts}) FROM {_ParquetLog.RELATION} WHERE {ts} <= ?"
+                log = _ParquetLog(conn, files, names)
+                ts = ts_expression("ts", log.ts_type)
+                sql = f"SELECT max({ts}) FROM {log.relation} WHERE {ts} <= ?"
                 newest = conn.execute(sql, [files, now.to_pydatetime()]).fetchall()[0][0]
             else:
                 newest = None
+                ts = ts_expression("ts")
                 for path in files:
-                    sql = f"SELECT max({ts_expression('ts')}) FROM read_csv(?, all_varchar = true, header = true) WHERE {ts_expression('ts')} <= ?"
+                    sql = f"SELECT max({ts}) FROM {renamed(_CsvLog.RELATION, names)} WHERE {ts} <= ?"
                     value = conn.execute(sql, [path, now.to_pydatetime()]).fetchall()[0][0]
                     newest = value if newest is None or (value is not None and value > newest) else newest
         except duckdb.Error as exc:
@@ -118,14 +125,15 @@ class _ParquetLog:
 
     RELATION = "read_parquet(?, file_row_number = true, filename = true, union_by_name = true, hive_partitioning = true)"
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, files: list[str]) -> None:
+    def __init__(self, conn: duckdb.DuckDBPyConnection, files: list[str], names: dict[str, str]) -> None:
         self.conn, self.files = conn, files
+        self.relation = renamed(self.RELATION, names)
         schema = conn.execute(
             "SELECT file_name, list(name) FROM parquet_schema(?) GROUP BY file_name", [files]
         ).fetchall()
         for path, columns in schema:
-            require_columns(columns, ACTION_COLUMNS, path)
-        self.ts_type: str = conn.execute(f"DESCRIBE SELECT ts FROM {self.RELATION}", [files]).fetchall()[0][1]
+            require_action_columns(columns, names, path)
+        self.ts_type: str = conn.execute(f"DESCRIBE SELECT ts FROM {self.relation}", [files]).fetchall()[0][1]
 
     def _pushdown(self, day: date, span: Span) -> str:
         """A filter on the raw column the scan can apply to row-group statistics (TRUE if none)."""
@@ -146,7 +154,7 @@ class _ParquetLog:
         ts = ts_expression("ts", self.ts_type)
         sql = f"""
             SELECT filename AS source, file_row_number + 1 AS row_number, {_select(ts)}
-            FROM {self.RELATION}
+            FROM {self.relation}
             WHERE {self._pushdown(day, span)} AND ({span.condition(day, ts)})
             ORDER BY filename, file_row_number
         """
@@ -156,7 +164,9 @@ class _ParquetLog:
 class _CsvLog:
     """Each file parsed once per run into a temporary table of the run's days."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, files: list[str], span: Span) -> None:
+    RELATION = "read_csv(?, all_varchar = true, header = true)"
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, files: list[str], span: Span, names: dict[str, str]) -> None:
         self.conn = conn
         ts = ts_expression("ts")
         keep = " OR ".join(f"({span.condition(day, 'ts')})" for day in span.days)
@@ -165,14 +175,14 @@ class _CsvLog:
             "pin_id BIGINT, raw_pin_id VARCHAR, action VARCHAR, raw_action VARCHAR, ts TIMESTAMP, raw_ts VARCHAR)"
         )
         for path in files:
-            columns = [r[0] for r in conn.execute("DESCRIBE SELECT * FROM read_csv(?, all_varchar = true, header = true)", [path]).fetchall()]
-            require_columns(columns, ACTION_COLUMNS, path)
+            columns = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM {self.RELATION}", [path]).fetchall()]
+            require_action_columns(columns, names, path)
             conn.execute(
                 f"""
                 INSERT INTO span_rows
                 SELECT * FROM (
                     SELECT ? AS source, row_number() OVER () AS row_number, {_select(ts)}
-                    FROM read_csv(?, all_varchar = true, header = true))
+                    FROM {renamed(self.RELATION, names)})
                 WHERE {keep}
                 """,
                 [path, path],

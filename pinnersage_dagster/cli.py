@@ -7,6 +7,7 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -35,21 +36,35 @@ def _instance():
     return dg.DagsterInstance.get()
 
 
-def run_demo(day: date, window_days: int) -> None:
+def pd_now():
+    import pandas as pd
+
+    return pd.Timestamp.now(tz="UTC").tz_localize(None)
+
+
+def _first_partition() -> date:
+    from .partitions import daily_partitions
+
+    return daily_partitions.start.date()
+
+
+def run_demo(day: date, window_days: int, days: int) -> None:
     import dagster as dg
 
     from .definitions import defs
 
     warnings.filterwarnings("ignore")
     instance = _instance()  # persistent, so the UI shows these runs
-    first = day - timedelta(days=window_days - 1)
+    first_job_day = day - timedelta(days=days - 1)
+    # pin_embeddings of a day reads the window before it; nothing exists before the first partition
+    first = max(first_job_day - timedelta(days=window_days), _first_partition())
     # the full run log goes to the instance (see it in the UI); the terminal shows warnings only
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     started = time.perf_counter()
-    print(f"[1/2] catalog and {window_days} days of actions ({first} .. {day}) in one range run", flush=True)
+    print(f"[1/{days + 1}] actions of {first} .. {day} in one range run", flush=True)
     history = dg.materialize(
         [*defs.assets],
-        selection=dg.AssetSelection.assets("pins", "raw_actions"),
+        selection=dg.AssetSelection.assets("raw_actions"),
         resources=defs.resources,
         instance=instance,
         run_config=quiet,
@@ -57,16 +72,19 @@ def run_demo(day: date, window_days: int) -> None:
     )
     if not history.success:
         sys.exit("loading the history failed; see the run in the Dagster UI (make dev)")
-    print(f"[2/2] pinnersage_daily_job for partition {day} (all assets and checks)", flush=True)
-    result = defs.resolve_job_def("pinnersage_daily_job").execute_in_process(
-        partition_key=day.isoformat(), instance=instance, run_config=quiet, raise_on_error=False
-    )
-    checks = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    # a few days, so the UI's partition bars, check history and metadata plots have a story to tell
+    checks: list = []
+    for number, job_day in enumerate((first_job_day + timedelta(days=i) for i in range(days)), 2):
+        print(f"[{number}/{days + 1}] pinnersage_daily_job for partition {job_day} (all assets and checks)", flush=True)
+        result = defs.resolve_job_def("pinnersage_daily_job").execute_in_process(
+            partition_key=job_day.isoformat(), instance=instance, run_config=quiet, raise_on_error=False
+        )
+        checks = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        if not result.success:
+            sys.exit(f"the daily job for {job_day} failed; see the run in the Dagster UI (make dev)")
     failed = [c.check_name for c in checks if not c.passed]
-    print(f"done in {time.perf_counter() - started:.0f}s; checks: {len(checks) - len(failed)}/{len(checks)} passed"
+    print(f"done in {time.perf_counter() - started:.0f}s; checks of {day}: {len(checks) - len(failed)}/{len(checks)} passed"
           + (f", FAILED: {failed}" if failed else ""))
-    if not result.success:
-        sys.exit("the daily job failed; see the run in the Dagster UI (make dev)")
     print()
     print(summary(day))
 
@@ -100,6 +118,8 @@ def summary(day: date, database: str | None = None, index_root: str | None = Non
             """,
             [day, user],
         ).df()
+        if not conn.execute("SELECT count(*) FROM synthetic_pin_truth").fetchall()[0][0]:
+            interests = interests.drop(columns=["true_topic"])  # your own data has no planted topics
     try:
         manifest = read_manifest(Path(index_root) / day.isoformat())
         index_line = f"{manifest.count} pins, d={manifest.dimension}, M={manifest.M}, ef={manifest.ef}, build {manifest.build_id}"
@@ -131,6 +151,14 @@ def summary(day: date, database: str | None = None, index_root: str | None = Non
     )
 
 
+def calibrate_held_out(split_day: date, alphas: list[float], seeds: int, max_users: int, tuning: Tuning) -> str:
+    """The alpha sweep of the offline evaluation on your data: recall and relevance per alpha."""
+    report_dir = run_evaluation(split_day, seeds, max_users, None, tuning, alphas=alphas)
+    text = (report_dir / "report.md").read_text()
+    start = text.index("## Alpha sweep")
+    return f"held-out alpha sweep for split day {split_day} (report: {report_dir / 'report.md'})\n\n" + text[start:text.index("## Choices")]
+
+
 def calibrate_alpha(day: date, alphas: list[float], users: int, warehouse: bool) -> str:
     from .core.calibration import alpha_sweep, synthetic_window
     from .core.synthetic import SyntheticWorld
@@ -156,8 +184,47 @@ def calibrate_alpha(day: date, alphas: list[float], users: int, warehouse: bool)
     return f"{title}\n\n{frame_markdown(sweep, max_rows=len(sweep))}"
 
 
-def run_evaluation(split_day: date, seeds: int, max_users: int, output: str | None) -> None:
-    """Materialize what a split needs (history, the day-before graph), then offline_evaluation."""
+@dataclass(frozen=True)
+class Tuning:
+    """What a user tunes from the command line, validated before any work starts."""
+
+    alpha: float | None = None
+    decay_lambda: float | None = None
+    horizon_days: int | None = None
+    min_train_actions: int | None = None
+
+    def params(self):
+        from .config import PinnerSageParams
+
+        fields = {"alpha": self.alpha, "decay_lambda": self.decay_lambda}
+        return PinnerSageParams(**{k: v for k, v in fields.items() if v is not None})
+
+    def evaluation(self, **extra) -> dict:
+        from .assets.evaluation import EvaluationConfig
+
+        fields = {"horizon_days": self.horizon_days, "min_train_actions": self.min_train_actions, **extra}
+        return EvaluationConfig(**{k: v for k, v in fields.items() if v is not None}).model_dump()
+
+    def validate(self) -> str | None:
+        """A message naming the first bad value, or None."""
+        import pydantic
+
+        try:
+            self.params()
+            self.evaluation()
+        except pydantic.ValidationError as exc:
+            error = exc.errors()[0]
+            name = "--" + str(error["loc"][0]).replace("_", "-")
+            return f"{name}: {error['msg']} (got {error.get('input')!r})"
+        return None
+
+
+def run_evaluation(
+    split_day: date, seeds: int, max_users: int, output: str | None, tuning: Tuning = Tuning(),
+    alphas: list[float] | None = None,
+) -> Path:
+    """Materialize what a split needs (history, the day-before graph), then offline_evaluation.
+    Returns the report's folder."""
     import shutil
 
     import dagster as dg
@@ -168,37 +235,46 @@ def run_evaluation(split_day: date, seeds: int, max_users: int, output: str | No
     warnings.filterwarnings("ignore")
     instance = _instance()
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    resources = {**defs.resources, "params": tuning.params()}
     before = split_day - timedelta(days=1)
-    first, last = before - timedelta(days=89), split_day + timedelta(days=HORIZON_DAYS - 1)
+    horizon = HORIZON_DAYS if tuning.horizon_days is None else tuning.horizon_days
+    first = max(before - timedelta(days=resources["params"].window_days), _first_partition())
+    if horizon == 0:  # up to the newest day the source holds, and not one empty day beyond it
+        newest = resources["source"].process_config_and_initialize().newest_day(pd_now())
+        if newest is None or newest < split_day:
+            sys.exit(f"--horizon-days 0: the source holds no day on or after the split day {split_day} (newest: {newest})")
+        last = newest
+    else:
+        last = split_day + timedelta(days=horizon - 1)
     if last >= datetime.now(timezone.utc).date():
-        sys.exit(f"the test window ends {last}: pick a split day at least {HORIZON_DAYS} days before today")
+        sys.exit(f"the test window ends {last}: pick a split day at least {horizon} days before today")
+    config = tuning.evaluation(seeds=seeds, max_users=max_users, **({"alphas": alphas} if alphas else {}))
     steps = [
         (f"actions {first} .. {last} in one range run", dict(
-            selection=dg.AssetSelection.assets("pins", "raw_actions"),
+            selection=dg.AssetSelection.assets("raw_actions"),
             tags={"dagster/asset_partition_range_start": first.isoformat(),
                   "dagster/asset_partition_range_end": last.isoformat()})),
         (f"the daily graph for {before}", dict(
-            selection=dg.AssetSelection.groups("pinnersage") - dg.AssetSelection.assets("pins", "raw_actions"),
+            selection=dg.AssetSelection.groups("pinnersage") - dg.AssetSelection.assets("raw_actions"),
             partition_key=before.isoformat())),
         (f"offline_evaluation for split day {split_day} ({seeds} seeds, <= {max_users} users)", dict(
             selection=dg.AssetSelection.assets("offline_evaluation"), partition_key=split_day.isoformat(),
-            run_config={**quiet, "ops": {"offline_evaluation": {"config": {"seeds": seeds, "max_users": max_users}}}})),
+            run_config={**quiet, "ops": {"offline_evaluation": {"config": config}}})),
     ]
     for number, (label, kwargs) in enumerate(steps, 1):
         print(f"[{number}/{len(steps)}] {label}", flush=True)
         kwargs.setdefault("run_config", quiet)
-        result = dg.materialize([*defs.assets], resources=defs.resources, instance=instance, raise_on_error=False, **kwargs)
+        result = dg.materialize([*defs.assets], resources=resources, instance=instance, raise_on_error=False, **kwargs)
         if not result.success:
             sys.exit(f"step {number} failed; see the run in the Dagster UI (make dev)")
     report_dir = Path(REPORT_ROOT) / split_day.isoformat()
-    print(f"report: {report_dir / 'report.md'}")
     if output:
         target = Path(output)
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(report_dir / "report.md", target / "offline-evaluation.md")
         shutil.copy(report_dir / "curve.png", target / "curve.png")
         print(f"copied to {target / 'offline-evaluation.md'}")
-    print((report_dir / "report.md").read_text())
+    return report_dir
 
 
 def _service(serving_root: str | None, refresh: bool = True):
@@ -252,15 +328,29 @@ def main(argv: list[str] | None = None) -> None:
     demo = sub.add_parser("demo", help="materialize the whole graph for one day (default: yesterday) and summarize")
     demo.add_argument("--date", type=date.fromisoformat, default=None, help="partition day, YYYY-MM-DD")
     demo.add_argument("--window-days", type=int, default=90)
+    demo.add_argument("--days", type=int, default=3, help="run the daily job for this many days up to --date")
     show = sub.add_parser("summary", help="summarize a materialized partition")
     show.add_argument("--date", type=date.fromisoformat, default=None)
-    calibrate = sub.add_parser("calibrate", help="sweep alpha: cluster shape, and recovery on synthetic data")
+    tuning = argparse.ArgumentParser(add_help=False)
+    tuning.add_argument("--alpha", type=float, default=None, help="Ward threshold (default: params.alpha)")
+    tuning.add_argument("--decay-lambda", type=float, default=None, help="importance decay per day (default 0.01)")
+    tuning.add_argument("--horizon-days", type=int, default=None,
+                        help="test days from the split day (default 7); 0 = up to the newest day the source holds")
+    tuning.add_argument("--min-train-actions", type=int, default=None, help="history actions a user needs (default 5)")
+    calibrate = sub.add_parser(
+        "calibrate", parents=[tuning],
+        help="sweep alpha: cluster shape (and recovery on synthetic data), or with --split-day held-out recall per alpha",
+    )
     calibrate.add_argument("--date", type=date.fromisoformat, default=None)
     calibrate.add_argument("--alphas", default="0.5,0.7,0.9,1.1,1.3,1.6,2.0,3.0,4.0")
     calibrate.add_argument("--users", type=int, default=2000, help="synthetic users")
     calibrate.add_argument(
         "--warehouse", action="store_true", help="sweep your own materialized action_windows partition instead"
     )
+    calibrate.add_argument("--split-day", type=date.fromisoformat, default=None,
+                           help="evaluate each alpha on held-out actions from this day (materializes what it needs)")
+    calibrate.add_argument("--seeds", type=int, default=3)
+    calibrate.add_argument("--max-users", type=int, default=1000)
     rec = sub.add_parser("recommend", help="recommendations for a user from the newest serving snapshot")
     rec.add_argument("user_id", type=int)
     rec.add_argument("--seed", type=int, default=None)
@@ -274,25 +364,50 @@ def main(argv: list[str] | None = None) -> None:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--serving-root", default=None)
     srv.add_argument("--refresh-seconds", type=float, default=30.0, help="how often to look for a newer snapshot")
-    ev = sub.add_parser("evaluate", help="offline evaluation (Tables 4-5, Figure 7) for a split day")
+    ev = sub.add_parser("evaluate", parents=[tuning], help="offline evaluation (Tables 4-5, Figure 7) for a split day")
     ev.add_argument("--split-day", type=date.fromisoformat, default=None, help="default: 8 days ago")
     ev.add_argument("--seeds", type=int, default=5)
     ev.add_argument("--max-users", type=int, default=1000)
     ev.add_argument("--output", default=None, help="also copy report.md and curve.png here (e.g. docs/evaluation)")
     args = parser.parse_args(argv)
+    if args.command in ("evaluate", "calibrate"):
+        tuned = Tuning(args.alpha, args.decay_lambda, args.horizon_days, args.min_train_actions)
+        if message := tuned.validate():
+            parser.error(message)
+        if args.command == "calibrate" and args.split_day is None and (
+            args.decay_lambda is not None or args.horizon_days is not None or args.min_train_actions is not None
+        ):
+            parser.error("--decay-lambda, --horizon-days and --min-train-actions apply to a held-out sweep: add --split-day")
     if args.command == "evaluate":
-        return run_evaluation(args.split_day or latest_partition() - timedelta(days=7), args.seeds, args.max_users, args.output)
+        split_day = args.split_day or latest_partition() - timedelta(days=7)
+        report_dir = run_evaluation(split_day, args.seeds, args.max_users, args.output, tuned)
+        print(f"report: {report_dir / 'report.md'}")
+        return print((report_dir / "report.md").read_text())
     if args.command == "serve":
         return serve(args.host, args.port, args.serving_root, args.refresh_seconds)
     if args.command in ("recommend", "interests"):
         return print(_user_report(args))
     day = args.date or latest_partition()
     if args.command == "demo":
-        run_demo(day, args.window_days)
+        run_demo(day, args.window_days, max(1, args.days))
     elif args.command == "calibrate":
-        print(calibrate_alpha(day, [float(a) for a in args.alphas.split(",")], args.users, args.warehouse))
+        alphas = _alphas(parser, args.alphas, args.alpha)
+        if args.split_day:
+            print(calibrate_held_out(args.split_day, alphas, args.seeds, args.max_users, tuned))
+        else:
+            print(calibrate_alpha(day, alphas, args.users, args.warehouse))
     else:
         print(summary(day))
+
+
+def _alphas(parser: argparse.ArgumentParser, text: str, extra: float | None) -> list[float]:
+    try:
+        alphas = sorted({float(a) for a in text.split(",")} | ({extra} if extra is not None else set()))
+    except ValueError:
+        parser.error(f"--alphas: expected numbers separated by commas, got {text!r}")
+    if not alphas or min(alphas) <= 0:
+        parser.error(f"--alphas: every alpha must be > 0, got {text!r}")
+    return alphas
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def render_markdown(report: OfflineReport, split_day: date, horizon_days: int, s
         curve_lines.append(f"| {int(r.e)} | {r.relevance:.3f} | {_pct(r.relevance_lift)} | {r.diversity:.3f} | {_pct(r.diversity_lift)} |")
     recovery = ""
     if report.recovery:
-        recovery = (f"\nCluster recovery against the planted interests at the default alpha: mean per-user adjusted Rand "
+        recovery = (f"\nCluster recovery against the planted interests at alpha = {report.alpha:g}: mean per-user adjusted Rand "
                     f"index {report.recovery['adjusted_rand_index']:.3f}, purity {report.recovery['purity']:.3f}.\n")
     return "\n".join(
         [
@@ -126,7 +126,8 @@ def render_markdown(report: OfflineReport, split_day: date, horizon_days: int, s
             f"Data: {source}. History: the `action_windows` partition of {split_day - timedelta(days=1)}; test: distinct "
             f"pins acted on in [{split_day}, {split_day + timedelta(days=horizon_days)}). {report.users} users; models that "
             f"sample are averaged over {report.seeds} seeds (mean ± standard deviation). Lifts are relative to "
-            f"the last-pin model, as in the paper's Tables 4 and 5. The calibrated relevance threshold "
+            f"the last-pin model, as in the paper's Tables 4 and 5. PinnerSage runs at alpha = {report.alpha:g} and "
+            f"importance decay λ = {report.decay_lambda:g} per day. The calibrated relevance threshold "
             f"{report.calibrated:.3f} is the cosine that 1% of random pin pairs exceed.",
             "",
             "## Retrieval (Table 4)",
@@ -143,7 +144,7 @@ def render_markdown(report: OfflineReport, split_day: date, horizon_days: int, s
             "",
             *curve_lines,
             "",
-            "## Alpha sweep (PinnerSage, medoid, λ = 0.01, 3 sampled embeddings)",
+            f"## Alpha sweep (PinnerSage, medoid, λ = {report.decay_lambda:g}, 3 sampled embeddings)",
             "",
             *sweep_lines,
             recovery,

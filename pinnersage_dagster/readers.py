@@ -101,20 +101,43 @@ def _ts(column: str) -> str:
     return ts_expression(column)
 
 
-def read_action_files(pattern: str) -> pd.DataFrame:
+def parse_column_names(text: str | None) -> dict[str, str]:
+    """``"pin_id=item_id,ts=time"``: the contract's action columns under other names in your files."""
+    names: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        ours, _, theirs = (x.strip() for x in part.partition("="))
+        if ours not in ACTION_COLUMNS or not theirs:
+            raise ContractError(f"action column mapping {part!r}: expected <one of {list(ACTION_COLUMNS)}>=<your column>")
+        names[ours] = theirs
+    return names
+
+
+def renamed(relation: str, names: dict[str, str]) -> str:
+    """``relation`` with the mapped columns renamed to the contract's names."""
+    if not names:
+        return relation
+    pairs = ", ".join(f'"{theirs}" AS {ours}' for ours, theirs in names.items())
+    return f"(SELECT * RENAME ({pairs}) FROM {relation})"
+
+
+def require_action_columns(columns: list[str], names: dict[str, str], source: str) -> None:
+    require_columns(columns, tuple(names.get(c, c) for c in ACTION_COLUMNS), source)
+
+
+def read_action_files(pattern: str, names: dict[str, str] | None = None) -> pd.DataFrame:
     """Raw action rows of every file matching ``pattern`` (columns per ``validate_actions``)."""
-    frames = []
+    frames, names = [], names or {}
     conn = connect()
     try:
         for path in expand(pattern):
-            require_columns(_columns(conn, path), ACTION_COLUMNS, path)
+            require_action_columns(_columns(conn, path), names, path)
             sql = f"""
                 SELECT ? AS source, row_number() OVER () AS row_number,
                        {id_expression('user_id')} AS user_id, CAST(user_id AS VARCHAR) AS raw_user_id,
                        {id_expression('pin_id')} AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
                        CAST(action AS VARCHAR) AS action, CAST(action AS VARCHAR) AS raw_action,
                        {_ts("ts")} AS ts, CAST(ts AS VARCHAR) AS raw_ts
-                FROM {_relation_sql(path)}
+                FROM {renamed(_relation_sql(path), names)}
             """
             try:
                 frames.append(conn.execute(sql, [path, path]).df())

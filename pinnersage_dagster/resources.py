@@ -21,7 +21,7 @@ from .core.synthetic import SyntheticWorld, generate_pins, generate_population
 from .partitions import START_DATE
 from .action_log import ActionLog, Span
 from .readers import (
-    partition_file, pin_files_have_embeddings, read_action_files, read_pin_files, read_pin_ids, synthetic_raw_actions,
+    parse_column_names, partition_file, pin_files_have_embeddings, read_action_files, read_pin_files, read_pin_ids, synthetic_raw_actions,
     synthetic_raw_pins,
 )
 
@@ -119,7 +119,14 @@ class FileSource(DataSource):
         description="user_id, pin_id, action, ts rows: one Parquet/CSV file, a glob or a folder covering any "
         "span of days, or per-day files where '{date}' is replaced by YYYY-MM-DD."
     )
+    actions_columns: str = Field(
+        default="", description="Your names for the action columns, e.g. 'pin_id=item_id,ts=timestamp'.",
+    )
     embedding_dim: int | None = Field(default=None, description="Expected dimension; default: the most common one.")
+
+    @property
+    def column_names(self) -> dict[str, str]:
+        return parse_column_names(self.actions_columns)
 
     @property
     def per_day_files(self) -> bool:
@@ -130,17 +137,17 @@ class FileSource(DataSource):
 
     def read_actions(self, span: Span) -> Iterator[tuple[date, pd.DataFrame]]:
         if not self.per_day_files:
-            yield from ActionLog(self.actions_path).read(span)
+            yield from ActionLog(self.actions_path, tuple(self.column_names.items())).read(span)
             return
         for day in span.days:  # a missing day file fails the run, naming it
-            yield day, read_action_files(partition_file(self.actions_path, day))
+            yield day, read_action_files(partition_file(self.actions_path, day), self.column_names)
 
     def known_pin_ids(self) -> np.ndarray | None:
         return read_pin_ids(self.pins_path) if self.pins_path else None
 
     def newest_day(self, now: pd.Timestamp) -> date | None:
         if not self.per_day_files:
-            return ActionLog(self.actions_path).newest_day(now)
+            return ActionLog(self.actions_path, tuple(self.column_names.items())).newest_day(now)
         days = []
         for path in glob.glob(self.actions_path.replace("{date}", "*")):
             prefix, suffix = self.actions_path.split("{date}", 1)
@@ -213,15 +220,21 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     if os.getenv("PINNERSAGE_SOURCE", "synthetic") == "files":
         # no pins file: the catalog is the pins seen in actions, with embeddings learned from the log
         pins = {"pins_path": dg.EnvVar("PINNERSAGE_PINS_PATH")} if os.getenv("PINNERSAGE_PINS_PATH") else {}
-        source: DataSource = FileSource(actions_path=dg.EnvVar("PINNERSAGE_ACTIONS_PATH"), **pins)
+        source: DataSource = FileSource(
+            actions_path=dg.EnvVar("PINNERSAGE_ACTIONS_PATH"),
+            actions_columns=os.getenv("PINNERSAGE_ACTIONS_COLUMNS", ""),
+            **pins,
+        )
     else:
         source = SyntheticSource(
             n_users=int(os.getenv("PINNERSAGE_SYNTHETIC_USERS", "2000")),
             n_pins=int(os.getenv("PINNERSAGE_SYNTHETIC_PINS", "20000")),
             seed=int(os.getenv("PINNERSAGE_SYNTHETIC_SEED", "7")),
         )
+    database = os.getenv("PINNERSAGE_DUCKDB_PATH", DEFAULT_DATABASE)
+    Path(database).parent.mkdir(parents=True, exist_ok=True)  # DuckDB creates the file, not its folder
     return {
-        "duckdb": DuckDBResource(database=os.getenv("PINNERSAGE_DUCKDB_PATH", DEFAULT_DATABASE)),
+        "duckdb": DuckDBResource(database=database),
         "index_store": IndexStore(root=os.getenv("PINNERSAGE_INDEX_ROOT", DEFAULT_INDEX_ROOT)),
         "serving_store": ServingStore(root=os.getenv("PINNERSAGE_SERVING_ROOT", DEFAULT_SERVING_ROOT)),
         "exchange": ExchangeStore(root=os.getenv("PINNERSAGE_EXCHANGE_ROOT", DEFAULT_EXCHANGE_ROOT)),

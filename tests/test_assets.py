@@ -217,4 +217,4 @@ def test_offline_evaluation_asset_writes_its_report(graph_copy, tmp_path):
     assert meta["users"] > 10 and "Table 4" in meta["report"] and "data:image/png;base64," in meta["report"]
     report = tmp_path / "reports" / split.isoformat()
     assert (report / "curve.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| PinnerSage (Ward, medoid, λ=0.01) |" in (report / "report.md").read_text()
+    assert "| PinnerSage (Ward, medoid) |" in (report / "report.md").read_text()

@@ -1,11 +1,12 @@
 """The offline evaluation of each split day (paper, section 5.3; Tables 4-5, Figure 7)."""
 
 import base64
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
 import duckdb as duckdb_lib
+import pandas as pd
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
@@ -23,7 +24,12 @@ REPORT_ROOT = "data/reports/offline_evaluation"
 
 
 class EvaluationConfig(dg.Config):
-    horizon_days: int = Field(default=HORIZON_DAYS, ge=1, le=HORIZON_DAYS, description="Test days from the split day on.")
+    horizon_days: int = Field(
+        default=HORIZON_DAYS, ge=0, le=3660,
+        description="Test days from the split day on; 0 = every day up to the newest the source holds. The "
+        "partition mapping declares the default horizon; a longer one reads raw_actions days it does not declare.",
+    )
+    alphas: list[float] = Field(default=[0.5, 0.9, 1.3, 2.0, 3.0], description="The alpha sweep's values.")
     min_train_actions: int = Field(default=5, ge=1, description="History actions a user needs to be evaluated.")
     max_users: int = Field(default=1000, ge=1, description="Evaluate at most this many users (seeded sample).")
     seeds: int = Field(default=5, ge=1, description="Runs of every sampling model; tables give mean and spread.")
@@ -55,28 +61,34 @@ def offline_evaluation(
     tested on the actions of [d, d+7): retrieval (relevance, recall), ranking (R-precision,
     reciprocal rank) and diversity, as lifts over the last-pin model, and Figure 7's curve."""
     for day in partition_days(context):
+        horizon = config.horizon_days or horizon_to_newest(source, day)
         with duckdb.get_connection() as conn:
-            users = load_split(conn, day, config.horizon_days, config.min_train_actions, config.max_users, seed=0)
+            users = load_split(conn, day, horizon, config.min_train_actions, config.max_users, seed=0)
             topic_of = _planted_topics(conn)
         report = run_offline(
             users,
             index_search(index_store.partition_dir((day - timedelta(days=1)).isoformat())),
             alpha=params.alpha,
+            decay_lambda=params.decay_lambda,
             seeds=config.seeds,
             threshold=config.relevance_threshold,
+            alphas=tuple(config.alphas),
             topic_of=topic_of,
         )
         out = Path(config.report_root) / day.isoformat()
         out.mkdir(parents=True, exist_ok=True)
         png = curve_png(report)
         (out / "curve.png").write_bytes(png)
-        markdown = render_markdown(report, day, config.horizon_days, type(source).__name__, "curve.png")
+        markdown = render_markdown(report, day, horizon, type(source).__name__, "curve.png")
         (out / "report.md").write_text(markdown)
         context.log.info(f"{day}: evaluated {report.users} users; report at {out / 'report.md'}")
     main, base = report.table.loc[PINNERSAGE], report.table.loc["Last pin"]
     image = base64.b64encode(png).decode()
     return dg.MaterializeResult(
         metadata={
+            "horizon_days": horizon,
+            "alpha": params.alpha,
+            "decay_lambda": params.decay_lambda,
             "users": report.users,
             "seeds": report.seeds,
             "relevance_lift_over_last_pin": round(float(main["relevance_lift"]), 4),
@@ -89,6 +101,14 @@ def offline_evaluation(
             "path": dg.MetadataValue.path(str(out / "report.md")),
         }
     )
+
+
+def horizon_to_newest(source: DataSource, split_day: date) -> int:
+    """Test days from ``split_day`` to the newest day the source holds (horizon 0)."""
+    newest = source.newest_day(pd.Timestamp.now(tz="UTC").tz_localize(None))
+    if newest is None or newest < split_day:
+        raise ValueError(f"the source holds no day on or after the split day {split_day} (newest: {newest})")
+    return (newest - split_day).days + 1
 
 
 def _planted_topics(conn: duckdb_lib.DuckDBPyConnection):

@@ -24,7 +24,7 @@ from .evaluation import (
 )
 
 METRICS = ["relevance", "relevance_calibrated", "recall", "r_precision", "reciprocal_rank", "diversity"]
-PINNERSAGE = "PinnerSage (Ward, medoid, λ=0.01)"
+PINNERSAGE = "PinnerSage (Ward, medoid)"  # at the run's alpha and λ, which the report states
 BASELINE = "Last pin"
 
 
@@ -38,6 +38,8 @@ class OfflineReport:
     users: int
     seeds: int
     recovery: dict[str, float] | None
+    alpha: float = 1.3
+    decay_lambda: float = 0.01
 
 
 def run_offline(
@@ -50,12 +52,15 @@ def run_offline(
     alphas: tuple[float, ...] = (0.5, 0.9, 1.3, 2.0, 3.0),
     max_embeddings: int = 10,
     topic_of: pd.Series | None = None,
+    decay_lambda: float = 0.01,
 ) -> OfflineReport:
+    """``alpha`` and ``decay_lambda`` are PinnerSage's (Ward threshold, importance decay per day);
+    the ablations keep the paper's λ of 0 and 0.1 for comparison."""
     calibrated = calibrated_threshold(users.catalog_x, np.random.default_rng(0))
     ward = ward_members(users, alpha)
-    ward_medoid = cluster_representation(users, ward, 0.01, "medoid")
-    complete = cluster_representation(users, complete_linkage_members(users, alpha), 0.01, "medoid")
-    centroid = cluster_representation(users, ward, 0.01, "centroid")
+    ward_medoid = cluster_representation(users, ward, decay_lambda, "medoid")
+    complete = cluster_representation(users, complete_linkage_members(users, alpha), decay_lambda, "medoid")
+    centroid = cluster_representation(users, ward, decay_lambda, "centroid")
     lam0 = cluster_representation(users, ward, 0.0, "medoid")
     lam01 = cluster_representation(users, ward, 0.1, "medoid")
 
@@ -64,7 +69,7 @@ def run_offline(
         (BASELINE, lambda s: last_pin(users), None),
         *[(f"Decay average (λ={lam:g})", (lambda s, lam=lam: decay_average(users, lam)), None) for lam in (0, 0.01, 0.1, 0.25)],
         ("PinnerSage (sample 1 embedding)", lambda s: ward_medoid, 1),
-        ("PinnerSage (K-means, k=5)", lambda s: cluster_representation(users, kmeans_members(users, 5, s), 0.01, "medoid"), 3),
+        ("PinnerSage (K-means, k=5)", lambda s: cluster_representation(users, kmeans_members(users, 5, s), decay_lambda, "medoid"), 3),
         ("PinnerSage (complete linkage)", lambda s: complete, 3),
         ("PinnerSage (embedding = centroid)", lambda s: centroid, 3),
         ("PinnerSage (importance λ=0)", lambda s: lam0, 3),
@@ -106,7 +111,7 @@ def run_offline(
     for a in alphas:
         members = ward_members(users, a)
         per_user = members.groupby("user_id")["cluster_id"].nunique()
-        rep = cluster_representation(users, members, 0.01, "medoid")
+        rep = cluster_representation(users, members, decay_lambda, "medoid")
         runs = [
             evaluate_representation(
                 users, rep, search, sampled=3, rng=np.random.default_rng([seed, 1]), threshold=threshold,
@@ -129,6 +134,8 @@ def run_offline(
         users=len(users.user_ids),
         seeds=seeds,
         recovery=recovery(users, ward, topic_of) if topic_of is not None else None,
+        alpha=alpha,
+        decay_lambda=decay_lambda,
     )
 
 
