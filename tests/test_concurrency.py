@@ -74,7 +74,7 @@ def test_schedule_run_and_overlapping_backfill_race_without_lock_failures(tmp_pa
     live, reference = tmp_path / "live", tmp_path / "reference"
     env, reference_env = deployment_env(live), deployment_env(reference)
     (live / "dagster_home").mkdir(parents=True)
-    shutil.copy(REPO / "dagster.yaml", live / "dagster_home" / "dagster.yaml")
+    shutil.copy(REPO / "deploy" / "dagster.yaml", live / "dagster_home" / "dagster.yaml")
 
     tick = datetime.now(timezone.utc).replace(hour=2, minute=0, second=0, microsecond=0)
     (request,) = defs.resolve_schedule_def("pinnersage_daily_schedule").evaluate_tick(

@@ -43,7 +43,7 @@ def test_definitions_hold_the_whole_graph():
 
 def test_dagster_definitions_validate(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
-    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    (tmp_path / "dagster.yaml").write_text((ROOT / "deploy" / "dagster.yaml").read_text())
     run = subprocess.run(
         [str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
@@ -60,7 +60,7 @@ def test_schedule_requests_the_latest_complete_day():
 
 
 def test_instance_config_serializes_warehouse_steps(tmp_path):
-    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    (tmp_path / "dagster.yaml").write_text((ROOT / "deploy" / "dagster.yaml").read_text())
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     try:
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
@@ -136,7 +136,7 @@ def test_backfill_from_the_cli(tmp_path):
         "PINNERSAGE_SYNTHETIC_USERS": "50",
         "PINNERSAGE_SYNTHETIC_PINS": "2000",
     }
-    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    (tmp_path / "dagster.yaml").write_text((ROOT / "deploy" / "dagster.yaml").read_text())
     base = [str(BIN / "dagster"), "asset", "materialize", "-m", "pinnersage_dagster.definitions"]
     for args in (["--select", "pins"], ["--select", "raw_actions", "--partition-range", "2026-06-01...2026-06-05"]):
         run = subprocess.run(base + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

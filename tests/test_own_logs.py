@@ -184,6 +184,15 @@ def test_pin_embeddings_learn_only_from_days_before_the_partition(tmp_path):
     assert 777 not in catalog and len(catalog) == 40 and dim == 4
     pins_meta = materializations(result, "pins")[0].metadata
     assert "learned from the log before 2026-03-10" in pins_meta["embeddings"].value
+    assert [c.name for c in pins_meta["dagster/column_schema"].value.columns] == ["pin_id", "embedding", "quality", "created_at"]
+    # the day's interests on learned embeddings, with the pictures the UI shows
+    result = dg.materialize(all_assets, selection=["action_windows", "user_clusters", "user_medoids"],
+                            resources=resources, partition_key=day.isoformat())
+    clusters = materializations(result, "user_clusters")[0].metadata
+    medoids = materializations(result, "user_medoids")[0].metadata
+    for meta, key in ((clusters, "clusters_per_user_plot"), (clusters, "example_user_map"), (medoids, "importance_plot")):
+        assert meta[key].value.startswith("![") and "data:image/png;base64," in meta[key].value, key
+    assert "medoid_pin_id" in [c.name for c in medoids["dagster/column_schema"].value.columns]
 
 
 def test_a_pins_file_without_embeddings_takes_the_learned_ones(tmp_path):
@@ -239,7 +248,7 @@ def test_the_readme_walk_through(tmp_path):
     """The README's 'Walk-through: one CSV, no embeddings' commands, on the committed example."""
     home = tmp_path / ".dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((ROOT / "deploy" / "dagster.yaml").read_text())
     env = {**os.environ, "DAGSTER_HOME": str(home), "PINNERSAGE_SOURCE": "files",
            "PINNERSAGE_ACTIONS_PATH": str(ROOT / "data/examples/interactions/interactions.csv"),
            "PINNERSAGE_ACTIONS_COLUMNS": "pin_id=item_id", "PINNERSAGE_START_DATE": "2026-06-01"}

@@ -130,5 +130,6 @@ def action_windows(
             "actions_dropped_by_cap": dropped_by_cap,
             "actions_on_pins_not_in_catalog": in_window - eligible,
             "max_actions_per_user": params.max_actions_per_user,
+            "dagster/column_schema": RAW_ACTIONS_SCHEMA,
         }
     )

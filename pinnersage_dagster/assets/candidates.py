@@ -151,6 +151,10 @@ def candidate_pool(
         "graph_insert_seconds": round(update.insert_seconds, 2),
         "duplicate_self_join_seconds": round(update.self_join_seconds, 2),
         "graph_build_id": graph_manifest["build_id"],
+        "dagster/column_schema": column_schema(
+            pin_id="int64: a pin that may be recommended", quality="double: >= quality_threshold",
+            created_at="timestamp: UTC; NULL = always existed", n_duplicates="int64: near-duplicates it stands for",
+        ),
         "duplicate_examples": dg.MetadataValue.md(
             frame_markdown(refined.excluded[refined.excluded["reason"] == "near_duplicate"].head(8))
         ),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 from dagster_duckdb import DuckDBResource
 
 from ..config import PinnerSageParams
@@ -20,9 +21,10 @@ from ..engines.local import run_local_pass
 from ..engines.spark import run_spark_pass
 from ..partitions import daily_partitions, partition_days
 from ..readers import day_bounds
-from ..reporting import distribution_of_counts, frame_markdown, histogram_markdown_of_counts
+from .. import pictures
+from ..reporting import column_schema, distribution_of_counts, frame_markdown, histogram_markdown_of_counts
 from ..resources import ExchangeStore
-from ..warehouse import ensure_tables, replace_interests
+from ..warehouse import embedding_matrix, ensure_tables, replace_interests
 from .actions import action_windows
 from .constants import DUCKDB_POOL, GROUP
 
@@ -167,7 +169,51 @@ def interest_metadata(conn: duckdb.DuckDBPyConnection, day: date, params: Pinner
             "WHERE partition_date = ? AND user_id = ? ORDER BY importance DESC, cluster_id", [day, user]).df()
         clusters_meta["example_user"] = dg.MetadataValue.md(f"user **{user}**\n\n" + frame_markdown(preview))
         medoids_meta["example_user_interests"] = dg.MetadataValue.md(f"user **{user}**\n\n" + frame_markdown(interests))
+        clusters_meta["example_user_map"] = _user_map(conn, day, user)
+    if clusters:
+        clusters_meta["clusters_per_user_plot"] = pictures.markdown_image(pictures.bars(
+            counts["n"], counts["users"], title="clusters per user", xlabel="clusters", ylabel="users", log=True),
+            "clusters per user")
+        sample = conn.execute(IMPORTANCE_SAMPLE_SQL, [day]).fetchnumpy()["importance"]
+        medoids_meta["importance_plot"] = pictures.markdown_image(pictures.histogram(
+            np.log10(sample), title=f"importance of interests ({len(sample)} sampled)", xlabel="log10 importance",
+            log=True), "importance distribution")
+    clusters_meta["dagster/column_schema"] = column_schema(
+        partition_date="date: D", user_id="int64: the user", cluster_id="int64: per user, from 0",
+        kind="string: ward, or singleton (no Ward cluster: one per pin)", merge_cost="double: NULL for singletons",
+        n_pins="int64: member pins", pin_ids="int64[]: member pins, sorted",
+    )
+    medoids_meta["dagster/column_schema"] = column_schema(
+        partition_date="date: D", user_id="int64: the user", cluster_id="int64: as in user_clusters",
+        medoid_pin_id="int64: the cluster's medoid (Eq. 2)", importance="double: Eq. 3 at T_now = D+1",
+        size="int64: member pins", n_actions="int64: the cluster's actions in the window", kind="string: as in user_clusters",
+    )
     return clusters_meta, medoids_meta
+
+
+IMPORTANCE_SAMPLE_SQL = """
+    SELECT importance FROM (SELECT importance FROM user_medoids WHERE partition_date = ?)
+    USING SAMPLE reservoir(20000 ROWS) REPEATABLE (1)
+"""
+USER_MAP_SQL = """
+    WITH members AS (SELECT cluster_id, unnest(pin_ids) AS pin_id FROM user_clusters WHERE partition_date = ? AND user_id = ?)
+    SELECT m.cluster_id, m.pin_id, (m.pin_id = d.medoid_pin_id) AS is_medoid, p.embedding
+    FROM members m JOIN pins p USING (pin_id)
+    JOIN user_medoids d ON d.partition_date = ? AND d.user_id = ? AND d.cluster_id = m.cluster_id
+    ORDER BY m.cluster_id, m.pin_id
+"""
+
+
+def _user_map(conn: duckdb.DuckDBPyConnection, day: date, user: int) -> dg.MetadataValue:
+    """The example user's pins on a plane, coloured by cluster, medoids as stars."""
+    rows = conn.sql(USER_MAP_SQL, params=[day, user, day, user]).to_arrow_table()
+    if rows.num_rows == 0:
+        return dg.MetadataValue.md("(the user's pins have left the catalog)")
+    png = pictures.clusters_2d(
+        embedding_matrix(rows), rows.column("cluster_id").to_numpy(), np.flatnonzero(rows.column("is_medoid").to_numpy()),
+        title=f"user {user}: pins by cluster, medoids starred",
+    )
+    return pictures.markdown_image(png, f"user {user}'s clusters")
 
 
 def _example_user(conn: duckdb.DuckDBPyConnection, day: date, clusters: float) -> int | None:
