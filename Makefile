@@ -31,8 +31,9 @@ $(VENV)/.spark: $(VENV)/.installed
 test: setup $(VENV)/.spark
 	$(BIN)/python -m pytest
 
+# dg (Dagster's CLI) reads [tool.dg] in pyproject.toml and wants the project's venv active
 dev: setup
-	$(BIN)/dagster dev -w workspace.yaml
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dg dev
 
 clean:
 	rm -rf data/pinnersage.duckdb data/pinnersage.duckdb.wal data/pin_index data/serving data/exchange $(DAGSTER_HOME)
