@@ -1,8 +1,11 @@
 """Definitions load and validate; the schedule targets yesterday; backfills over a range work."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -146,3 +149,40 @@ def test_backfill_from_the_cli(tmp_path):
     with duckdb.connect(env["PINNERSAGE_DUCKDB_PATH"], read_only=True) as conn:
         days = conn.execute("SELECT DISTINCT partition_date FROM raw_actions ORDER BY 1").fetchall()
     assert [d[0] for d in days] == [date(2026, 6, 1) + timedelta(days=i) for i in range(5)]
+
+
+@pytest.mark.slow
+def test_make_dev_starts_without_warnings_and_loads_the_code(tmp_path):
+    """`make dev`'s command (dg dev, the venv active): the UI loads the one code location, and
+    nothing of the project's own making warns on the way."""
+    import socket
+    import urllib.request
+
+    (tmp_path / "dagster.yaml").write_text((ROOT / "deploy" / "dagster.yaml").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "VIRTUAL_ENV": str(BIN.parent),
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen([str(BIN / "dg"), "dev", "--port", str(port)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    query = b'{"query": "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"}'
+    status = None
+    try:
+        for _ in range(240):
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=query,
+                                                 headers={"content-type": "application/json"})
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    entries = json.loads(response.read())["data"]["workspaceOrError"]["locationEntries"]
+                status = [(e["name"], e["loadStatus"]) for e in entries]
+                if status == [("pinnersage_dagster", "LOADED")]:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        output = server.communicate(timeout=60)[0]
+    assert status == [("pinnersage_dagster", "LOADED")], output[-3000:]
+    assert "warn" not in output.lower(), output[-3000:]
