@@ -12,7 +12,12 @@ import pandas as pd
 
 from .core.evaluation import Users
 from .core.hnsw import load_index
-from .core.offline import BASELINE, METRICS, OfflineReport
+from .core.offline import BASELINE, BOOTSTRAP_RESAMPLES, METRICS, PROPORTIONAL, OfflineReport
+
+SEARCH_TEXT = {
+    "index": "the product's HNSW index of the day before the split (the refined candidate pool)",
+    "exact": "exact search over the whole catalog",
+}
 from .warehouse import embedding_matrix, query_arrow
 
 HISTORY_SQL = "SELECT user_id, pin_id, ts FROM action_windows WHERE partition_date = ? ORDER BY user_id, ts, pin_id"
@@ -88,26 +93,42 @@ def _pct(x: float) -> str:
     return "n/a" if not np.isfinite(x) else f"{x * 100:+.0f}%"
 
 
+def _lift(row: pd.Series, key: str) -> str:
+    """A lift with its 95% bootstrap interval, e.g. '+12% [+9, +15]'."""
+    lift, lo, hi = row[f"{key}_lift"], row.get(f"{key}_lift_lo", np.nan), row.get(f"{key}_lift_hi", np.nan)
+    if not np.isfinite(lo):
+        return _pct(lift)
+    return f"{_pct(lift)} [{lo * 100:+.0f}, {hi * 100:+.0f}]"
+
+
 def _value(mean: float, std: float) -> str:
     return f"{mean:.3f}" + (f" ± {std:.3f}" if std else "")
 
 
-def render_markdown(report: OfflineReport, split_day: date, horizon_days: int, source: str, image_name: str) -> str:
-    t = report.table
-    retrieval = ["| model | Rel. (cos ≥ {:.2f}) | lift | Rel. (cos ≥ {:.3f}, calibrated) | lift | Recall | lift |".format(
-        report.threshold, report.calibrated), "|---|---|---|---|---|---|---|"]
-    ranking = ["| model | R-Prec. | lift | Rec. Rank | lift | Diversity | lift |", "|---|---|---|---|---|---|---|"]
+def _metric_rows(t: pd.DataFrame, columns: list[tuple[str, str]], suffix: str) -> list[str]:
+    head = "| model | " + " | ".join(f"{label} | lift [95% CI]" for label, _ in columns) + " |"
+    lines = [head, "|---|" + "---|---|" * len(columns)]
     for name, row in t.iterrows():
-        retrieval.append(
-            f"| {name} | {_value(row.relevance, row.relevance_std)} | {_pct(row.relevance_lift)} | "
-            f"{_value(row.relevance_calibrated, row.relevance_calibrated_std)} | {_pct(row.relevance_calibrated_lift)} | "
-            f"{_value(row.recall, row.recall_std)} | {_pct(row.recall_lift)} |"
-        )
-        ranking.append(
-            f"| {name} | {_value(row.r_precision, row.r_precision_std)} | {_pct(row.r_precision_lift)} | "
-            f"{_value(row.reciprocal_rank, row.reciprocal_rank_std)} | {_pct(row.reciprocal_rank_lift)} | "
-            f"{_value(row.diversity, row.diversity_std)} | {_pct(row.diversity_lift)} |"
-        )
+        cells = []
+        for _, metric in columns:
+            key = f"{metric}{suffix}"
+            cells.append(f"{_value(row[key], row[f'{key}_std'])} | {_lift(row, key)}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(
+    report: OfflineReport, split_day: date, horizon_days: int, source: str, image_name: str, search: str = "index"
+) -> str:
+    t = report.table
+    retrieval_columns = [(f"Rel. (cos ≥ {report.threshold:.2f})", "relevance"),
+                         (f"Rel. (cos ≥ {report.calibrated:.3f}, calibrated)", "relevance_calibrated"), ("Recall", "recall")]
+    ranking_columns = [("R-Prec.", "r_precision"), ("Rec. Rank (first action)", "reciprocal_rank"),
+                       ("Rec. Rank (all actions)", "reciprocal_rank_all"), ("Diversity", "diversity")]
+    retrieval, ranking = _metric_rows(t, retrieval_columns, ""), _metric_rows(t, ranking_columns, "")
+    micro = _metric_rows(t, retrieval_columns + ranking_columns[:3], "_micro")
+    queries = ["| model | ANN queries per user |", "|---|---|"] + [
+        f"| {name} | {row.ann_queries:.2f} |" for name, row in t.iterrows()]
     sweep = report.alpha_sweep.copy()
     sweep_lines = ["| " + " | ".join(sweep.columns) + " |", "|" + "---|" * len(sweep.columns)]
     for _, r in sweep.iterrows():
@@ -123,7 +144,8 @@ def render_markdown(report: OfflineReport, split_day: date, horizon_days: int, s
         [
             f"# Offline evaluation, split day {split_day}",
             "",
-            f"Data: {source}. History: the `action_windows` partition of {split_day - timedelta(days=1)}; test: distinct "
+            f"Data: {source}. Retrieval: {SEARCH_TEXT[search]}. "
+            f"History: the `action_windows` partition of {split_day - timedelta(days=1)}; test: distinct "
             f"pins acted on in [{split_day}, {split_day + timedelta(days=horizon_days)}). {report.users} users; models that "
             f"sample are averaged over {report.seeds} seeds (mean ± standard deviation). Lifts are relative to "
             f"the last-pin model, as in the paper's Tables 4 and 5. PinnerSage runs at alpha = {report.alpha:g} and "
@@ -138,6 +160,16 @@ def render_markdown(report: OfflineReport, split_day: date, horizon_days: int, s
             "",
             *ranking,
             "",
+            "## Per action (micro averages)",
+            "",
+            "The same metrics with each user weighted by their number of test actions, so heavy users count more.",
+            "",
+            *micro,
+            "",
+            "## Cost",
+            "",
+            *queries,
+            "",
             "## Diversity and relevance by number of sampled embeddings (Figure 7)",
             "",
             f"![diversity-relevance curve]({image_name})",
@@ -150,13 +182,47 @@ def render_markdown(report: OfflineReport, split_day: date, horizon_days: int, s
             recovery,
             "## Choices",
             "",
-            "Per-user averaging; test pins include repeats of history pins and recommendations are not filtered by "
-            "history; retrieval from the product's HNSW index of the day before the split (the refined pool); 20 random "
-            "catalog pins per test pin stand in for impressions; ties rank actions after impressions; T_now is the "
-            "split day's start; K-means uses k = min(5, pins) with k-means++ seeding; complete linkage is cut where "
+            "Macro (per user) and micro (per action) averages; lifts carry a 95% paired bootstrap interval over users "
+            f"({BOOTSTRAP_RESAMPLES} resamples). Test pins include repeats of history pins and recommendations are not "
+            "filtered by history; last pin is the latest action, ties broken by the highest pin id; 20 random catalog "
+            "pins per test pin stand in for impressions, never a pin the user acted on; ties rank actions after "
+            "impressions; reciprocal rank is given for the first action and over all actions; T_now is the "
+            f"split day's start; `{PROPORTIONAL}` spends the 400 pins over every medoid in proportion to importance "
+            "(floor 10, cap 200; `pinnersage_dagster/core/retrieval.py`); K-means uses k = min(5, pins) with k-means++ seeding; complete linkage is cut where "
             "every pair has squared distance <= alpha, with the same singleton fallback as Ward; the centroid variant "
             "uses the normalised mean. See `pinnersage_dagster/core/evaluation.py`.",
             "",
             f"Baseline row: `{BASELINE}`. Metrics: {', '.join(METRICS)}.",
         ]
     )
+
+
+def report_json(
+    report: OfflineReport, split_day: date, horizon_days: int, search: str, source: str, min_train_actions: int
+) -> dict:
+    """``report.json``: the settings and, per model by its report name, every metric (macro and
+    ``_micro``) with the seeds' standard deviation and the lift over last pin with its interval."""
+    models = {}
+    for name, row in report.table.iterrows():
+        entry: dict[str, object] = {"seeds": int(row.seeds), "ann_queries_per_user": round(float(row.ann_queries), 4)}
+        for metric in METRICS:
+            for key in (metric, f"{metric}_micro"):
+                entry[key] = {
+                    "mean": _number(row[key]), "std": _number(row[f"{key}_std"]), "lift": _number(row[f"{key}_lift"]),
+                    "lift_ci95": [_number(row.get(f"{key}_lift_lo", np.nan)), _number(row.get(f"{key}_lift_hi", np.nan))],
+                }
+        models[str(name)] = entry
+    return {
+        "settings": {
+            "split_day": split_day.isoformat(), "horizon_days": horizon_days, "alpha": report.alpha,
+            "decay_lambda": report.decay_lambda, "search": search, "users": report.users, "seeds": report.seeds,
+            "min_train_actions": min_train_actions, "relevance_threshold": report.threshold,
+            "calibrated_threshold": round(report.calibrated, 6), "source": source, "baseline": BASELINE,
+            "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+        },
+        "models": models,
+    }
+
+
+def _number(x: float) -> float | None:
+    return None if not np.isfinite(x) else round(float(x), 6)

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from pinnersage_dagster.core.evaluation import (
+    ModelResult,
     Users,
     calibrated_threshold,
     cluster_representation,
@@ -12,14 +13,16 @@ from pinnersage_dagster.core.evaluation import (
     decay_average,
     diversity,
     evaluate_representation,
+    exact_search,
     kmeans_members,
     last_pin,
     ranking_metrics,
     recall,
     relevance,
+    sample_negatives,
     ward_members,
 )
-from pinnersage_dagster.core.offline import BASELINE, PINNERSAGE, run_offline
+from pinnersage_dagster.core.offline import BASELINE, PINNERSAGE, bootstrap_lift_intervals, run_offline
 
 E = np.eye(4, dtype=np.float32)
 
@@ -46,11 +49,58 @@ def test_diversity_is_mean_pairwise_cosine_distance():
 
 def test_ranking_metrics_by_hand():
     # actions score 0.9 and 0.3; impressions 0.5, 0.4, 0.1 -> ranks 1 and 4
-    r_prec, rr = ranking_metrics(np.array([0.9, 0.3]), np.array([0.5, 0.4, 0.1]))
+    r_prec, rr_first, rr_all = ranking_metrics(np.array([0.9, 0.3]), np.array([0.5, 0.4, 0.1]))
     assert r_prec == pytest.approx(0.5)  # top 2 holds one action
-    assert rr == pytest.approx((1 / 1 + 1 / 4) / 2)
+    assert rr_first == 1.0  # the first action is ranked 1st
+    assert rr_all == pytest.approx((1 / 1 + 1 / 4) / 2)
+    # both readings differ when the best action is not first: ranks 2 and 5 of 5
+    assert ranking_metrics(np.array([0.6, 0.05]), np.array([0.7, 0.4, 0.1])) == pytest.approx((1 / 2, 1 / 2, (1 / 2 + 1 / 5) / 2))
     # a tie ranks the action after the impression (pessimistic)
-    assert ranking_metrics(np.array([0.5]), np.array([0.5])) == (0.0, 0.5)
+    assert ranking_metrics(np.array([0.5]), np.array([0.5])) == (0.0, 0.5, 0.5)
+
+
+def test_last_pin_breaks_a_tie_by_the_highest_pin_id():
+    users = small_users()
+    tied = users.history.copy()
+    tied.loc[len(tied)] = [1, 12, pd.Timestamp("2026-03-09")]  # 12 and 20 share the latest ts
+    tied = tied.sort_values(["user_id", "ts"], kind="stable").iloc[::-1].reset_index(drop=True)  # any input order
+    users = Users(history=tied, test=users.test, catalog_ids=users.catalog_ids, catalog_x=users.catalog_x, now=users.now)
+    assert np.allclose(last_pin(users)[1][0], users.x([20]))
+
+
+def test_impressions_never_include_pins_the_user_acted_on():
+    users = small_users()  # a 6-pin catalog: user 1 acted on 10, 11, 12, 20 (history) and 21 (test)
+    negatives = sample_negatives(users, np.random.default_rng(0))
+    assert len(negatives[1]) == 20 and set(negatives[1]) == {30}
+    assert len(negatives[2]) == 20 and not set(negatives[2]) & {30}
+
+
+def test_micro_averages_weigh_users_by_their_test_actions():
+    result = ModelResult(user_ids=np.array([1, 2]), per_user=np.array([[1.0] * 7, [0.0] * 7]),
+                         actions=np.array([3.0, 1.0]), queries=np.array([3.0, 1.0]))
+    assert result.macro("recall") == 0.5 and result.micro("recall") == 0.75
+    assert result.recall == 0.5
+
+
+def test_bootstrap_interval_brackets_the_lift_and_is_paired():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.6, size=(400, 7))
+    twin = ModelResult(np.arange(400), base * 1.2, np.ones(400), np.ones(400))
+    baseline = ModelResult(np.arange(400), base, np.ones(400), np.ones(400))
+    lows, highs = bootstrap_lift_intervals([twin], [baseline], resamples=300)
+    # every user gains exactly 20%: a paired bootstrap gives a zero-width interval around +20%
+    assert lows["recall"] == pytest.approx(0.2) and highs["recall"] == pytest.approx(0.2)
+    noisy = ModelResult(np.arange(400), base * rng.uniform(0.9, 1.5, size=base.shape), np.ones(400), np.ones(400))
+    lows, highs = bootstrap_lift_intervals([noisy], [baseline], resamples=300)
+    lift = noisy.macro("recall") / baseline.macro("recall") - 1
+    assert lows["recall"] < lift < highs["recall"] and highs["recall"] - lows["recall"] < 0.1
+
+
+def test_exact_search_returns_the_true_nearest_pins():
+    users = small_users()
+    search = exact_search(users.catalog_ids, users.catalog_x)
+    assert search(users.x([10]), 3)[0].tolist() == [10, 11, 12]
+    assert search(users.x([20, 30]), 1).tolist() == [[20], [30]]
 
 
 def test_calibrated_threshold_is_the_99th_percentile_of_random_pairs():
@@ -122,6 +172,13 @@ def test_evaluate_representation_uses_floor_budget_per_embedding():
                                      calibrated=0.8, negatives=negatives)
     assert asked == [(2, 200), (1, 400)]
     assert 0 <= result.relevance <= 1 and 0 <= result.recall <= 1
+    asked.clear()
+    rep = {1: (users.x([10, 20, 30]), np.array([6.0, 3.0, 1.0])), 2: (users.x([30]), np.ones(1))}
+    result = evaluate_representation(users, rep, search, sampled=None, rng=np.random.default_rng(0), threshold=0.8,
+                                     calibrated=0.8, negatives=negatives, policy="proportional")
+    # every medoid, its share of 400 by importance: 240/120/40, the cap of 200 gives 40 back by importance
+    assert asked == [(1, 200), (1, 150), (1, 50), (1, 400)]
+    assert result.queries.tolist() == [3, 1]
 
 
 @pytest.mark.slow
@@ -147,7 +204,7 @@ def test_offline_run_compares_every_model_on_synthetic_users():
     search = lambda q, k: ids[index.knn_query(q, k=k)[0]]  # noqa: E731
     report = run_offline(users, search, alpha=1.3, seeds=2, alphas=(0.5, 1.3), max_embeddings=3,
                          topic_of=pd.Series(pins.topic[order], index=ids))
-    assert len(report.table) == 12 and report.table.loc[BASELINE, "relevance_lift"] == 0
+    assert len(report.table) == 13 and report.table.loc[BASELINE, "relevance_lift"] == 0
     main = report.table.loc[PINNERSAGE]
     assert main.relevance > report.table.loc["Decay average (λ=0.01)", "relevance"] > report.table.loc[BASELINE, "relevance"]
     assert list(report.curve.e) == [1, 2, 3] and len(report.alpha_sweep) == 2

@@ -9,7 +9,8 @@ from scipy.stats import chisquare
 
 from pinnersage_dagster.serving.cache import MedoidCache
 from pinnersage_dagster.serving.online import OnlineEvent
-from pinnersage_dagster.serving.retrieval import merge_candidates, per_medoid_budget, sample_medoids
+from pinnersage_dagster.core.retrieval import per_medoid_budget, proportional_budget, sample_medoids
+from pinnersage_dagster.serving.retrieval import merge_candidates
 from pinnersage_dagster.serving.service import RecommenderService, ServiceSettings
 from pinnersage_dagster.serving.snapshot import load_snapshot
 from pinnersage_dagster.serving.store import SnapshotManager
@@ -80,6 +81,37 @@ def test_recommendations_follow_the_paper(service):
     assert best and all(topic_of[i["pin_id"]] == topic_of[i["medoid_pin_id"]] for i in best)
     included = service.recommend(1, seed=3, exclude_seen=False, now=NOW)
     assert seen & {i["pin_id"] for i in included["items"]}
+
+
+def test_proportional_budget_by_hand():
+    assert proportional_budget(np.array([1.0]), 400).tolist() == [400]
+    assert proportional_budget(np.array([5.0, 3.0, 2.0]), 400).tolist() == [200, 120, 80]
+    # 240 / 120 / 40 by importance; the first is capped at 200 and its 40 go to the others, 3:1
+    assert proportional_budget(np.array([6.0, 3.0, 1.0]), 400).tolist() == [200, 150, 50]
+    assert proportional_budget(np.array([10.0, 1.0]), 400).tolist() == [200, 200]  # the cap: both interests shown
+    assert proportional_budget(np.array([1.0, 1.0, 1.0]), 400).tolist() == [134, 133, 133]  # largest remainder
+    fifty = proportional_budget(np.ones(50), 400)  # a floor of 10: only the 40 first can be queried
+    assert (fifty > 0).sum() == 40 and set(fifty[fifty > 0]) == {10} and fifty.sum() == 400
+    rng = np.random.default_rng(0)
+    for n in (2, 7, 39, 41, 300):
+        importance = rng.pareto(1.0, n) + 1e-3
+        shares = proportional_budget(importance, 400)
+        used = shares[shares > 0]
+        assert shares.sum() <= 400 and used.min() >= 10 and used.max() <= 200
+        order = np.argsort(-importance, kind="stable")
+        assert np.all(np.diff(shares[order]) <= 0)  # a more important medoid never gets less
+
+
+def test_the_proportional_policy_spends_the_budget_over_every_medoid(service):
+    result = service.recommend(1, now=NOW, policy="proportional")
+    assert result["policy"] == "proportional" and len(result["sampled"]) == 2  # both of user 1's interests
+    shares = [m["share"] for m in result["sampled"]]
+    assert sum(shares) <= 400 and result["per_medoid"] == max(shares)
+    ids = [i["pin_id"] for i in result["items"]]
+    assert len(ids) == len(set(ids)) <= 400
+    assert service.recommend(1, now=NOW, policy="proportional")["items"] == result["items"]  # nothing is sampled
+    with pytest.raises(ValueError, match="unknown retrieval policy"):
+        service.recommend(1, now=NOW, policy="greedy")
 
 
 def test_cold_start_users_get_popular_pins(service):

@@ -1,6 +1,8 @@
 """The offline evaluation of each split day (paper, section 5.3; Tables 4-5, Figure 7)."""
 
 import base64
+import json
+from typing import Literal
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -11,8 +13,9 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from ..config import PinnerSageParams
-from ..core.offline import PINNERSAGE, run_offline
-from ..evaluation_report import curve_png, index_search, load_split, render_markdown
+from ..core.evaluation import exact_search
+from ..core.offline import BASELINE, PINNERSAGE, PROPORTIONAL, run_offline
+from ..evaluation_report import curve_png, index_search, load_split, render_markdown, report_json
 from ..partitions import daily_partitions, partition_days
 from ..resources import DataSource, IndexStore
 from .actions import action_windows, raw_actions
@@ -30,6 +33,9 @@ class EvaluationConfig(dg.Config):
         "partition mapping declares the default horizon; a longer one reads raw_actions days it does not declare.",
     )
     alphas: list[float] = Field(default=[0.5, 0.9, 1.3, 2.0, 3.0], description="The alpha sweep's values.")
+    search: Literal["index", "exact"] = Field(
+        default="index", description="Retrieve through the product's HNSW index of d-1, or exactly over the whole catalog.",
+    )
     min_train_actions: int = Field(default=5, ge=1, description="History actions a user needs to be evaluated.")
     max_users: int = Field(default=1000, ge=1, description="Evaluate at most this many users (seeded sample).")
     seeds: int = Field(default=5, ge=1, description="Runs of every sampling model; tables give mean and spread.")
@@ -65,9 +71,11 @@ def offline_evaluation(
         with duckdb.get_connection() as conn:
             users = load_split(conn, day, horizon, config.min_train_actions, config.max_users, seed=0)
             topic_of = _planted_topics(conn)
+        search = (exact_search(users.catalog_ids, users.catalog_x) if config.search == "exact"
+                  else index_search(index_store.partition_dir((day - timedelta(days=1)).isoformat())))
         report = run_offline(
             users,
-            index_search(index_store.partition_dir((day - timedelta(days=1)).isoformat())),
+            search,
             alpha=params.alpha,
             decay_lambda=params.decay_lambda,
             seeds=config.seeds,
@@ -79,14 +87,18 @@ def offline_evaluation(
         out.mkdir(parents=True, exist_ok=True)
         png = curve_png(report)
         (out / "curve.png").write_bytes(png)
-        markdown = render_markdown(report, day, horizon, type(source).__name__, "curve.png")
+        markdown = render_markdown(report, day, horizon, type(source).__name__, "curve.png", config.search)
         (out / "report.md").write_text(markdown)
+        summary = report_json(report, day, horizon, config.search, type(source).__name__, config.min_train_actions)
+        (out / "report.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
         context.log.info(f"{day}: evaluated {report.users} users; report at {out / 'report.md'}")
-    main, base = report.table.loc[PINNERSAGE], report.table.loc["Last pin"]
+    main, base, spread = report.table.loc[PINNERSAGE], report.table.loc[BASELINE], report.table.loc[PROPORTIONAL]
     image = base64.b64encode(png).decode()
     return dg.MaterializeResult(
         metadata={
             "horizon_days": horizon,
+            "search": config.search,
+            "recall_lift_of_proportional_over_sampled": round(float(spread["recall"] / main["recall"] - 1), 4),
             "alpha": params.alpha,
             "decay_lambda": params.decay_lambda,
             "users": report.users,
@@ -99,6 +111,7 @@ def offline_evaluation(
             "report": dg.MetadataValue.md(markdown.replace("![diversity-relevance curve](curve.png)",
                                                            f"![diversity-relevance curve](data:image/png;base64,{image})")),
             "path": dg.MetadataValue.path(str(out / "report.md")),
+            "report_json": dg.MetadataValue.path(str(out / "report.json")),
         }
     )
 

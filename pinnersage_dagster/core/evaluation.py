@@ -6,14 +6,20 @@ acted on in [d, d + horizon). A user is evaluated if they have at least one test
 least ``min_train_actions`` history actions. Pin embeddings are fixed.
 
 Choices the paper leaves open, made here:
-- metrics are averaged per user, then over users (each user weighs the same);
+- metrics are reported two ways: macro (averaged per user, then over users: each user weighs
+  the same) and micro (per test action: each user weighs by their number of test actions);
+  each lift over last pin has a 95% interval from a paired bootstrap over users;
 - test pins are all distinct test-action pins, repeats of history pins included, and
   recommendation sets are not filtered by history (the paper filters neither);
-- retrieval uses the product's HNSW index of day d-1 (the candidate pool), so test pins that
-  are not in the pool (low quality, duplicates) can be relevant but never recalled;
-- ranking: each test pin against 20 random catalog pins per test pin (no impression log in
-  the data contract), scored by the maximum cosine to the user's (sampled) embeddings; ties
-  rank the action *after* the impressions (pessimistic);
+- retrieval runs through the product's HNSW index of day d-1 (``search='index'``: the refined
+  pool, so test pins outside it can be relevant but never recalled) or exactly over the whole
+  catalog (``search='exact'``); the report says which;
+- last pin is the latest action; among actions at the same latest ts, the highest pin id;
+- ranking: each test pin against 20 random catalog pins per test pin standing in for
+  impressions (no impression log in the data contract), never a pin the user acted on in the
+  history or the test; scored by the maximum cosine to the user's embeddings queried; ties rank
+  the action *after* the impressions (pessimistic). Reciprocal rank is reported as the rank of
+  the first (best-ranked) action and as the mean over all actions;
 - T_now for decay and importance is the start of day d;
 - models that sample (PinnerSage with importance sampling, K-means initialisation) run once
   per seed; tables give the mean and the standard deviation over seeds.
@@ -32,6 +38,7 @@ from scipy.cluster.vq import kmeans2
 
 from .clustering import cluster_users, summarize_clusters
 from .metrics import per_user_recovery
+from .retrieval import per_medoid_budget, proportional_budget
 
 BUDGET = 400
 IMPRESSIONS_PER_ACTION = 20
@@ -67,20 +74,34 @@ def diversity(rec_x: np.ndarray) -> float:
     return 1.0 - mean_cos
 
 
-def ranking_metrics(action_scores: np.ndarray, impression_scores: np.ndarray) -> tuple[float, float]:
-    """R-precision (share of actions in the top k, k = number of actions) and the mean
-    reciprocal rank of the actions. Ties rank actions after impressions."""
+def ranking_metrics(action_scores: np.ndarray, impression_scores: np.ndarray) -> tuple[float, float, float]:
+    """R-precision (share of actions in the top k, k = number of actions), the reciprocal rank
+    of the first action (the best-ranked one), and the mean reciprocal rank over all actions.
+    Ties rank actions after impressions."""
     k = len(action_scores)
     if k == 0:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan")
     scores = np.r_[action_scores, impression_scores]
     is_action = np.r_[np.ones(k, bool), np.zeros(len(impression_scores), bool)]
     order = np.lexsort((is_action, -scores))  # score desc; on ties impressions first
     ranks = np.empty(len(scores), dtype=np.int64)
     ranks[order] = np.arange(1, len(scores) + 1)
     r_precision = float(np.mean(ranks[:k] <= k))
-    reciprocal_rank = float(np.mean(1.0 / ranks[:k]))
-    return r_precision, reciprocal_rank
+    return r_precision, float(1.0 / ranks[:k].min()), float(np.mean(1.0 / ranks[:k]))
+
+
+def exact_search(catalog_ids: np.ndarray, catalog_x: np.ndarray) -> Callable[[np.ndarray, int], np.ndarray]:
+    """``search(queries, k)``: the k pins of the whole catalog with the highest cosine, exactly."""
+
+    def search(queries: np.ndarray, k: int) -> np.ndarray:
+        k = min(k, len(catalog_ids))
+        scores = np.asarray(queries, dtype=np.float32) @ catalog_x.T
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        best = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-best, axis=1, kind="stable")
+        return catalog_ids[np.take_along_axis(top, order, axis=1)]
+
+    return search
 
 
 def calibrated_threshold(x: np.ndarray, rng: np.random.Generator, quantile: float = 0.99, pairs: int = 200_000) -> float:
@@ -117,7 +138,8 @@ Representation = dict[int, tuple[np.ndarray, np.ndarray]]
 
 
 def last_pin(users: Users) -> Representation:
-    last = users.history.groupby("user_id").tail(1)
+    """The latest action's pin; among actions at the same latest ts, the highest pin id."""
+    last = users.history.sort_values(["user_id", "ts", "pin_id"], kind="stable").groupby("user_id").tail(1)
     return {int(u): (users.x([p]), np.ones(1)) for u, p in zip(last["user_id"], last["pin_id"])}
 
 
@@ -216,12 +238,31 @@ def cluster_representation(users: Users, members: pd.DataFrame, decay_lambda: fl
 
 @dataclass(frozen=True)
 class ModelResult:
-    relevance: float
-    relevance_calibrated: float
-    recall: float
-    r_precision: float
-    reciprocal_rank: float
-    diversity: float
+    """One run of one model: per evaluated user, each metric (columns ``USER_METRICS``)."""
+
+    user_ids: np.ndarray
+    per_user: np.ndarray  # users x metrics
+    actions: np.ndarray  # test actions (distinct test pins) per user: the micro averages' weights
+    queries: np.ndarray  # ANN queries per user
+
+    def macro(self, metric: str) -> float:
+        """The mean over users (each user weighs the same)."""
+        return float(np.nanmean(self.per_user[:, USER_METRICS.index(metric)])) if len(self.user_ids) else float("nan")
+
+    def micro(self, metric: str) -> float:
+        """The mean over test actions (each user weighs by their number of test actions)."""
+        values = self.per_user[:, USER_METRICS.index(metric)]
+        ok = np.isfinite(values)
+        return float(np.average(values[ok], weights=self.actions[ok])) if ok.any() else float("nan")
+
+    def __getattr__(self, name: str) -> float:  # result.recall == result.macro("recall")
+        if name in USER_METRICS:
+            return self.macro(name)
+        raise AttributeError(name)
+
+
+USER_METRICS = ["relevance", "relevance_calibrated", "recall", "r_precision", "reciprocal_rank", "reciprocal_rank_all",
+                "diversity"]
 
 
 def evaluate_representation(
@@ -234,41 +275,60 @@ def evaluate_representation(
     threshold: float,
     calibrated: float,
     negatives: dict[int, np.ndarray],
+    policy: str = "sampled",
 ) -> ModelResult:
-    """Metrics of one representation. ``sampled``: draw that many embeddings by importance
-    (without replacement, as the product does); None keeps every embedding (single-embedding
-    models have one). ``search(queries, k)`` returns k nearest pin ids per query row."""
+    """Metrics of one representation. ``policy='sampled'``: draw ``sampled`` embeddings by
+    importance (without replacement, as the product does; None keeps every embedding) and fetch
+    floor(budget / e) neighbours each. ``policy='proportional'``: every embedding gets a share of
+    the budget by importance (``core.retrieval.proportional_budget``). ``search(queries, k)``
+    returns k nearest pin ids per query row. Ranking scores actions and impressions by their
+    best cosine to the embeddings queried."""
     test = users.test.groupby("user_id")["pin_id"].apply(np.asarray)
-    rows = []
+    ids, rows, actions, queries = [], [], [], []
     for user in users.user_ids.tolist():
         if user not in representation:
             continue
         vectors, weights = representation[user]
-        if sampled is not None and len(vectors) > sampled:
-            chosen = rng.choice(len(vectors), size=sampled, replace=False, p=weights / weights.sum())
-            vectors = vectors[chosen]
-        k = BUDGET // len(vectors)
-        recs = np.unique(search(vectors, k).ravel())
+        if policy == "proportional":
+            shares = proportional_budget(weights, BUDGET)
+            used = np.flatnonzero(shares)
+            vectors = vectors[used]
+            recs = np.unique(np.concatenate([search(vectors[i : i + 1], int(shares[j]))[0] for i, j in enumerate(used)]))
+        else:
+            if sampled is not None and len(vectors) > sampled:
+                chosen = rng.choice(len(vectors), size=sampled, replace=False, p=weights / weights.sum())
+                vectors = vectors[chosen]
+            recs = np.unique(search(vectors, per_medoid_budget(BUDGET, len(vectors))).ravel())
         test_pins = test[user]
         test_x, rec_x = users.x(test_pins), users.x(recs)
         action_scores = (test_x @ vectors.T).max(axis=1)
         impression_scores = (users.x(negatives[user]) @ vectors.T).max(axis=1)
-        r_prec, rr = ranking_metrics(action_scores, impression_scores)
-        rows.append(
-            (relevance(test_x, rec_x, threshold), relevance(test_x, rec_x, calibrated), recall(test_pins, recs),
-             r_prec, rr, diversity(rec_x))
-        )
-    means = np.nanmean(np.asarray(rows, dtype=np.float64), axis=0) if rows else np.full(6, np.nan)
-    return ModelResult(*map(float, means))
+        r_prec, rr_first, rr_all = ranking_metrics(action_scores, impression_scores)
+        ids.append(user)
+        rows.append((relevance(test_x, rec_x, threshold), relevance(test_x, rec_x, calibrated), recall(test_pins, recs),
+                     r_prec, rr_first, rr_all, diversity(rec_x)))
+        actions.append(len(test_pins))
+        queries.append(len(vectors))
+    per_user = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(USER_METRICS))
+    return ModelResult(np.asarray(ids, np.int64), per_user, np.asarray(actions, np.float64), np.asarray(queries, np.float64))
 
 
 def sample_negatives(users: Users, rng: np.random.Generator) -> dict[int, np.ndarray]:
-    """20 random catalog pins per test pin, none of them a test pin of that user."""
+    """20 random catalog pins per test pin standing in for impressions; never a pin the user
+    acted on, in the history or in the test (an impression is something not acted on)."""
+    acted = pd.concat([users.history[["user_id", "pin_id"]], users.test[["user_id", "pin_id"]]])
+    acted = acted.groupby("user_id")["pin_id"].apply(np.asarray)
     out = {}
     for user, pins in users.test.groupby("user_id")["pin_id"]:
         n = IMPRESSIONS_PER_ACTION * len(pins)
-        draw = users.catalog_ids[rng.integers(0, len(users.catalog_ids), n + 50)]
-        out[int(user)] = draw[~np.isin(draw, pins.to_numpy())][:n]
+        seen = acted[user]
+        kept: list[np.ndarray] = []
+        while sum(map(len, kept)) < n:
+            draw = users.catalog_ids[rng.integers(0, len(users.catalog_ids), 2 * n + 50)]
+            kept.append(draw[~np.isin(draw, seen)])
+            if len(kept) > 20:
+                raise ValueError(f"user {user} acted on nearly the whole catalog: no impressions to draw")
+        out[int(user)] = np.concatenate(kept)[:n]
     return out
 
 

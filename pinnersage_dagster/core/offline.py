@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .evaluation import (
+    USER_METRICS,
     ModelResult,
     Users,
     calibrated_threshold,
@@ -23,8 +25,10 @@ from .evaluation import (
     ward_members,
 )
 
-METRICS = ["relevance", "relevance_calibrated", "recall", "r_precision", "reciprocal_rank", "diversity"]
+METRICS = USER_METRICS
 PINNERSAGE = "PinnerSage (Ward, medoid)"  # at the run's alpha and λ, which the report states
+PROPORTIONAL = "PinnerSage (proportional budget)"
+BOOTSTRAP_RESAMPLES = 1000
 BASELINE = "Last pin"
 
 
@@ -64,34 +68,36 @@ def run_offline(
     lam0 = cluster_representation(users, ward, 0.0, "medoid")
     lam01 = cluster_representation(users, ward, 0.1, "medoid")
 
-    # (name, representation factory per seed, embeddings sampled per user)
-    models: list[tuple[str, Callable[[int], dict], int | None]] = [
-        (BASELINE, lambda s: last_pin(users), None),
-        *[(f"Decay average (λ={lam:g})", (lambda s, lam=lam: decay_average(users, lam)), None) for lam in (0, 0.01, 0.1, 0.25)],
-        ("PinnerSage (sample 1 embedding)", lambda s: ward_medoid, 1),
-        ("PinnerSage (K-means, k=5)", lambda s: cluster_representation(users, kmeans_members(users, 5, s), decay_lambda, "medoid"), 3),
-        ("PinnerSage (complete linkage)", lambda s: complete, 3),
-        ("PinnerSage (embedding = centroid)", lambda s: centroid, 3),
-        ("PinnerSage (importance λ=0)", lambda s: lam0, 3),
-        ("PinnerSage (importance λ=0.1)", lambda s: lam01, 3),
-        (PINNERSAGE, lambda s: ward_medoid, 3),
+    # (name, representation factory per seed, embeddings sampled per user, retrieval policy)
+    models: list[tuple[str, Callable[[int], dict], int | None, str]] = [
+        (BASELINE, lambda s: last_pin(users), None, "sampled"),
+        *[(f"Decay average (λ={lam:g})", (lambda s, lam=lam: decay_average(users, lam)), None, "sampled")
+          for lam in (0, 0.01, 0.1, 0.25)],
+        ("PinnerSage (sample 1 embedding)", lambda s: ward_medoid, 1, "sampled"),
+        ("PinnerSage (K-means, k=5)", lambda s: cluster_representation(users, kmeans_members(users, 5, s), decay_lambda, "medoid"), 3, "sampled"),
+        ("PinnerSage (complete linkage)", lambda s: complete, 3, "sampled"),
+        ("PinnerSage (embedding = centroid)", lambda s: centroid, 3, "sampled"),
+        ("PinnerSage (importance λ=0)", lambda s: lam0, 3, "sampled"),
+        ("PinnerSage (importance λ=0.1)", lambda s: lam01, 3, "sampled"),
+        (PINNERSAGE, lambda s: ward_medoid, 3, "sampled"),
+        (PROPORTIONAL, lambda s: ward_medoid, None, "proportional"),
     ]
 
-    rows = []
-    for name, factory, sampled in models:
-        deterministic = sampled is None
+    results: dict[str, list[ModelResult]] = {}
+    for name, factory, sampled, policy in models:
+        # sampling models run once per seed; the others once (only the impressions' draw would vary)
         runs = []
-        for seed in range(1 if deterministic else seeds):
+        for seed in range(seeds if sampled is not None else 1):
             rng = np.random.default_rng([seed, 1])
             negatives = sample_negatives(users, np.random.default_rng([seed, 2]))
             runs.append(
                 evaluate_representation(
                     users, factory(seed), search, sampled=sampled, rng=rng, threshold=threshold,
-                    calibrated=calibrated, negatives=negatives,
+                    calibrated=calibrated, negatives=negatives, policy=policy,
                 )
             )
-        rows.append(_summarize(name, runs))
-    table = _with_lifts(pd.DataFrame(rows).set_index("model"))
+        results[name] = runs
+    table = pd.DataFrame([_summarize(name, runs, results[BASELINE]) for name, runs in results.items()]).set_index("model")
 
     curve_rows = []
     baseline = table.loc[BASELINE]
@@ -139,17 +145,56 @@ def run_offline(
     )
 
 
-def _summarize(name: str, runs: list[ModelResult]) -> dict:
-    row: dict[str, object] = {"model": name, "seeds": len(runs)}
+def _summarize(name: str, runs: list[ModelResult], baseline: list[ModelResult]) -> dict:
+    """Mean and seeds' standard deviation of each metric, macro and micro, and each lift over
+    the baseline with a 95% paired-bootstrap interval over users."""
+    row: dict[str, object] = {"model": name, "seeds": len(runs), "ann_queries": float(np.mean([r.queries.mean() for r in runs]))}
     for metric in METRICS:
-        values = np.array([getattr(r, metric) for r in runs])
-        row[metric] = float(values.mean())
-        row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        for reading in ("macro", "micro"):
+            key = metric if reading == "macro" else f"{metric}_micro"
+            values = np.array([getattr(r, reading)(metric) for r in runs])
+            base = float(np.mean([getattr(r, reading)(metric) for r in baseline]))
+            row[key] = float(values.mean())
+            row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            row[f"{key}_lift"] = row[key] / base - 1 if base else float("nan")
+    lows, highs = bootstrap_lift_intervals(runs, baseline)
+    for key in lows:
+        row[f"{key}_lift_lo"], row[f"{key}_lift_hi"] = lows[key], highs[key]
     return row
 
 
-def _with_lifts(table: pd.DataFrame) -> pd.DataFrame:
-    base = table.loc[BASELINE]
-    for metric in METRICS:
-        table[f"{metric}_lift"] = table[metric] / base[metric] - 1 if base[metric] else np.nan
-    return table
+def bootstrap_lift_intervals(
+    runs: list[ModelResult], baseline: list[ModelResult], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[dict[str, float], dict[str, float]]:
+    """95% percentile intervals of model / baseline - 1, resampling users with replacement and
+    keeping each user's model and baseline values together (per-user values averaged over seeds)."""
+    users = np.intersect1d(runs[0].user_ids, baseline[0].user_ids)
+    model, weights = _per_user_mean(runs, users)
+    base, _ = _per_user_mean(baseline, users)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(users), np.full(len(users), 1.0 / len(users)), size=resamples).astype(np.float64)
+    lows, highs = {}, {}
+    for reading, w in (("macro", np.ones(len(users))), ("micro", weights)):
+        cw = counts * w
+        ratios = []
+        for values in (model, base):
+            valid = np.isfinite(values)
+            ratios.append((cw @ np.where(valid, values, 0.0)) / np.maximum(cw @ valid, 1e-12))
+        lift = ratios[0] / ratios[1] - 1
+        for j, metric in enumerate(METRICS):
+            key = metric if reading == "macro" else f"{metric}_micro"
+            finite = lift[:, j][np.isfinite(lift[:, j])]
+            lows[key], highs[key] = (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))) if finite.size else (
+                float("nan"), float("nan"))
+    return lows, highs
+
+
+def _per_user_mean(runs: list[ModelResult], users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    stacked = []
+    for run in runs:
+        rows = np.searchsorted(run.user_ids, users)
+        stacked.append(run.per_user[rows])
+    with warnings.catch_warnings():  # a metric undefined for a user in every run stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values = np.nanmean(np.stack(stacked), axis=0) if len(stacked) > 1 else stacked[0]
+    return values, runs[0].actions[np.searchsorted(runs[0].user_ids, users)]

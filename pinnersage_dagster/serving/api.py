@@ -77,13 +77,15 @@ class SampledMedoid(BaseModel):
     medoid_pin_id: int
     importance: float
     online_updated: bool
+    share: int = Field(description="neighbours fetched for this medoid")
 
 
 class Recommendations(BaseModel):
     user_id: int
     source: Literal["pinnersage", "popular"] = Field(description="'popular' for users with no interests (cold start)")
+    policy: Literal["sampled", "proportional", "popular"] = Field(description="how the budget was spent")
     snapshot: SnapshotInfo
-    per_medoid: int = Field(description="floor(budget / number of sampled medoids)")
+    per_medoid: int = Field(description="the largest share: floor(budget / e) for 'sampled'")
     sampled: list[SampledMedoid]
     items: list[Item]
 
@@ -212,11 +214,15 @@ def create_app(service: RecommenderService, *, refresh_seconds: float | None = 3
         seed: int | None = Query(None, ge=0, le=2**63 - 1, description="fix the medoid sampling (tests, replays)"),
         exclude_seen: bool = Query(True, description="leave out pins the user already acted on"),
         budget: int | None = Query(None, ge=1, le=service.settings.retrieval_budget, description="at most this many items"),
+        policy: Literal["sampled", "proportional"] | None = Query(
+            None, description="'sampled' (the paper, the default): up to 3 medoids drawn by importance, floor(budget / e) "
+            "neighbours each; 'proportional': every medoid, a share of the budget proportional to its importance"),
     ):
-        """Sample up to 3 medoids by importance, fetch floor(budget / e) neighbours each, merge."""
+        """Spend the budget across the user's medoids (by ``policy``), fetch their neighbours, merge."""
         started = time.perf_counter()
         try:
-            return answer("recommendations", started, service.recommend(user_id, seed=seed, exclude_seen=exclude_seen, budget=budget))
+            return answer("recommendations", started, service.recommend(
+                user_id, seed=seed, exclude_seen=exclude_seen, budget=budget, policy=policy))
         except NoSnapshotError as exc:
             return unavailable("recommendations", started, exc)
 

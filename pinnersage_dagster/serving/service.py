@@ -10,7 +10,8 @@ import pandas as pd
 
 from .cache import MedoidCache, Neighbours
 from .online import OnlineEvent, OnlineEvents, user_interests
-from .retrieval import merge_candidates, per_medoid_budget, sample_medoids
+from ..core.retrieval import per_medoid_budget, proportional_budget, sample_medoids
+from .retrieval import merge_candidates
 from .snapshot import ServingSnapshot
 from .store import SnapshotManager
 
@@ -25,6 +26,7 @@ class NoSnapshotError(RuntimeError):
 class ServiceSettings:
     sampled_medoids: int = 3
     retrieval_budget: int = 400
+    policy: str = "sampled"  # the default until the numbers say otherwise (README, 'Retrieval policies')
     online_recent_actions: int = 20
     exclusion_margin: int = 64  # extra neighbours fetched per medoid so exclusion rarely shortens lists
     cache_entries: int = 200_000
@@ -86,7 +88,10 @@ class RecommenderService:
         exclude_seen: bool = True,
         budget: int | None = None,
         now: pd.Timestamp | None = None,
+        policy: str | None = None,
     ) -> dict[str, Any]:
+        """``policy``: 'sampled' (the paper: e medoids drawn by importance, floor(budget / e) each) or
+        'proportional' (every medoid, a share of the budget by importance; ``core.retrieval``)."""
         snapshot = self.snapshot()
         now = now or utc_now()
         budget = budget or self.settings.retrieval_budget
@@ -95,26 +100,37 @@ class RecommenderService:
         seen = np.union1d(snapshot.seen(user_id), [e.pin_id for e in events]) if exclude_seen else np.empty(0, np.int64)
         if not interests:
             return self._cold_start(snapshot, user_id, budget, seen)
-        rng = np.random.default_rng(seed)
-        chosen = [interests[i] for i in sample_medoids([c.importance for c in interests], self.settings.sampled_medoids, rng)]
-        k = per_medoid_budget(budget, len(chosen))
-        depth = min(k + min(len(seen), self.settings.exclusion_margin), snapshot.index_manifest.count)
+        policy = policy or self.settings.policy
+        importance = np.array([c.importance for c in interests])
+        if policy == "proportional":
+            shares = proportional_budget(importance, budget)
+            picked = np.flatnonzero(shares)
+            picked = picked[np.argsort(-importance[picked], kind="stable")]
+            chosen, ks = [interests[i] for i in picked], shares[picked].tolist()
+        elif policy == "sampled":
+            chosen = [interests[i] for i in sample_medoids(importance, self.settings.sampled_medoids, np.random.default_rng(seed))]
+            ks = [per_medoid_budget(budget, len(chosen))] * len(chosen)
+        else:
+            raise ValueError(f"unknown retrieval policy {policy!r}")
+        margin = min(len(seen), self.settings.exclusion_margin)
         neighbours = []
-        for c in chosen:
+        for c, k in zip(chosen, ks):
+            depth = min(k + margin, snapshot.index_manifest.count)
             pin_ids, scores = self.cache.get(
                 snapshot.version, c.medoid_pin_id, depth, lambda d, pin=c.medoid_pin_id: self._ann(snapshot, pin, d)
             )
             neighbours.append((c.cluster_id, c.medoid_pin_id, pin_ids, scores))
-        pins, scores, clusters, medoids = merge_candidates(neighbours, k, budget, seen)
+        pins, scores, clusters, medoids = merge_candidates(neighbours, ks, budget, seen)
         return {
             "user_id": user_id,
             "source": "pinnersage",
+            "policy": policy,
             "snapshot": _snapshot_info(snapshot),
-            "per_medoid": k,
+            "per_medoid": max(ks, default=0),
             "sampled": [
                 {"cluster_id": c.cluster_id, "medoid_pin_id": c.medoid_pin_id, "importance": round(c.importance, 6),
-                 "online_updated": c.online_updated}
-                for c in chosen
+                 "online_updated": c.online_updated, "share": k}
+                for c, k in zip(chosen, ks)
             ],
             "items": [
                 {"pin_id": p, "score": s, "cluster_id": c, "medoid_pin_id": m}
@@ -135,6 +151,7 @@ class RecommenderService:
         return {
             "user_id": user_id,
             "source": "popular",
+            "policy": "popular",
             "snapshot": _snapshot_info(snapshot),
             "per_medoid": 0,
             "sampled": [],
