@@ -222,6 +222,7 @@ class Tuning:
 def run_evaluation(
     split_day: date, seeds: int, max_users: int, output: str | None, tuning: Tuning = Tuning(),
     alphas: list[float] | None = None,
+    search: str = "index",
 ) -> Path:
     """Materialize what a split needs (history, the day-before graph), then offline_evaluation.
     Returns the report's folder."""
@@ -248,7 +249,7 @@ def run_evaluation(
         last = split_day + timedelta(days=horizon - 1)
     if last >= datetime.now(timezone.utc).date():
         sys.exit(f"the test window ends {last}: pick a split day at least {horizon} days before today")
-    config = tuning.evaluation(seeds=seeds, max_users=max_users, **({"alphas": alphas} if alphas else {}))
+    config = tuning.evaluation(seeds=seeds, max_users=max_users, search=search, **({"alphas": alphas} if alphas else {}))
     steps = [
         (f"actions {first} .. {last} in one range run", dict(
             selection=dg.AssetSelection.assets("raw_actions"),
@@ -273,11 +274,12 @@ def run_evaluation(
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(report_dir / "report.md", target / "offline-evaluation.md")
         shutil.copy(report_dir / "curve.png", target / "curve.png")
+        shutil.copy(report_dir / "report.json", target / "offline-evaluation.json")
         print(f"copied to {target / 'offline-evaluation.md'}")
     return report_dir
 
 
-def _service(serving_root: str | None, refresh: bool = True):
+def _service(serving_root: str | None, refresh: bool = True, policy: str | None = None):
     from .config import PinnerSageParams
     from .serving.service import RecommenderService, ServiceSettings
     from .serving.store import SnapshotManager
@@ -285,6 +287,7 @@ def _service(serving_root: str | None, refresh: bool = True):
     params = PinnerSageParams()
     settings = ServiceSettings(
         sampled_medoids=params.sampled_medoids,
+        policy=policy or params.retrieval_policy,
         retrieval_budget=params.retrieval_budget,
         online_recent_actions=params.online_recent_actions,
     )
@@ -306,19 +309,19 @@ def _user_report(args: argparse.Namespace) -> str:
         table = pd.DataFrame(result["interests"])
         head = f"interests of user {args.user_id} (snapshot {result['snapshot']['partition']})"
         return head + "\n" + (frame_markdown(table, max_rows=50) if len(table) else "(none: cold-start user)")
-    result = service.recommend(args.user_id, seed=args.seed)
+    result = service.recommend(args.user_id, seed=args.seed, policy=args.policy)
     sampled = ", ".join(f"{m['medoid_pin_id']} (cluster {m['cluster_id']})" for m in result["sampled"]) or "none"
     head = (f"{len(result['items'])} recommendations for user {args.user_id} from {result['source']} "
             f"(snapshot {result['snapshot']['partition']}); sampled medoids: {sampled}")
     return head + "\n" + frame_markdown(pd.DataFrame(result["items"]), max_rows=args.limit)
 
 
-def serve(host: str, port: int, serving_root: str | None, refresh_seconds: float) -> None:
+def serve(host: str, port: int, serving_root: str | None, refresh_seconds: float, policy: str | None = None) -> None:
     import uvicorn
 
     from .serving.api import create_app
 
-    app = create_app(_service(serving_root, refresh=False), refresh_seconds=refresh_seconds)
+    app = create_app(_service(serving_root, refresh=False, policy=policy), refresh_seconds=refresh_seconds)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
@@ -355,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     rec.add_argument("user_id", type=int)
     rec.add_argument("--seed", type=int, default=None)
     rec.add_argument("--limit", type=int, default=20, help="items to print (of up to 400)")
+    rec.add_argument("--policy", choices=["sampled", "proportional"], default=None,
+                     help="how the budget is spent across medoids (default: params.retrieval_policy)")
     rec.add_argument("--serving-root", default=None)
     intr = sub.add_parser("interests", help="a user's interests (medoid pins with importance)")
     intr.add_argument("user_id", type=int)
@@ -364,11 +369,15 @@ def main(argv: list[str] | None = None) -> None:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--serving-root", default=None)
     srv.add_argument("--refresh-seconds", type=float, default=30.0, help="how often to look for a newer snapshot")
+    srv.add_argument("--policy", choices=["sampled", "proportional"], default=None,
+                     help="the default retrieval policy of requests that name none (default: sampled, the paper's)")
     ev = sub.add_parser("evaluate", parents=[tuning], help="offline evaluation (Tables 4-5, Figure 7) for a split day")
     ev.add_argument("--split-day", type=date.fromisoformat, default=None, help="default: 8 days ago")
     ev.add_argument("--seeds", type=int, default=5)
     ev.add_argument("--max-users", type=int, default=1000)
-    ev.add_argument("--output", default=None, help="also copy report.md and curve.png here (e.g. docs/evaluation)")
+    ev.add_argument("--output", default=None, help="also copy report.md, report.json and curve.png here (e.g. docs/evaluation)")
+    ev.add_argument("--search", choices=["index", "exact"], default="index",
+                    help="retrieve through the product's HNSW index (default) or exactly over the whole catalog")
     args = parser.parse_args(argv)
     if args.command in ("evaluate", "calibrate"):
         tuned = Tuning(args.alpha, args.decay_lambda, args.horizon_days, args.min_train_actions)
@@ -380,11 +389,11 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--decay-lambda, --horizon-days and --min-train-actions apply to a held-out sweep: add --split-day")
     if args.command == "evaluate":
         split_day = args.split_day or latest_partition() - timedelta(days=7)
-        report_dir = run_evaluation(split_day, args.seeds, args.max_users, args.output, tuned)
+        report_dir = run_evaluation(split_day, args.seeds, args.max_users, args.output, tuned, search=args.search)
         print(f"report: {report_dir / 'report.md'}")
         return print((report_dir / "report.md").read_text())
     if args.command == "serve":
-        return serve(args.host, args.port, args.serving_root, args.refresh_seconds)
+        return serve(args.host, args.port, args.serving_root, args.refresh_seconds, args.policy)
     if args.command in ("recommend", "interests"):
         return print(_user_report(args))
     day = args.date or latest_partition()

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .core.evaluation import Users
 from .core.hnsw import load_index
-from .core.offline import BASELINE, BOOTSTRAP_RESAMPLES, METRICS, PROPORTIONAL, OfflineReport
+from .core.offline import BASELINE, BOOTSTRAP_RESAMPLES, METRICS, PINNERSAGE, PROPORTIONAL, OfflineReport
 
 SEARCH_TEXT = {
     "index": "the product's HNSW index of the day before the split (the refined candidate pool)",
@@ -117,6 +117,16 @@ def _metric_rows(t: pd.DataFrame, columns: list[tuple[str, str]], suffix: str) -
     return lines
 
 
+def _policy_lines(report: OfflineReport) -> list[str]:
+    if report.policy is None:
+        return ["(not run)"]
+    row = report.policy.iloc[0]
+    lines = ["| metric | macro lift [95% CI] | micro lift [95% CI] |", "|---|---|---|"]
+    for metric in ("relevance", "recall", "r_precision", "reciprocal_rank", "diversity"):
+        lines.append(f"| {metric} | {_lift(row, metric)} | {_lift(row, metric + '_micro')} |")
+    return lines
+
+
 def render_markdown(
     report: OfflineReport, split_day: date, horizon_days: int, source: str, image_name: str, search: str = "index"
 ) -> str:
@@ -165,6 +175,12 @@ def render_markdown(
             "The same metrics with each user weighted by their number of test actions, so heavy users count more.",
             "",
             *micro,
+            "",
+            "## Retrieval policies",
+            "",
+            f"`{PROPORTIONAL}` against `{PINNERSAGE}` (the paper's 3 sampled medoids), paired per user:",
+            "",
+            *_policy_lines(report),
             "",
             "## Cost",
             "",
@@ -221,7 +237,21 @@ def report_json(
             "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
         },
         "models": models,
+        "policy_comparison": _policy_json(report),
     }
+
+
+def _policy_json(report: OfflineReport) -> dict | None:
+    """The proportional policy's lifts over the paper's sampling, per metric, with intervals."""
+    if report.policy is None:
+        return None
+    row = report.policy.iloc[0]
+    out: dict[str, object] = {"model": PROPORTIONAL, "baseline": PINNERSAGE}
+    for metric in METRICS:
+        for key in (metric, f"{metric}_micro"):
+            out[key] = {"lift": _number(row[f"{key}_lift"]),
+                        "lift_ci95": [_number(row[f"{key}_lift_lo"]), _number(row[f"{key}_lift_hi"])]}
+    return out
 
 
 def _number(x: float) -> float | None:

@@ -1,5 +1,6 @@
 """Each asset on a tiny graph: what it writes, its metadata, and that re-runs replace partitions."""
 
+import json
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -218,3 +219,17 @@ def test_offline_evaluation_asset_writes_its_report(graph_copy, tmp_path):
     report = tmp_path / "reports" / split.isoformat()
     assert (report / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "| PinnerSage (Ward, medoid) |" in (report / "report.md").read_text()
+    summary = json.loads((report / "report.json").read_text())
+    assert summary["settings"]["search"] == "index" and summary["settings"]["users"] == meta["users"]
+    assert {"split_day", "horizon_days", "alpha", "decay_lambda", "users"} <= set(summary["settings"])
+    metrics = summary["models"]["PinnerSage (Ward, medoid)"]
+    expected = ["relevance", "relevance_calibrated", "recall", "r_precision", "reciprocal_rank", "reciprocal_rank_all",
+                "diversity"]
+    assert all({"mean", "std", "lift", "lift_ci95"} <= set(metrics[m]) for m in expected + [f"{m}_micro" for m in expected])
+    assert summary["models"]["Last pin"]["recall"]["lift"] == 0
+    # exact retrieval over the whole catalog, named in the report
+    config["search"] = "exact"
+    dg.materialize(all_assets, selection=["offline_evaluation"], resources=resources,
+                   partition_key=split.isoformat(), run_config={"ops": {"offline_evaluation": {"config": config}}})
+    assert json.loads((report / "report.json").read_text())["settings"]["search"] == "exact"
+    assert "exact search over the whole catalog" in (report / "report.md").read_text()

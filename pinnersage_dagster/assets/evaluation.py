@@ -14,7 +14,7 @@ from pydantic import Field
 
 from ..config import PinnerSageParams
 from ..core.evaluation import exact_search
-from ..core.offline import BASELINE, PINNERSAGE, PROPORTIONAL, run_offline
+from ..core.offline import BASELINE, PINNERSAGE, run_offline
 from ..evaluation_report import curve_png, index_search, load_split, render_markdown, report_json
 from ..partitions import daily_partitions, partition_days
 from ..resources import DataSource, IndexStore
@@ -92,13 +92,13 @@ def offline_evaluation(
         summary = report_json(report, day, horizon, config.search, type(source).__name__, config.min_train_actions)
         (out / "report.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
         context.log.info(f"{day}: evaluated {report.users} users; report at {out / 'report.md'}")
-    main, base, spread = report.table.loc[PINNERSAGE], report.table.loc[BASELINE], report.table.loc[PROPORTIONAL]
+    main, base = report.table.loc[PINNERSAGE], report.table.loc[BASELINE]
     image = base64.b64encode(png).decode()
     return dg.MaterializeResult(
         metadata={
             "horizon_days": horizon,
             "search": config.search,
-            "recall_lift_of_proportional_over_sampled": round(float(spread["recall"] / main["recall"] - 1), 4),
+            "recall_lift_of_proportional_over_sampled": round(float(report.policy.iloc[0]["recall_lift"]), 4),
             "alpha": params.alpha,
             "decay_lambda": params.decay_lambda,
             "users": report.users,

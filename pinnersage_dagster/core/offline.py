@@ -44,6 +44,7 @@ class OfflineReport:
     recovery: dict[str, float] | None
     alpha: float = 1.3
     decay_lambda: float = 0.01
+    policy: pd.DataFrame | None = None  # the proportional policy against the paper's sampling: lifts over it
 
 
 def run_offline(
@@ -98,6 +99,7 @@ def run_offline(
             )
         results[name] = runs
     table = pd.DataFrame([_summarize(name, runs, results[BASELINE]) for name, runs in results.items()]).set_index("model")
+    policy = pd.DataFrame([_summarize(PROPORTIONAL, results[PROPORTIONAL], results[PINNERSAGE])]).set_index("model")
 
     curve_rows = []
     baseline = table.loc[BASELINE]
@@ -142,6 +144,7 @@ def run_offline(
         recovery=recovery(users, ward, topic_of) if topic_of is not None else None,
         alpha=alpha,
         decay_lambda=decay_lambda,
+        policy=policy,
     )
 
 
