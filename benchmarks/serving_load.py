@@ -6,8 +6,10 @@
 2. Starts the real server (``pinnersage serve``, uvicorn, one process) on 127.0.0.1.
 3. From a separate process (``benchmarks/loadgen.py``), with a bounded, self-stopping load:
    - baseline: GET /health, the framework's floor on this machine, in the same run;
-   - cold: every user's recommendations once, in random order, on an empty medoid cache;
-   - warm: the same users again (the cache now holds their medoids).
+   - for each retrieval policy (``sampled``, the paper's; ``proportional``), on a fresh server:
+     cold: every user's recommendations once, in random order, on an empty medoid cache;
+     warm: the same users again (the cache now holds their medoids). Medoid lookups per request
+     (each one an ANN query on a cache miss) are read from the server's counters.
 4. Writes ``benchmarks/results/serving.md`` and ``serving.json``.
 
 Run: ``make bench-serving`` (or ``.venv/bin/python benchmarks/serving_load.py``).
@@ -33,6 +35,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pinnersage_dagster.config import PinnerSageParams  # noqa: E402
 from pinnersage_dagster.core.clustering import cluster_users, summarize_clusters  # noqa: E402
 from pinnersage_dagster.core.hnsw import build_index, publish_index  # noqa: E402
 from pinnersage_dagster.core.synthetic import (  # noqa: E402
@@ -46,6 +49,8 @@ from pinnersage_dagster.serving.snapshot import publish_snapshot  # noqa: E402
 
 DAY = date(2026, 6, 30)
 PARTITION = DAY.isoformat()
+ALPHA = PinnerSageParams().alpha
+POLICIES = ("sampled", "proportional")
 
 
 def build_snapshot(root: Path, n_pins: int, n_users: int, seed: int) -> dict:
@@ -59,7 +64,7 @@ def build_snapshot(root: Path, n_pins: int, n_users: int, seed: int) -> dict:
     order = np.argsort(pins.pin_id)
     ids, x = pins.pin_id[order], pins.embedding[order]
     rows = np.searchsorted(ids, distinct.pin_id.to_numpy())
-    members = cluster_users(distinct.user_id.to_numpy(), distinct.pin_id.to_numpy(), x[rows], alpha=1.3)
+    members = cluster_users(distinct.user_id.to_numpy(), distinct.pin_id.to_numpy(), x[rows], alpha=ALPHA)
     members = members.sort_values(["user_id", "cluster_id", "pin_id"]).reset_index(drop=True)
     medoids = summarize_clusters(
         members, x[np.searchsorted(ids, members.pin_id.to_numpy())], actions, now=pd.Timestamp(DAY + timedelta(days=1)),
@@ -75,7 +80,7 @@ def build_snapshot(root: Path, n_pins: int, n_users: int, seed: int) -> dict:
     publish_snapshot(
         root / "serving" / PARTITION, partition=PARTITION, batch_time=pd.Timestamp(DAY + timedelta(days=1)),
         medoids=medoids, members=members, seen=distinct, popular=popular, catalog=ArrayCatalog(ids, x),
-        index_dir=index_dir, alpha=1.3, decay_lambda=0.01,
+        index_dir=index_dir, alpha=ALPHA, decay_lambda=0.01,
     )
     return {"pins": n_pins, "users": int(medoids.user_id.nunique()), "clusters": len(medoids),
             "index_build_seconds": round(index_seconds, 1)}
@@ -112,13 +117,14 @@ def load(port: int, users: list[int], connections: int, max_seconds: float, path
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measured(port: int, users: list[int], args: argparse.Namespace) -> dict:
-    """One load phase with the medoid-cache hit rate measured over that phase only."""
+def measured(port: int, users: list[int], args: argparse.Namespace, path: str | None = None) -> dict:
+    """One load phase with the medoid-cache hit rate and lookups per request measured over that phase only."""
     before = health(port)
-    result = load(port, users, args.connections, args.max_seconds)
+    result = load(port, users, args.connections, args.max_seconds, path)
     after = health(port)
     hits, misses = after["cache_hits"] - before["cache_hits"], after["cache_misses"] - before["cache_misses"]
     result["cache_hit_rate"] = round(hits / (hits + misses), 3) if hits + misses else None
+    result["medoid_lookups_per_request"] = round((hits + misses) / max(result["requests"], 1), 2)
     return result
 
 
@@ -146,26 +152,30 @@ def main() -> None:
         built.write_text(json.dumps(build_snapshot(cache, args.pins, args.users, args.seed)))
     info = json.loads(built.read_text())
 
-    port = free_port()
     env = {**os.environ, "PINNERSAGE_SERVING_ROOT": str(cache / "serving")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "pinnersage_dagster.cli", "serve", "--port", str(port), "--refresh-seconds", "3600"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        wait_ready(port)
-        rng = np.random.default_rng(args.seed)
-        users = rng.permutation(np.arange(1, args.users + 1))[: args.requests].tolist()
-        phases = {"baseline: GET /health": load(port, users, args.connections, args.max_seconds, "/health")}
-        # cold: first sight of every user, on an empty cache; warm-up: the same users until every medoid
-        # they can sample has been fetched once; warm: the same users again, measured
-        phases["cold cache"] = measured(port, users, args)
-        for _ in range(args.warmup_passes):
-            load(port, rng.permutation(users).tolist(), args.connections, args.max_seconds)
-        phases["warm cache"] = measured(port, rng.permutation(users).tolist(), args)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    rng = np.random.default_rng(args.seed)
+    users = rng.permutation(np.arange(1, args.users + 1))[: args.requests].tolist()
+    phases: dict[str, dict] = {}
+    for policy in POLICIES:  # a fresh server per policy: each cold phase starts on an empty cache
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "pinnersage_dagster.cli", "serve", "--port", str(port), "--refresh-seconds", "3600"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        try:
+            wait_ready(port)
+            if not phases:
+                phases["baseline: GET /health"] = load(port, users, args.connections, args.max_seconds, "/health")
+            path = "/v1/users/{user}/recommendations?policy=" + policy
+            # cold: first sight of every user, on an empty cache; warm-up: the same users until every medoid
+            # they can ask for has been fetched once; warm: the same users again, measured
+            phases[f"{policy}: cold cache"] = measured(port, users, args, path)
+            for _ in range(args.warmup_passes):
+                load(port, rng.permutation(users).tolist(), args.connections, args.max_seconds, path)
+            phases[f"{policy}: warm cache"] = measured(port, rng.permutation(users).tolist(), args, path)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
     report(info, phases, args)
 
 
@@ -186,16 +196,19 @@ def report(info: dict, phases: dict, args: argparse.Namespace) -> None:
         f"Machine: {machine}; server and load generator share it (one uvicorn process, one load process).",
         f"Snapshot: {info['pins']:,} pins in the HNSW index (M=32, ef=200), {info['users']:,} users, "
         f"{info['clusters']:,} clusters (built in {info['index_build_seconds']} s).",
-        "Each request: sample up to 3 medoids by importance, floor(400/e) neighbours each, exclude seen pins, "
-        "merge, JSON with up to 400 items.",
+        "Each request: spend the budget of 400 across the user's medoids (`sampled`: up to 3 drawn by importance, "
+        "floor(400/e) neighbours each; `proportional`: every medoid, a share by importance, floor 10, cap 200), "
+        "exclude seen pins, merge, JSON with up to 400 items.",
         "",
-        "| phase | requests | errors | req/s | p50 ms | p90 ms | p99 ms | ratio to baseline req/s | cache hit rate in phase |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| phase | requests | errors | req/s | p50 ms | p90 ms | p99 ms | ratio to baseline req/s | cache hit rate in phase "
+        "| medoid lookups per request |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, p in phases.items():
         lines.append(
             f"| {name} | {p['requests']} | {p['errors']} | {p['requests_per_second']} | {p['p50_ms']} | {p['p90_ms']} | "
-            f"{p['p99_ms']} | {p['requests_per_second'] / baseline:.2f} | {p.get('cache_hit_rate', '')} |"
+            f"{p['p99_ms']} | {p['requests_per_second'] / baseline:.2f} | {p.get('cache_hit_rate', '')} | "
+            f"{p.get('medoid_lookups_per_request', '')} |"
         )
     lines += ["", f"Connections: {args.connections}; each phase stops after {args.requests} requests or "
               f"{args.max_seconds:.0f} s, whichever comes first."]

@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         help="sweep alpha: cluster shape (and recovery on synthetic data), or with --split-day held-out recall per alpha",
     )
     calibrate.add_argument("--date", type=date.fromisoformat, default=None)
-    calibrate.add_argument("--alphas", default="0.5,0.7,0.9,1.1,1.3,1.6,2.0,3.0,4.0")
+    calibrate.add_argument("--alphas", default="0.6,0.8,1.0,1.2,1.4,1.6,1.8,2.0,2.4,3.0")
     calibrate.add_argument("--users", type=int, default=2000, help="synthetic users")
     calibrate.add_argument(
         "--warehouse", action="store_true", help="sweep your own materialized action_windows partition instead"

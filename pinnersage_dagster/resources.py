@@ -8,6 +8,7 @@ from abc import abstractmethod
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import numpy as np
@@ -75,12 +76,17 @@ class SyntheticSource(DataSource):
     dim: int = Field(default=256, ge=8)
     dirty_share: float = Field(default=0.001, ge=0, le=0.5, description="Share of planted faulty action rows.")
     epoch: str = Field(default=START_DATE, description="Day 0 of the synthetic timeline (YYYY-MM-DD).")
+    preset: Literal["realistic", "clean"] = Field(
+        default="realistic",
+        description="'realistic' (overlapping topics, accidental actions, skewed popularity, heavy users with many "
+        "interests) or 'clean' (separated topics: fast tests with a crisp truth).",
+    )
 
     @property
     def world(self) -> SyntheticWorld:
         return SyntheticWorld(
             seed=self.seed, n_users=self.n_users, n_pins=self.n_pins, dim=self.dim,
-            dirty_share=self.dirty_share, epoch=date.fromisoformat(self.epoch),
+            dirty_share=self.dirty_share, epoch=date.fromisoformat(self.epoch), preset=self.preset,
         )
 
     def read_pins(self) -> RawPins:
@@ -230,6 +236,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             n_users=int(os.getenv("PINNERSAGE_SYNTHETIC_USERS", "2000")),
             n_pins=int(os.getenv("PINNERSAGE_SYNTHETIC_PINS", "20000")),
             seed=int(os.getenv("PINNERSAGE_SYNTHETIC_SEED", "7")),
+            preset=os.getenv("PINNERSAGE_SYNTHETIC_PRESET", "realistic"),
         )
     database = os.getenv("PINNERSAGE_DUCKDB_PATH", DEFAULT_DATABASE)
     Path(database).parent.mkdir(parents=True, exist_ok=True)  # DuckDB creates the file, not its folder

@@ -44,7 +44,7 @@ def make_resources(root: Path, **params) -> dict:
         "index_store": IndexStore(root=str(root / "pin_index")),
         "serving_store": ServingStore(root=str(root / "serving")),
         "exchange": ExchangeStore(root=str(root / "exchange")),
-        "source": SyntheticSource(n_users=80, n_pins=3_000, seed=5),
+        "source": SyntheticSource(n_users=80, n_pins=3_000, seed=5, preset="clean"),
         "params": PinnerSageParams(window_days=WINDOW, **params),
     }
 

@@ -39,7 +39,7 @@ def test_ward_matches_literal_algorithm1(seed):
 def test_ward_matches_algorithm1_on_unit_embeddings(seed):
     from pinnersage_dagster.core.synthetic import SyntheticWorld, generate_pins
 
-    pins = generate_pins(SyntheticWorld(n_pins=2_000, seed=seed))
+    pins = generate_pins(SyntheticWorld(n_pins=2_000, seed=seed, preset="clean"))
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(pins.pin_id), 60, replace=False)
     P = pins.embedding[rows].astype(np.float64)

@@ -10,7 +10,7 @@ from pinnersage_dagster.core.hnsw import IndexIntegrityError, build_index, load_
 from pinnersage_dagster.core.metrics import adjusted_rand_index, pool_refinement_scores, purity
 from pinnersage_dagster.core.synthetic import SyntheticWorld, generate_day_actions, generate_pins, generate_population
 
-WORLD = SyntheticWorld(n_users=300, n_pins=20_000, seed=11)
+WORLD = SyntheticWorld(n_users=300, n_pins=20_000, seed=11, preset="clean")
 
 
 def refine(world: SyntheticWorld):

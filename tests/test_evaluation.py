@@ -188,7 +188,7 @@ def test_offline_run_compares_every_model_on_synthetic_users():
     from pinnersage_dagster.core.hnsw import build_index
     from pinnersage_dagster.core.synthetic import UNKNOWN_PIN_ID, SyntheticWorld, generate_day_actions, generate_pins
 
-    world = SyntheticWorld(n_users=150, n_pins=5000, seed=9, dirty_share=0)
+    world = SyntheticWorld(n_users=150, n_pins=5000, seed=9, dirty_share=0, preset="clean")
     pins = generate_pins(world)
     order = np.argsort(pins.pin_id)
     ids, x = pins.pin_id[order], pins.embedding[order]

@@ -27,7 +27,7 @@ MEMBERSHIP = ["user_id", "cluster_id", "pin_id", "kind"]
 @pytest.fixture(scope="module")
 def population():
     """A heavy-tailed synthetic population: 600 users over 90 days, capped at 1,000 actions."""
-    world = SyntheticWorld(n_users=600, n_pins=20_000, seed=21, dirty_share=0)
+    world = SyntheticWorld(n_users=600, n_pins=20_000, seed=21, dirty_share=0, preset="clean")
     day = date(2026, 8, 31)
     actions = pd.concat([generate_day_actions(world, day - timedelta(days=i)) for i in range(90)], ignore_index=True)
     actions = actions[actions.pin_id != UNKNOWN_PIN_ID].drop_duplicates()

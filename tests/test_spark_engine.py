@@ -48,7 +48,7 @@ def test_spark_writes_the_local_engines_tables(graph_copy, tmp_path):
     submit = Path(sys.executable).parent / "spark-submit"
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     subprocess.run([str(submit), "--master", "local[2]", str(REPO / "pinnersage_dagster" / "engines" / "spark_submit.py"),
-                    "--inputs", str(inputs), "--output", str(output), "--alpha", "1.3", "--decay-lambda", "0.01",
+                    "--inputs", str(inputs), "--output", str(output), "--alpha", str(PinnerSageParams().alpha), "--decay-lambda", "0.01",
                     "--now", f"{DAY + timedelta(days=1)}T00:00:00"], check=True, env=env, timeout=600,
                    capture_output=True)
     with graph_copy.connect() as conn:

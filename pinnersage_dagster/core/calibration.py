@@ -21,15 +21,21 @@ def alpha_sweep(
 ) -> pd.DataFrame:
     """One row per alpha. Rows of the input are distinct (user, pin), sorted by user.
 
-    Without ``labels``: clusters per user and the share of pins that land in a Ward cluster.
+    Without ``labels``: clusters per user, the share of pins that land in a Ward cluster, and the
+    mean number of Ward clusters of median users (the 40th-60th percentiles by distinct pins)
+    and of the heaviest 1%.
     With ``labels`` (a planted topic per row): mean per-user adjusted Rand index and purity,
     where each pin outside every Ward cluster counts as its own cluster.
     """
     rows = []
+    pins_per_user = pd.Series(user_ids).value_counts()
+    median_users = pins_per_user[pins_per_user.between(pins_per_user.quantile(0.4), pins_per_user.quantile(0.6))].index
+    heavy_users = pins_per_user[pins_per_user >= pins_per_user.quantile(0.99)].index
     for alpha in alphas:
         members = cluster_users(user_ids, pin_ids, embeddings, alpha)
         ward = members[members["kind"] != SINGLETON]
         per_user = members.groupby("user_id")["cluster_id"].nunique()
+        ward_per_user = ward.groupby("user_id")["cluster_id"].nunique()
         row = {
             "alpha": alpha,
             "single_pin_merge_cosine": round(1 - alpha / 2, 3),
@@ -37,6 +43,9 @@ def alpha_sweep(
             "clusters_per_user_p90": float(per_user.quantile(0.9)),
             "clusters_per_user_max": int(per_user.max()),
             "pins_in_ward_clusters": round(len(ward) / len(pin_ids), 3),
+            # the paper's shape: light users 3-5 clusters, heavy users 75-100
+            "ward_clusters_median_users": round(float(ward_per_user.reindex(median_users).fillna(0).mean()), 1),
+            "ward_clusters_heaviest_1pct": round(float(ward_per_user.reindex(heavy_users).fillna(0).mean()), 1),
             "users_without_ward_cluster": int(per_user.size - ward["user_id"].nunique()),
         }
         if labels is not None:

@@ -39,6 +39,10 @@ UNKNOWN_PIN_ID = -1  # planted fault: a pin id that no catalog holds
 
 @dataclass(frozen=True)
 class SyntheticWorld:
+    """``preset``: 'realistic' (the default: overlapping topics, accidents, skewed pin
+    popularity, interests that grow with activity) or 'clean' (separated topics, every action
+    on an interest: fast tests whose expectations need a crisp truth)."""
+
     seed: int = 7
     n_users: int = 2_000
     n_pins: int = 20_000
@@ -49,10 +53,40 @@ class SyntheticWorld:
     low_quality_share: float = 0.06
     dirty_share: float = 0.001
     epoch: date = date(2026, 1, 1)
+    preset: str = "realistic"
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown synthetic preset {self.preset!r}; expected one of {sorted(PRESETS)}")
 
     @property
     def n_topics(self) -> int:
         return self.n_categories * self.topics_per_category
+
+    @property
+    def realism(self) -> "Realism":
+        return PRESETS[self.preset]
+
+
+@dataclass(frozen=True)
+class Realism:
+    """What makes a world as hard as real logs (see the module docstring)."""
+
+    noise_range: tuple[float, float]  # a pin's share of its own noise direction, uniform in this range
+    neighbour_cosine: float  # cosine between the centres of adjacent topics of a category (0: independent)
+    accident_share: float  # events on a random pin outside the user's interests
+    pin_skew: float  # pin popularity within a topic: index = floor(available * u ** pin_skew); 1 = uniform
+    interests_per_activity: float  # interests grow as (rate / median rate) ** this; 0 = independent
+    max_interests: int
+
+
+PRESETS = {
+    "clean": Realism(noise_range=(0.2, 0.2), neighbour_cosine=0.0, accident_share=0.0, pin_skew=1.0,
+                     interests_per_activity=0.0, max_interests=60),
+    "realistic": Realism(noise_range=(0.15, 0.6), neighbour_cosine=0.6, accident_share=0.08, pin_skew=2.5,
+                         interests_per_activity=0.9, max_interests=150),
+}
+MEDIAN_RATE = 0.45  # actions per day of the median user
 
 
 @dataclass(frozen=True)
@@ -116,9 +150,15 @@ def topic_popularity(world: SyntheticWorld) -> np.ndarray:
 @lru_cache(maxsize=4)
 def generate_pins(world: SyntheticWorld) -> PinCatalog:
     rng = np.random.default_rng([world.seed, 1])
+    real = world.realism
     d = world.dim
     categories = _unit(rng.standard_normal((world.n_categories, d)))
     topics = _unit(rng.standard_normal((world.n_topics, d)))
+    if real.neighbour_cosine:  # each topic leans on the previous one of its category: neighbours overlap
+        c = real.neighbour_cosine
+        for t in range(world.n_topics):
+            if t % world.topics_per_category:
+                topics[t] = _unit((c * topics[t - 1] + np.sqrt(1 - c * c) * topics[t])[None])[0]
     n_dup = int(round(world.duplicate_share * world.n_pins))
     n_base = world.n_pins - n_dup
 
@@ -126,13 +166,18 @@ def generate_pins(world: SyntheticWorld) -> PinCatalog:
     # every topic gets at least one old pin, so every interest has something to act on
     topic[: world.n_topics] = np.arange(world.n_topics)
     category = topic // world.topics_per_category
+    # a pin's own noise share: one value (clean), or spread like real embeddings (realistic)
+    low, high = real.noise_range
+    noise = np.full(n_base, low) if low == high else np.random.default_rng([world.seed, 11]).uniform(low, high, n_base)
+    signal = (1.0 - noise) / (CATEGORY_WEIGHT + TOPIC_WEIGHT)
     base = np.empty((n_base, d), dtype=np.float32)
     for start in range(0, n_base, _CHUNK):  # chunks keep the float64 temporaries small at 1M pins
         end = min(start + _CHUNK, n_base)
+        part = slice(start, end)
         base[start:end] = _unit(
-            np.sqrt(CATEGORY_WEIGHT) * categories[category[start:end]]
-            + np.sqrt(TOPIC_WEIGHT) * topics[topic[start:end]]
-            + np.sqrt(NOISE_WEIGHT) * _unit(rng.standard_normal((end - start, d)))
+            np.sqrt(CATEGORY_WEIGHT * signal[part])[:, None] * categories[category[part]]
+            + np.sqrt(TOPIC_WEIGHT * signal[part])[:, None] * topics[topic[part]]
+            + np.sqrt(noise[part])[:, None] * _unit(rng.standard_normal((end - start, d)))
         )
     created_days = rng.uniform(-365, 365, size=n_base)
     created_days[: world.n_topics] = rng.uniform(-365, -200, size=world.n_topics)
@@ -174,9 +219,14 @@ def generate_pins(world: SyntheticWorld) -> PinCatalog:
 @lru_cache(maxsize=4)
 def generate_population(world: SyntheticWorld) -> Population:
     rng = np.random.default_rng([world.seed, 2])
+    real = world.realism
     n = world.n_users
-    rate = np.minimum(rng.lognormal(np.log(0.45), 1.45, size=n), 60.0)
+    rate = np.minimum(rng.lognormal(np.log(MEDIAN_RATE), 1.45, size=n), 60.0)
     n_interests = np.clip(1 + np.floor(rng.lognormal(np.log(3.0), 0.8, size=n)), 1, 60).astype(np.int64)
+    if real.interests_per_activity:  # heavy users have many interests, light users a few
+        spread = np.random.default_rng([world.seed, 12]).lognormal(np.log(4.0), 0.35, size=n)
+        grown = spread * np.maximum(rate / MEDIAN_RATE, 0.5) ** real.interests_per_activity
+        n_interests = np.clip(np.round(grown), 1, min(real.max_interests, world.n_topics)).astype(np.int64)
     popularity = topic_popularity(world)
     users, topics, weights, starts, ends = [], [], [], [], []
     for u in range(n):
@@ -239,10 +289,20 @@ def generate_day_actions(world: SyntheticWorld, day: date) -> pd.DataFrame:
     available = np.array(
         [np.searchsorted(created_sorted[offsets[t] : offsets[t + 1]], k + 1) for t in range(world.n_topics)]
     )
+    real = world.realism
     n_avail = available[topic]
     has_pin = n_avail > 0
-    pick = offsets[topic] + np.floor(rng.random(topic.size) * n_avail).astype(np.int64)
+    u = rng.random(topic.size)
+    if real.pin_skew != 1.0:  # a few pins of a topic draw most of its actions
+        u = u**real.pin_skew
+    pick = offsets[topic] + np.floor(u * n_avail).astype(np.int64)
     pin_id = pins.pin_id[order[np.minimum(pick, len(order) - 1)]]
+    if real.accident_share:  # accidental actions: any pin already created, outside the user's interests
+        extra = np.random.default_rng([world.seed, 13, k + 10_000_000])
+        accident = extra.random(topic.size) < real.accident_share
+        created = np.flatnonzero(created_sorted < k + 1)
+        if created.size:
+            pin_id = np.where(accident, pins.pin_id[order[created[extra.integers(0, created.size, topic.size)]]], pin_id)
 
     start = datetime.combine(day, datetime.min.time())
     seconds = rng.integers(0, 86_400, size=topic.size)
