@@ -32,7 +32,7 @@ class EvaluationConfig(dg.Config):
         description="Test days from the split day on; 0 = every day up to the newest the source holds. The "
         "partition mapping declares the default horizon; a longer one reads raw_actions days it does not declare.",
     )
-    alphas: list[float] = Field(default=[0.5, 0.9, 1.3, 2.0, 3.0], description="The alpha sweep's values.")
+    alphas: list[float] = Field(default=[0.6, 1.0, 1.4, 1.8, 2.4, 3.0], description="The alpha sweep's values.")
     search: Literal["index", "exact"] = Field(
         default="index", description="Retrieve through the product's HNSW index of d-1, or exactly over the whole catalog.",
     )

@@ -54,7 +54,7 @@ def run_offline(
     alpha: float,
     seeds: int = 5,
     threshold: float = 0.8,
-    alphas: tuple[float, ...] = (0.5, 0.9, 1.3, 2.0, 3.0),
+    alphas: tuple[float, ...] = (0.6, 1.0, 1.4, 1.8, 2.4, 3.0),
     max_embeddings: int = 10,
     topic_of: pd.Series | None = None,
     decay_lambda: float = 0.01,
