@@ -39,7 +39,7 @@ from pinnersage_dagster.core.synthetic import (  # noqa: E402
 
 
 def population(n_users: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.Series]:
-    world = SyntheticWorld(n_users=n_users, n_pins=100_000, seed=seed, dirty_share=0)
+    world = SyntheticWorld(n_users=n_users, n_pins=100_000, seed=seed, dirty_share=0, preset="clean")  # as committed
     day = date(2026, 8, 31)
     actions = pd.concat([generate_day_actions(world, day - timedelta(days=i)) for i in range(90)], ignore_index=True)
     actions = actions[actions.pin_id != UNKNOWN_PIN_ID].drop_duplicates()

@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 
-    x = generate_pins(SyntheticWorld(n_pins=args.pins, seed=args.seed)).embedding
+    x = generate_pins(SyntheticWorld(n_pins=args.pins, seed=args.seed, preset="clean")).embedding  # as committed
     rng = np.random.default_rng(args.seed)
     queries = x[rng.choice(len(x), args.queries, replace=False)]
     started = time.perf_counter()

@@ -208,3 +208,36 @@ def test_offline_run_compares_every_model_on_synthetic_users():
     main = report.table.loc[PINNERSAGE]
     assert main.relevance > report.table.loc["Decay average (λ=0.01)", "relevance"] > report.table.loc[BASELINE, "relevance"]
     assert list(report.curve.e) == [1, 2, 3] and len(report.alpha_sweep) == 2
+
+
+def test_the_horizon_takes_exactly_its_days_and_zero_means_up_to_the_newest(tmp_path):
+    from datetime import date
+
+    import duckdb
+
+    from pinnersage_dagster.assets.evaluation import horizon_to_newest
+    from pinnersage_dagster.evaluation_report import load_split
+    from pinnersage_dagster.resources import FileSource
+    from pinnersage_dagster.warehouse import ensure_tables, write_pins
+
+    split = date(2026, 3, 10)
+    x = np.eye(8, dtype=np.float32)
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as conn:
+        ensure_tables(conn)
+        write_pins(conn, pd.DataFrame({"pin_id": np.arange(8), "quality": 1.0, "created_at": pd.NaT}), x)
+        history = pd.DataFrame({"partition_date": split - pd.Timedelta(days=1), "user_id": 1, "pin_id": [0, 1],
+                                "action": "click", "ts": pd.to_datetime(["2026-03-08", "2026-03-09"])})
+        conn.register("h", history)
+        conn.execute("INSERT INTO action_windows SELECT CAST(partition_date AS DATE), user_id, pin_id, action, ts FROM h")
+        # one test action on each of the 4 days from the split: pins 2, 3, 4, 5
+        conn.execute("""INSERT INTO raw_actions SELECT DATE '2026-03-10' + CAST(i AS INTEGER), 1, 2 + i, 'click',
+                        TIMESTAMP '2026-03-10 12:00' + INTERVAL (i) DAY FROM range(4) t(i)""")
+        for horizon, pins in ((1, [2]), (2, [2, 3]), (4, [2, 3, 4, 5]), (9, [2, 3, 4, 5])):
+            users = load_split(conn, split, horizon, min_train_actions=1, max_users=10, seed=0)
+            assert users.test["pin_id"].tolist() == pins, horizon
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,pin_id,action,ts\n1,2,click,2026-03-10T12:00:00Z\n1,5,click,2026-03-13T12:00:00Z\n"
+                   "1,6,click,2099-01-01T00:00:00Z\n")  # a future row does not stretch the horizon
+    assert horizon_to_newest(FileSource(actions_path=str(log)), split) == 4
+    with pytest.raises(ValueError, match="no day on or after the split day"):
+        horizon_to_newest(FileSource(actions_path=str(log)), date(2026, 3, 14))

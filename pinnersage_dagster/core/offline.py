@@ -42,7 +42,7 @@ class OfflineReport:
     users: int
     seeds: int
     recovery: dict[str, float] | None
-    alpha: float = 1.3
+    alpha: float = 1.8
     decay_lambda: float = 0.01
     policy: pd.DataFrame | None = None  # the proportional policy against the paper's sampling: lifts over it
 
