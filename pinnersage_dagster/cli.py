@@ -16,7 +16,7 @@ import numpy as np
 
 from .core.hnsw import IndexIntegrityError, read_manifest
 from .reporting import distribution, frame_markdown
-from .resources import DEFAULT_DATABASE, DEFAULT_INDEX_ROOT, DEFAULT_SERVING_ROOT
+from .resources import DEFAULT_DATABASE, DEFAULT_EVENTS_ROOT, DEFAULT_INDEX_ROOT, DEFAULT_SERVING_ROOT
 
 
 def latest_partition() -> date:
@@ -281,6 +281,7 @@ def run_evaluation(
 
 def _service(serving_root: str | None, refresh: bool = True, policy: str | None = None):
     from .config import PinnerSageParams
+    from .serving.event_log import EventLog
     from .serving.service import RecommenderService, ServiceSettings
     from .serving.store import SnapshotManager
 
@@ -292,7 +293,8 @@ def _service(serving_root: str | None, refresh: bool = True, policy: str | None 
         online_recent_actions=params.online_recent_actions,
     )
     root = serving_root or os.getenv("PINNERSAGE_SERVING_ROOT", DEFAULT_SERVING_ROOT)
-    service = RecommenderService(SnapshotManager(Path(root)), settings)
+    events = EventLog(os.getenv("PINNERSAGE_EVENTS_ROOT", DEFAULT_EVENTS_ROOT))
+    service = RecommenderService(SnapshotManager(Path(root)), settings, events)
     if refresh:
         service.manager.refresh()
         if service.manager.current is None:

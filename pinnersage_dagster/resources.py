@@ -30,6 +30,7 @@ DEFAULT_DATABASE = "data/pinnersage.duckdb"
 DEFAULT_INDEX_ROOT = "data/pin_index"
 DEFAULT_SERVING_ROOT = "data/serving"
 DEFAULT_EXCHANGE_ROOT = "data/exchange"
+DEFAULT_EVENTS_ROOT = "data/events"  # the service's durable event log, one JSON Lines file per UTC day
 
 
 class DataSource(dg.ConfigurableResource):

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
+from .event_log import EventLogError
 from .service import NoSnapshotError, RecommenderService
 
 INT64 = {"ge": -(2**63), "le": 2**63 - 1}
@@ -126,6 +127,9 @@ class Health(BaseModel):
     cache_misses: int
     cache_hit_rate: float
     online_users: int
+    event_log: dict[str, Any] | None = Field(
+        None, description="appended, duplicates, read (replayed or followed), unreadable_lines (torn or garbage, "
+        "skipped), rejected_on_replay (by reason)")
 
 
 class Problem(BaseModel):
@@ -170,6 +174,8 @@ def create_app(service: RecommenderService, *, refresh_seconds: float | None = 3
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         service.manager.refresh()
+        if service.manager.current is not None:
+            service.snapshot()  # replays the event log of the days the snapshot does not cover
         if refresh_seconds:
             service.manager.start(refresh_seconds)
         yield
@@ -235,13 +241,17 @@ def create_app(service: RecommenderService, *, refresh_seconds: float | None = 3
         except NoSnapshotError as exc:
             return unavailable("interests", started, exc)
 
-    @app.post("/v1/events", response_model=EventsResult, responses=body_errors)
-    async def post_events(batch: EventBatch):
-        """Same-day actions. Each is accepted or rejected with a reason; accepted ones count at once."""
+    # a plain def: FastAPI runs it in a worker thread, so the log's fsync never stalls the event loop
+    @app.post("/v1/events", response_model=EventsResult, responses={
+        **body_errors, 503: {"model": Problem, "description": "No snapshot yet, or the event log cannot be written: "
+                             "nothing of the request was accepted"}})
+    def post_events(batch: EventBatch):
+        """Same-day actions. Each is accepted or rejected with a reason; accepted ones are on disk
+        (fsynced) before the answer and count at once, on every worker."""
         started = time.perf_counter()
         try:
             result = service.post_events([e.model_dump() for e in batch.events])
-        except NoSnapshotError as exc:
+        except (NoSnapshotError, EventLogError) as exc:
             return unavailable("events", started, exc)
         return answer("events", started, result)
 
@@ -258,6 +268,12 @@ def create_app(service: RecommenderService, *, refresh_seconds: float | None = 3
             "cache_misses": service.cache.misses,
             "cache_hit_rate": service.cache.hit_rate,
             "online_users": service.events.users,
+            "event_log": None if service.event_log is None else {
+                "root": str(service.event_log.root), "appended": service.event_log.stats.appended,
+                "duplicates": service.event_log.stats.duplicates, "read": service.event_log.stats.read,
+                "unreadable_lines": service.event_log.stats.unreadable_lines,
+                "rejected_on_replay": dict(service.replay_rejected),
+            },
         }
 
     @app.get("/metrics", response_class=PlainTextResponse)

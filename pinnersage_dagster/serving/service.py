@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .cache import MedoidCache, Neighbours
+from .event_log import EventLog
 from .online import OnlineEvent, OnlineEvents, user_interests
 from ..core.retrieval import per_medoid_budget, proportional_budget, sample_medoids
 from .retrieval import merge_candidates
@@ -39,11 +40,19 @@ def utc_now() -> pd.Timestamp:
 
 
 class RecommenderService:
-    def __init__(self, manager: SnapshotManager, settings: ServiceSettings | None = None) -> None:
+    """``event_log``: where accepted events are made durable before they are acknowledged, and
+    where the events other workers accepted are followed (``serving.event_log``). Without one
+    (tests of the model alone), accepted events live in this process only."""
+
+    def __init__(
+        self, manager: SnapshotManager, settings: ServiceSettings | None = None, event_log: EventLog | None = None
+    ) -> None:
         self.settings = settings or ServiceSettings()
         self.manager = manager
         self.cache = MedoidCache(self.settings.cache_entries)
         self.events = OnlineEvents(keep=self.settings.online_recent_actions)
+        self.event_log = event_log
+        self.replay_rejected: dict[str, int] = {}
         previous = manager.on_swap
 
         def on_swap(snapshot: ServingSnapshot) -> None:
@@ -57,7 +66,23 @@ class RecommenderService:
         snapshot = self.manager.current
         if snapshot is None:
             raise NoSnapshotError("no serving snapshot has been published yet: materialize serving_snapshot")
+        if self.event_log is not None:  # what any worker accepted is visible here from the next request on
+            followed = self.event_log.follow(since=snapshot.batch_time.date())
+            if followed:
+                self._keep(snapshot, followed, utc_now())
         return snapshot
+
+    def _keep(self, snapshot: ServingSnapshot, events: list[OnlineEvent], now: pd.Timestamp) -> None:
+        """Events read from the log (replayed at start, or appended by another worker): the same
+        rules as a post; what they refuse is counted, never fatal."""
+        for event in events:
+            raw = {"user_id": event.user_id, "pin_id": event.pin_id, "action": event.action, "ts": event.ts}
+            checked, reason = self._validate(snapshot, raw, now)
+            if checked is None:
+                if reason != "covered_by_batch":  # the batch has it: not a rejection
+                    self.replay_rejected[reason] = self.replay_rejected.get(reason, 0) + 1
+                continue
+            self.events.add(checked)
 
     def interests(self, user_id: int, now: pd.Timestamp | None = None) -> dict[str, Any]:
         snapshot = self.snapshot()
@@ -162,11 +187,18 @@ class RecommenderService:
         """Validate and keep events; returns accepted count and each rejected event with its reason."""
         snapshot = self.snapshot()
         now = now or utc_now()
+        checked = [self._validate(snapshot, raw, now) for raw in events]
+        valid = [event for event, _ in checked if event is not None]
+        if self.event_log is not None:  # durable first (EventLogError: nothing is acknowledged)
+            new, others = self.event_log.append(valid)
+            self._keep(snapshot, others, now)
+            fresh = iter(new)
         accepted, rejected = 0, []
-        for position, raw in enumerate(events):
-            event, reason = self._validate(snapshot, raw, now)
-            if event is not None and not self.events.add(event):
-                reason = "duplicate_event"
+        for position, (event, reason) in enumerate(checked):
+            if event is not None:
+                is_new = next(fresh) if self.event_log is not None else True  # not already in the log
+                if not is_new or not self.events.add(event):
+                    reason = "duplicate_event"
             if reason:
                 rejected.append({"index": position, "reason": reason})
             else:
