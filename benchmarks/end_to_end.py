@@ -48,13 +48,14 @@ def resources(root: Path, users: int, pins: int) -> dict:
     from dagster_duckdb import DuckDBResource
 
     from pinnersage_dagster.config import PinnerSageParams
-    from pinnersage_dagster.resources import ExchangeStore, IndexStore, ServingStore, SyntheticSource
+    from pinnersage_dagster.resources import EventLogStore, ExchangeStore, IndexStore, ServingStore, SyntheticSource
 
     return {
         "duckdb": DuckDBResource(database=str(root / "warehouse.duckdb")),
         "index_store": IndexStore(root=str(root / "pin_index")),
         "serving_store": ServingStore(root=str(root / "serving")),
         "exchange": ExchangeStore(root=str(root / "exchange")),
+        "event_log": EventLogStore(root=str(root / "events")),
         # the committed results were measured on the clean world; re-measure before switching to realistic
         "source": SyntheticSource(n_users=users, n_pins=pins, dirty_share=0.001, preset="clean"),
         "params": PinnerSageParams(),

@@ -222,6 +222,17 @@ class ExchangeStore(dg.ConfigurableResource):
         return "://" not in self.root or self.root.startswith("file://")
 
 
+class EventLogStore(dg.ConfigurableResource):
+    """The recommendation service's durable event log (``serving.event_log``): one JSON Lines
+    file per UTC day, which ``raw_actions`` of that day also ingests (``ingest`` false: not)."""
+
+    root: str = DEFAULT_EVENTS_ROOT
+    ingest: bool = True
+
+    def day_file(self, day: date) -> Path:
+        return Path(self.root) / f"{day.isoformat()}.jsonl"
+
+
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources for this deployment, chosen by environment variables (README, 'Configuration')."""
     if os.getenv("PINNERSAGE_SOURCE", "synthetic") == "files":
@@ -246,6 +257,10 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         "index_store": IndexStore(root=os.getenv("PINNERSAGE_INDEX_ROOT", DEFAULT_INDEX_ROOT)),
         "serving_store": ServingStore(root=os.getenv("PINNERSAGE_SERVING_ROOT", DEFAULT_SERVING_ROOT)),
         "exchange": ExchangeStore(root=os.getenv("PINNERSAGE_EXCHANGE_ROOT", DEFAULT_EXCHANGE_ROOT)),
+        "event_log": EventLogStore(
+            root=os.getenv("PINNERSAGE_EVENTS_ROOT", DEFAULT_EVENTS_ROOT),
+            ingest=os.getenv("PINNERSAGE_INGEST_SERVICE_EVENTS", "true").lower() not in ("0", "false", "no"),
+        ),
         "source": source,
         "params": PinnerSageParams(),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -29,6 +30,7 @@ PARTITIONED_TABLES: dict[str, str] = {
     "medoid_pin_id BIGINT NOT NULL, importance DOUBLE NOT NULL, size BIGINT NOT NULL, "
     "n_actions BIGINT NOT NULL, kind VARCHAR NOT NULL",
     "pin_embeddings": "partition_date DATE NOT NULL, pin_id BIGINT NOT NULL, embedding FLOAT[] NOT NULL",
+    "event_log_ingestions": "partition_date DATE NOT NULL, file VARCHAR NOT NULL, bytes BIGINT NOT NULL",
     "pin_embeddings_quarantine": "partition_date DATE NOT NULL, pin_id BIGINT NOT NULL, reason VARCHAR NOT NULL, "
     "detail VARCHAR",
 }
@@ -76,13 +78,25 @@ def _insert(conn: duckdb.DuckDBPyConnection, table: str, columns: str, rows: pd.
 
 
 def replace_partitions(
-    conn: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame | pa.Table, first: date, last: date
+    conn: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame | pa.Table, first: date, last: date,
+    atomic: bool = True,
 ) -> int:
-    """Replace partitions [first, last] of ``table`` with ``rows`` (which carry ``partition_date``)."""
-    with transaction(conn):
+    """Replace partitions [first, last] of ``table`` with ``rows`` (which carry ``partition_date``),
+    in a transaction of its own (``atomic``) or in the caller's."""
+    if not atomic:
         conn.execute(f"DELETE FROM {table} WHERE partition_date BETWEEN ? AND ?", [first, last])
         _insert(conn, table, _column_names(PARTITIONED_TABLES[table]), rows)
-    return len(rows)
+        return len(rows)
+    with transaction(conn):
+        return replace_partitions(conn, table, rows, first, last, atomic=False)
+
+
+def record_event_log_ingestion(conn: duckdb.DuckDBPyConnection, day: date, path: Path | None) -> None:
+    """Which bytes of the service's event log of ``day`` are in ``raw_actions`` (retention deletes a
+    log only once all of it is): its size when read, or nothing when it was not ingested."""
+    conn.execute("DELETE FROM event_log_ingestions WHERE partition_date = ?", [day])
+    if path is not None and path.exists():
+        conn.execute("INSERT INTO event_log_ingestions VALUES (?, ?, ?)", [day, path.name, path.stat().st_size])
 
 
 def replace_table(conn: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame | pa.Table) -> int:

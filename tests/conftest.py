@@ -12,7 +12,7 @@ from dagster_duckdb import DuckDBResource
 from pinnersage_dagster.assets import all_assets
 from pinnersage_dagster.checks import all_checks
 from pinnersage_dagster.config import PinnerSageParams
-from pinnersage_dagster.resources import ExchangeStore, IndexStore, ServingStore, SyntheticSource
+from pinnersage_dagster.resources import EventLogStore, ExchangeStore, IndexStore, ServingStore, SyntheticSource
 
 DAY = date(2026, 6, 10)
 WINDOW = 10
@@ -44,6 +44,7 @@ def make_resources(root: Path, **params) -> dict:
         "index_store": IndexStore(root=str(root / "pin_index")),
         "serving_store": ServingStore(root=str(root / "serving")),
         "exchange": ExchangeStore(root=str(root / "exchange")),
+        "event_log": EventLogStore(root=str(root / "events")),
         "source": SyntheticSource(n_users=80, n_pins=3_000, seed=5, preset="clean"),
         "params": PinnerSageParams(window_days=WINDOW, **params),
     }

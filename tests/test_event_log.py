@@ -190,3 +190,41 @@ def test_events_survive_a_sigkill_right_after_the_answer(tmp_path):
     reference.post_events(posted)
     assert after[2] == reference.interests(2)["interests"] and after[1] == reference.interests(1)["interests"]
     assert recs["items"] == reference.recommend(2, seed=3)["items"]
+
+
+def test_raw_actions_ingests_the_service_event_log_of_its_day(tmp_path):
+    import dagster as dg
+    import duckdb
+
+    from pinnersage_dagster.assets import all_assets
+    from pinnersage_dagster.resources import EventLogStore, FileSource
+
+    from .conftest import make_resources, materializations
+
+    day = date(2026, 3, 2)
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,pin_id,action,ts\n1,10,click,2026-03-02T08:00:00Z\n2,11,repin,2026-03-02T09:00:00Z\n")
+    served = EventLog(tmp_path / "events")
+    served.append([
+        OnlineEvent(ts=pd.Timestamp("2026-03-02 08:00"), user_id=1, pin_id=10, action="click"),  # the source has it
+        OnlineEvent(ts=pd.Timestamp("2026-03-02 20:00"), user_id=3, pin_id=12, action="click"),  # only the service saw it
+    ])
+    with open(served.path(day), "ab") as f:
+        f.write(b'{"user_id": 4, "pin_')  # torn by a crash
+    resources = make_resources(tmp_path)
+    resources["source"] = FileSource(actions_path=str(log))
+    resources["event_log"] = EventLogStore(root=str(tmp_path / "events"))
+    result = dg.materialize(all_assets, selection=["raw_actions"], resources=resources, partition_key=day.isoformat())
+    meta = {k: v.value for k, v in materializations(result, "raw_actions")[0].metadata.items()}
+    assert meta["rows_read_from_source"] == 2 and meta["rows_read_from_service_events"] == 3
+    assert meta["rows_read"] == 5 == meta["dagster/row_count"] + meta["rows_quarantined"]
+    assert meta["service_events_already_in_source"] == 1
+    assert meta["quarantine_reasons"] == {"duplicate_event": 1, "unreadable_event_line": 1}
+    with duckdb.connect(resources["duckdb"].database, read_only=True) as conn:
+        assert conn.execute("SELECT user_id, pin_id FROM raw_actions ORDER BY ts").fetchall() == [(1, 10), (2, 11), (3, 12)]
+        ingested = conn.execute("SELECT file, bytes FROM event_log_ingestions").fetchall()
+    assert ingested == [(served.path(day).name, served.path(day).stat().st_size)]
+    # off: the event log is not read
+    resources["event_log"] = EventLogStore(root=str(tmp_path / "events"), ingest=False)
+    result = dg.materialize(all_assets, selection=["raw_actions"], resources=resources, partition_key=day.isoformat())
+    assert materializations(result, "raw_actions")[0].metadata["rows_read"].value == 2

@@ -11,10 +11,12 @@ from ..config import PinnerSageParams
 from ..core.contract import validate_actions
 from ..partitions import daily_partitions, partition_days, window_mapping
 from ..action_log import Span
-from ..readers import day_bounds
+from ..readers import day_bounds, read_event_log_day
 from ..reporting import column_schema
-from ..resources import DataSource
-from ..warehouse import WINDOW_SQL, ensure_tables, replace_partition_from_query, replace_partitions
+from ..resources import DataSource, EventLogStore
+from ..warehouse import (
+    WINDOW_SQL, ensure_tables, record_event_log_ingestion, replace_partition_from_query, replace_partitions, transaction,
+)
 from .candidates import pins
 from .constants import DUCKDB_POOL, GROUP
 
@@ -43,13 +45,17 @@ WINDOW_STATS_SQL = """
     pool=DUCKDB_POOL,
     kinds={"duckdb"},
 )
-def raw_actions(context: dg.AssetExecutionContext, duckdb: DuckDBResource, source: DataSource) -> dg.MaterializeResult:
+def raw_actions(
+    context: dg.AssetExecutionContext, duckdb: DuckDBResource, source: DataSource, event_log: EventLogStore
+) -> dg.MaterializeResult:
     """The valid repin/click events of partition day D (ts in [D, D+1) UTC).
 
     Rows that break the contract (bad ids or action, bad or out-of-day timestamps, pins the
     source's catalog does not hold, repeated events) go to ``raw_actions_quarantine`` with their
     reason. With a log spanning many days, the first partition also quarantines the log's rows
-    before it or without a usable ts, and the newest partition its rows in the future.
+    before it or without a usable ts, and the newest partition its rows in the future. The
+    recommendation service's event log of D is ingested too, after the source's rows, so an
+    event the source also holds is kept once (its copy is quarantined ``duplicate_event``).
     """
     known = source.known_pin_ids()
     now = pd.Timestamp.now(tz="UTC").tz_localize(None)
@@ -60,24 +66,38 @@ def raw_actions(context: dg.AssetExecutionContext, duckdb: DuckDBResource, sourc
         newest_partition=daily_partitions.get_last_partition_window().start.date(),
         now=now,
     )
-    read = accepted = quarantined = 0
+    read = accepted = quarantined = from_source = from_events = events_in_source = 0
     reasons: dict[str, int] = {}
     per_day = {}
     users: set[int] = set()
     for day, rows in source.read_actions(span):
         start, end = day_bounds(day)
+        path = event_log.day_file(day)
+        events, unreadable = read_event_log_day(path) if event_log.ingest else (rows.iloc[:0], None)
+        combined = pd.concat([rows, events], ignore_index=True) if len(events) else rows
         validated = validate_actions(
-            rows, day_start=start, day_end=end, now=now, known_pin_ids=known, first_start=day_bounds(first)[0]
+            combined, day_start=start, day_end=end, now=now, known_pin_ids=known, first_start=day_bounds(first)[0]
         )
+        quarantine = validated.quarantine if unreadable is None or unreadable.empty else pd.concat(
+            [validated.quarantine, unreadable], ignore_index=True)
         with duckdb.get_connection() as conn:
             ensure_tables(conn)
-            replace_partitions(conn, "raw_actions", validated.accepted.assign(partition_date=day), day, day)
-            replace_partitions(conn, "raw_actions_quarantine", validated.quarantine.assign(partition_date=day), day, day)
-        read += len(rows)
+            with transaction(conn):
+                replace_partitions(conn, "raw_actions", validated.accepted.assign(partition_date=day), day, day, atomic=False)
+                replace_partitions(conn, "raw_actions_quarantine", quarantine.assign(partition_date=day), day, day, atomic=False)
+                record_event_log_ingestion(conn, day, path if event_log.ingest else None)
+        n_events = len(events) + (0 if unreadable is None else len(unreadable))
+        read += len(rows) + n_events
+        from_source += len(rows)
+        from_events += n_events
+        event_copies = validated.quarantine["source"].eq(str(path)) & validated.quarantine["reason"].eq("duplicate_event")
+        events_in_source += int(event_copies.sum())
         accepted += len(validated.accepted)
-        quarantined += len(validated.quarantine)
+        quarantined += len(quarantine)
         for reason, count in validated.reasons.items():
             reasons[reason] = reasons.get(reason, 0) + count
+        if unreadable is not None and len(unreadable):
+            reasons["unreadable_event_line"] = reasons.get("unreadable_event_line", 0) + len(unreadable)
         per_day[str(day)] = len(validated.accepted)
         users.update(validated.accepted["user_id"].unique().tolist())
     if read != accepted + quarantined:  # the accounting identity: nothing is lost
@@ -86,6 +106,9 @@ def raw_actions(context: dg.AssetExecutionContext, duckdb: DuckDBResource, sourc
         metadata={
             "days": len(per_day),
             "rows_read": read,
+            "rows_read_from_source": from_source,
+            "rows_read_from_service_events": from_events,
+            "service_events_already_in_source": events_in_source,
             "dagster/row_count": accepted,
             "rows_quarantined": quarantined,
             "quarantine_reasons": reasons,
