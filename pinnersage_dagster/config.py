@@ -71,6 +71,12 @@ class PinnerSageParams(dg.ConfigurableResource):
     embedding_min_users: int = Field(
         default=2, ge=1, description="Distinct users a pin needs before an embedding is learned for it.",
     )
+    retention_days: int = Field(
+        default=7, ge=1,
+        description="Days of pin_index builds, serving snapshots and ingested event logs kept on disk; older ones "
+        "are removed when a newer day is published (never the newest, a served snapshot, or an event log not yet "
+        "in the warehouse).",
+    )
     hnsw_m: int = Field(default=32, ge=4, description="HNSW graph degree M.")
     hnsw_ef_construction: int = Field(default=200, ge=8, description="HNSW ef at build time.")
     hnsw_ef: int = Field(default=200, ge=8, description="HNSW ef at query time (recall/latency trade-off).")

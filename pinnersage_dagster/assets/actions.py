@@ -2,6 +2,7 @@
 
 
 from datetime import timedelta
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -9,6 +10,7 @@ from dagster_duckdb import DuckDBResource
 
 from ..config import PinnerSageParams
 from ..core.contract import validate_actions
+from ..core.retention import prune_event_logs
 from ..partitions import daily_partitions, partition_days, window_mapping
 from ..action_log import Span
 from ..readers import day_bounds, read_event_log_day
@@ -46,7 +48,11 @@ WINDOW_STATS_SQL = """
     kinds={"duckdb"},
 )
 def raw_actions(
-    context: dg.AssetExecutionContext, duckdb: DuckDBResource, source: DataSource, event_log: EventLogStore
+    context: dg.AssetExecutionContext,
+    duckdb: DuckDBResource,
+    source: DataSource,
+    event_log: EventLogStore,
+    params: PinnerSageParams,
 ) -> dg.MaterializeResult:
     """The valid repin/click events of partition day D (ts in [D, D+1) UTC).
 
@@ -102,6 +108,10 @@ def raw_actions(
         users.update(validated.accepted["user_id"].unique().tolist())
     if read != accepted + quarantined:  # the accounting identity: nothing is lost
         raise RuntimeError(f"rows read {read} != accepted {accepted} + quarantined {quarantined}")
+    with duckdb.get_connection() as conn:
+        ingested = dict(conn.execute("SELECT file, bytes FROM event_log_ingestions").fetchall())
+    removed_logs = prune_event_logs(Path(event_log.root), keep_days=params.retention_days, today=now.date(),
+                                    ingested_bytes=ingested)
     return dg.MaterializeResult(
         metadata={
             "days": len(per_day),
@@ -109,6 +119,7 @@ def raw_actions(
             "rows_read_from_source": from_source,
             "rows_read_from_service_events": from_events,
             "service_events_already_in_source": events_in_source,
+            "event_logs_removed_by_retention": removed_logs,
             "dagster/row_count": accepted,
             "rows_quarantined": quarantined,
             "quarantine_reasons": reasons,

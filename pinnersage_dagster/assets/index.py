@@ -2,6 +2,7 @@
 
 
 import time
+from pathlib import Path
 from datetime import timedelta
 
 import dagster as dg
@@ -11,6 +12,7 @@ from dagster_duckdb import DuckDBResource
 from ..config import PinnerSageParams
 from ..core.artifacts import ArtifactIntegrityError
 from ..core.hnsw import build_index, publish_index
+from ..core.retention import days, prune_artifacts
 from ..core.pool_graph import load_pool_graph
 from ..partitions import daily_partitions, partition_days
 from ..resources import IndexStore
@@ -95,7 +97,9 @@ def pin_index(
         )
         seconds = time.perf_counter() - started
         size = sum(f.stat().st_size for f in (directory / "builds" / manifest.build_id).iterdir())
-        context.log.info(f"{day}: indexed {manifest.count} pins ({mode}) in {seconds:.1f}s at {directory}")
+        removed = prune_artifacts(Path(index_store.root), keep_days=params.retention_days, protect={day.isoformat()})
+        context.log.info(f"{day}: indexed {manifest.count} pins ({mode}) in {seconds:.1f}s at {directory}"
+                         + (f"; retention removed {removed}" if removed else ""))
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(directory / "manifest.json")),
@@ -110,6 +114,9 @@ def pin_index(
             "ef": manifest.ef,
             "seconds": round(seconds, 2),
             "size_on_disk_mb": round(size / 2**20, 2),
+            "retention_days": params.retention_days,
+            "retention_removed": removed,
+            "days_on_disk": len(days(Path(index_store.root))),
             "pin_ids_sha256": manifest.pin_ids_sha256,
             "build_id": manifest.build_id,
         }

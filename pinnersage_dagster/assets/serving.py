@@ -9,6 +9,7 @@ from ..config import PinnerSageParams
 from ..partitions import daily_partitions, partition_days
 from ..readers import day_bounds
 from ..resources import IndexStore, ServingStore
+from ..core.retention import days, disk_bytes, prune_artifacts, served_partitions
 from ..serving.snapshot import publish_snapshot
 from ..warehouse import WarehouseCatalog
 from .actions import action_windows
@@ -72,8 +73,12 @@ def serving_snapshot(
             decay_lambda=params.decay_lambda,
         )
         written, linked = _disk_use(serving_store.partition_dir(day.isoformat()) / "builds" / manifest["build_id"])
+        root = Path(serving_store.root)
+        served = served_partitions(root)
+        removed = prune_artifacts(root, keep_days=params.retention_days, protect={day.isoformat(), *served})
         context.log.info(f"{day}: snapshot {manifest['build_id']} for {manifest['users']} users, "
-                         f"{written / 2**20:.0f} MiB written, {linked / 2**20:.0f} MiB shared with other builds")
+                         f"{written / 2**20:.0f} MiB written, {linked / 2**20:.0f} MiB shared with other builds"
+                         + (f"; retention removed {removed}" if removed else ""))
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(serving_store.partition_dir(day.isoformat()) / "manifest.json")),
@@ -88,6 +93,11 @@ def serving_snapshot(
             "catalog_base_origin": manifest["catalog"]["base_origin"],
             "bytes_written_mib": round(written / 2**20, 1),
             "bytes_linked_mib": round(linked / 2**20, 1),
+            "retention_days": params.retention_days,
+            "retention_removed": removed,
+            "served_partitions": sorted(served),
+            "days_on_disk": len(days(root)),
+            "disk_mib_all_days": round(disk_bytes(root) / 2**20, 1),
         }
     )
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.artifacts import ArtifactIntegrityError, read_manifest
+from ..core.retention import clear_in_use, mark_in_use
 from .snapshot import ServingSnapshot, load_snapshot
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class SnapshotManager:
                         return False
                     continue
                 self.current = snapshot
+                self._mark()
                 log.info("serving snapshot %s (%s)", partition, build_id)
                 if self.on_swap is not None:
                     self.on_swap(snapshot)
@@ -87,6 +89,7 @@ class SnapshotManager:
             while not self._stop.wait(interval_seconds):
                 try:
                     self.refresh()
+                    self._mark()  # the heartbeat retention reads: this snapshot is still served
                 except Exception:  # never let the poller die
                     log.exception("snapshot refresh failed")
 
@@ -98,3 +101,12 @@ class SnapshotManager:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        clear_in_use(self.root)
+
+    def _mark(self) -> None:
+        """Tell retention (``core.retention``) which partition this process serves."""
+        if self.current is not None:
+            try:
+                mark_in_use(self.root, self.current.partition)
+            except OSError as exc:  # a read-only serving root: serving goes on, retention can't see us
+                log.warning("cannot mark the served snapshot in use: %s", exc)
