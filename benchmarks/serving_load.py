@@ -21,6 +21,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -106,21 +108,25 @@ def wait_ready(port: int, timeout: float = 300.0) -> dict:
     raise RuntimeError("server did not become ready")
 
 
-def load(port: int, users: list[int], connections: int, max_seconds: float, path: str | None = None) -> dict:
+def load(port: int, users: list[int], connections: int, max_seconds: float, path: str | None = None,
+         post_every: int = 0, pins: int = 0) -> dict:
     users_file = ROOT / "benchmarks" / ".cache" / "users.txt"
     users_file.write_text("\n".join(map(str, users)))
     command = [sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), "--port", str(port), "--users-file",
                str(users_file), "--connections", str(connections), "--max-seconds", str(max_seconds)]
     if path:
         command += ["--path", path]
+    if post_every:  # synthetic pin ids are 100,000 + 0 .. n_pins - 1
+        command += ["--post-every", str(post_every), "--pin-range", f"100000:{100_000 + pins}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=max_seconds + 60, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measured(port: int, users: list[int], args: argparse.Namespace, path: str | None = None) -> dict:
-    """One load phase with the medoid-cache hit rate and lookups per request measured over that phase only."""
+def measured(port: int, users: list[int], args: argparse.Namespace, path: str | None = None, post_every: int = 0) -> dict:
+    """One load phase with the medoid-cache hit rate and lookups per request measured over that phase only
+    (with several workers, /health reports the worker that answers it: a sample)."""
     before = health(port)
-    result = load(port, users, args.connections, args.max_seconds, path)
+    result = load(port, users, args.connections, args.max_seconds, path, post_every, args.pins)
     after = health(port)
     hits, misses = after["cache_hits"] - before["cache_hits"], after["cache_misses"] - before["cache_misses"]
     result["cache_hit_rate"] = round(hits / (hits + misses), 3) if hits + misses else None
@@ -152,29 +158,36 @@ def main() -> None:
         built.write_text(json.dumps(build_snapshot(cache, args.pins, args.users, args.seed)))
     info = json.loads(built.read_text())
 
-    env = {**os.environ, "PINNERSAGE_SERVING_ROOT": str(cache / "serving")}
+    env = {**os.environ, "PINNERSAGE_SERVING_ROOT": str(cache / "serving"), "PINNERSAGE_EVENTS_ROOT": str(cache / "events")}
     rng = np.random.default_rng(args.seed)
     users = rng.permutation(np.arange(1, args.users + 1))[: args.requests].tolist()
     phases: dict[str, dict] = {}
-    for policy in POLICIES:  # a fresh server per policy: each cold phase starts on an empty cache
+    # (workers, policy, with a mixed phase): one process per policy, then two workers behind one port
+    for workers, policy, mixed in ((1, "sampled", True), (1, "proportional", False), (2, "sampled", True)):
+        shutil.rmtree(cache / "events", ignore_errors=True)  # each server starts with an empty event log
         port = free_port()
         server = subprocess.Popen(
-            [sys.executable, "-m", "pinnersage_dagster.cli", "serve", "--port", str(port), "--refresh-seconds", "3600"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "pinnersage_dagster.cli", "serve", "--port", str(port), "--refresh-seconds", "3600",
+             "--workers", str(workers)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )
+        label = f"{workers} worker{'s' if workers > 1 else ''}, {policy}"
         try:
             wait_ready(port)
-            if not phases:
-                phases["baseline: GET /health"] = load(port, users, args.connections, args.max_seconds, "/health")
+            time.sleep(3 if workers > 1 else 0)  # every worker up, not just the first
+            phases[f"{label}: baseline GET /health"] = load(port, users, args.connections, args.max_seconds, "/health")
             path = "/v1/users/{user}/recommendations?policy=" + policy
             # cold: first sight of every user, on an empty cache; warm-up: the same users until every medoid
             # they can ask for has been fetched once; warm: the same users again, measured
-            phases[f"{policy}: cold cache"] = measured(port, users, args, path)
+            phases[f"{label}: cold cache"] = measured(port, users, args, path)
             for _ in range(args.warmup_passes):
                 load(port, rng.permutation(users).tolist(), args.connections, args.max_seconds, path)
-            phases[f"{policy}: warm cache"] = measured(port, rng.permutation(users).tolist(), args, path)
+            phases[f"{label}: warm cache"] = measured(port, rng.permutation(users).tolist(), args, path)
+            if mixed:  # 10% event posts (each fsynced before its answer) among the reads
+                phases[f"{label}: warm, 10% event posts"] = measured(
+                    port, rng.permutation(users).tolist(), args, path, post_every=10)
         finally:
-            server.terminate()
+            os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
     report(info, phases, args)
 
@@ -187,28 +200,31 @@ def report(info: dict, phases: dict, args: argparse.Namespace) -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     (out / "serving.json").write_text(json.dumps({"snapshot": info, "phases": phases, "command": command,
                                                   "machine": machine}, indent=2))
-    baseline = phases["baseline: GET /health"]["requests_per_second"]
+    def baseline(name: str) -> float:
+        return phases[name.split(":")[0] + ": baseline GET /health"]["requests_per_second"]
+
     lines = [
         "# Recommendation service under load",
         "",
         f"Reproduce: `{command}`",
         "",
-        f"Machine: {machine}; server and load generator share it (one uvicorn process, one load process).",
+        f"Machine: {machine}; server and load generator share it (uvicorn with 1 or 2 worker processes, one load "
+        "process).",
         f"Snapshot: {info['pins']:,} pins in the HNSW index (M=32, ef=200), {info['users']:,} users, "
         f"{info['clusters']:,} clusters (built in {info['index_build_seconds']} s).",
         "Each request: spend the budget of 400 across the user's medoids (`sampled`: up to 3 drawn by importance, "
         "floor(400/e) neighbours each; `proportional`: every medoid, a share by importance, floor 10, cap 200), "
         "exclude seen pins, merge, JSON with up to 400 items.",
         "",
-        "| phase | requests | errors | req/s | p50 ms | p90 ms | p99 ms | ratio to baseline req/s | cache hit rate in phase "
-        "| medoid lookups per request |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| phase | requests | errors | req/s | p50 ms | p90 ms | p99 ms | ratio to the same server's /health req/s "
+        "| cache hit rate in phase | medoid lookups per request | event posts p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, p in phases.items():
         lines.append(
             f"| {name} | {p['requests']} | {p['errors']} | {p['requests_per_second']} | {p['p50_ms']} | {p['p90_ms']} | "
-            f"{p['p99_ms']} | {p['requests_per_second'] / baseline:.2f} | {p.get('cache_hit_rate', '')} | "
-            f"{p.get('medoid_lookups_per_request', '')} |"
+            f"{p['p99_ms']} | {p['requests_per_second'] / baseline(name):.2f} | {p.get('cache_hit_rate', '')} | "
+            f"{p.get('medoid_lookups_per_request', '')} | {p.get('post_p99_ms') or ''} |"
         )
     lines += ["", f"Connections: {args.connections}; each phase stops after {args.requests} requests or "
               f"{args.max_seconds:.0f} s, whichever comes first."]

@@ -318,13 +318,33 @@ def _user_report(args: argparse.Namespace) -> str:
     return head + "\n" + frame_markdown(pd.DataFrame(result["items"]), max_rows=args.limit)
 
 
-def serve(host: str, port: int, serving_root: str | None, refresh_seconds: float, policy: str | None = None) -> None:
+def serve(
+    host: str, port: int, serving_root: str | None, refresh_seconds: float, policy: str | None = None, workers: int = 1
+) -> None:
+    """One process, or ``workers`` processes behind one port (uvicorn's supervisor). Each worker
+    loads and swaps snapshots on its own and follows the shared event log, so an event posted to
+    any worker is seen by the next request on every worker."""
     import uvicorn
 
     from .serving.api import create_app
 
-    app = create_app(_service(serving_root, refresh=False, policy=policy), refresh_seconds=refresh_seconds)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    if workers == 1:
+        app = create_app(_service(serving_root, refresh=False, policy=policy), refresh_seconds=refresh_seconds)
+        return uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # workers are fresh processes: they rebuild the app from these settings
+    os.environ.update({"PINNERSAGE_SERVE_ROOT": serving_root or "", "PINNERSAGE_SERVE_REFRESH": str(refresh_seconds),
+                       "PINNERSAGE_SERVE_POLICY": policy or ""})
+    uvicorn.run("pinnersage_dagster.cli:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="warning", access_log=False)
+
+
+def app_from_env():
+    """The app of one worker of ``pinnersage serve --workers N``."""
+    from .serving.api import create_app
+
+    service = _service(os.getenv("PINNERSAGE_SERVE_ROOT") or None, refresh=False,
+                       policy=os.getenv("PINNERSAGE_SERVE_POLICY") or None)
+    return create_app(service, refresh_seconds=float(os.getenv("PINNERSAGE_SERVE_REFRESH", "30")))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -373,6 +393,8 @@ def main(argv: list[str] | None = None) -> None:
     srv.add_argument("--refresh-seconds", type=float, default=30.0, help="how often to look for a newer snapshot")
     srv.add_argument("--policy", choices=["sampled", "proportional"], default=None,
                      help="the default retrieval policy of requests that name none (default: sampled, the paper's)")
+    srv.add_argument("--workers", type=int, default=1,
+                     help="processes behind the one port; they share the event log (default 1)")
     ev = sub.add_parser("evaluate", parents=[tuning], help="offline evaluation (Tables 4-5, Figure 7) for a split day")
     ev.add_argument("--split-day", type=date.fromisoformat, default=None, help="default: 8 days ago")
     ev.add_argument("--seeds", type=int, default=5)
@@ -395,7 +417,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"report: {report_dir / 'report.md'}")
         return print((report_dir / "report.md").read_text())
     if args.command == "serve":
-        return serve(args.host, args.port, args.serving_root, args.refresh_seconds, args.policy)
+        if args.workers < 1:
+            parser.error(f"--workers: must be at least 1, got {args.workers}")
+        return serve(args.host, args.port, args.serving_root, args.refresh_seconds, args.policy, args.workers)
     if args.command in ("recommend", "interests"):
         return print(_user_report(args))
     day = args.date or latest_partition()

@@ -228,3 +228,37 @@ def test_raw_actions_ingests_the_service_event_log_of_its_day(tmp_path):
     resources["event_log"] = EventLogStore(root=str(tmp_path / "events"), ingest=False)
     result = dg.materialize(all_assets, selection=["raw_actions"], resources=resources, partition_key=day.isoformat())
     assert materializations(result, "raw_actions")[0].metadata["rows_read"].value == 2
+
+
+@pytest.mark.slow
+def test_two_workers_behind_one_port_share_every_accepted_event(tmp_path):
+    publish_day(tmp_path, DAY)
+    port = _free_port()
+    env = {**os.environ, "PINNERSAGE_SERVING_ROOT": str(tmp_path / "serving"), "PINNERSAGE_EVENTS_ROOT": str(tmp_path / "events")}
+    server = subprocess.Popen([sys.executable, "-m", "pinnersage_dagster.cli", "serve", "--port", str(port), "--workers", "2"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        pids = set()
+        for _ in range(400):  # until both workers have answered
+            try:
+                pids.add(_get(port, "/health")["pid"])
+            except OSError:
+                time.sleep(0.1)
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2, "two workers never answered"
+        pin = pin_of_topic(3)
+        body = json.dumps({"events": [{"user_id": 2, "pin_id": pin, "action": "repin", "ts": TODAY.isoformat()}]}).encode()
+        for attempt in range(2):  # the same event twice: one worker or the other, it is kept once
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/events", data=body,
+                                             headers={"content-type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as r:
+                assert json.loads(r.read())["accepted"] == (1 if attempt == 0 else 0)
+        answered_by = set()
+        for _ in range(60):  # every request, whichever worker takes it, sees the event at once
+            assert any(i["medoid_pin_id"] == pin for i in _get(port, "/v1/users/2/interests")["interests"])
+            answered_by.add(_get(port, "/health")["pid"])
+        assert answered_by == pids  # both workers took requests meanwhile
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -7,6 +7,7 @@ field-by-field detail; before any snapshot is published every data endpoint answ
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -127,6 +128,7 @@ class Health(BaseModel):
     cache_misses: int
     cache_hit_rate: float
     online_users: int
+    pid: int = Field(description="the worker process that answered")
     event_log: dict[str, Any] | None = Field(
         None, description="appended, duplicates, read (replayed or followed), unreadable_lines (torn or garbage, "
         "skipped), rejected_on_replay (by reason)")
@@ -268,6 +270,7 @@ def create_app(service: RecommenderService, *, refresh_seconds: float | None = 3
             "cache_misses": service.cache.misses,
             "cache_hit_rate": service.cache.hit_rate,
             "online_users": service.events.users,
+            "pid": os.getpid(),
             "event_log": None if service.event_log is None else {
                 "root": str(service.event_log.root), "appended": service.event_log.stats.appended,
                 "duplicates": service.event_log.stats.duplicates, "read": service.event_log.stats.read,
