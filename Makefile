@@ -36,7 +36,7 @@ dev: setup
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dg dev
 
 clean:
-	rm -rf data/pinnersage.duckdb data/pinnersage.duckdb.wal data/pin_index data/serving data/exchange $(DAGSTER_HOME)
+	rm -rf data/pinnersage.duckdb data/pinnersage.duckdb.wal data/pin_index data/serving data/exchange data/events $(DAGSTER_HOME)
 
 .PHONY: bench-serving
 bench-serving: setup
