@@ -68,13 +68,19 @@ def test_the_same_events_posted_to_two_workers_at_once_are_kept_once(tmp_path):
     assert sum(1 for _, _, e in iter_day(EventLog(tmp_path).path(FIXED.date())) if e is not None) == 200
 
 
-def test_a_torn_last_record_is_sealed_skipped_and_counted(tmp_path):
-    log = EventLog(tmp_path)
-    first = events(2)
-    log.append(first)
-    path = log.path(first[0].ts.date())
+def logged_then_damaged(root: Path, damage: bytes) -> tuple[EventLog, list[OnlineEvent], Path]:
+    """A log holding two good events, then ``damage`` appended by hand (or by a crash)."""
+    log = EventLog(root)
+    good = events(2)
+    log.append(good)
+    path = log.path(good[0].ts.date())
     with open(path, "ab") as f:
-        f.write(b'{"user_id": 9, "pin_id": 10')  # a crash mid-write
+        f.write(damage)
+    return log, good, path
+
+
+def test_a_torn_last_record_is_sealed_skipped_and_counted(tmp_path):
+    log, first, path = logged_then_damaged(tmp_path, b'{"user_id": 9, "pin_id": 10')  # a crash mid-write
     reader = EventLog(tmp_path)
     assert reader.follow(since=first[0].ts.date()) == first  # the partial line waits (it may be a write in progress)
     later = events(1, user=2)
@@ -84,12 +90,8 @@ def test_a_torn_last_record_is_sealed_skipped_and_counted(tmp_path):
 
 
 def test_a_log_filled_with_garbage_by_hand_is_read_around(tmp_path):
-    log = EventLog(tmp_path)
-    good = events(2)
-    log.append(good)
-    path = log.path(good[0].ts.date())
-    with open(path, "ab") as f:
-        f.write(b"not json\n\x00\xff\xfe\n{\"user_id\": \"7\", \"pin_id\": 1, \"action\": \"click\", \"ts\": \"x\"}\n")
+    _, good, _ = logged_then_damaged(
+        tmp_path, b"not json\n\x00\xff\xfe\n{\"user_id\": \"7\", \"pin_id\": 1, \"action\": \"click\", \"ts\": \"x\"}\n")
     reader = EventLog(tmp_path)
     assert reader.follow(since=good[0].ts.date()) == good and reader.stats.unreadable_lines == 3
 
