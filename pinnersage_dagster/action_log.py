@@ -40,10 +40,17 @@ class Span:
 
     def condition(self, day: date, ts: str) -> str:
         """SQL: the rows of ``day`` (``ts`` is the parsed UTC timestamp expression)."""
-        parts = [f"({ts} >= DATE '{day}' AND {ts} < DATE '{day + timedelta(days=1)}')"]
-        if day == self.first_partition:
-            parts.append(f"({ts} IS NULL OR {ts} < DATE '{day}')")
-        if day == self.newest_partition:
+        return self._rows(day, day, ts)
+
+    def run_condition(self, ts: str) -> str:
+        """SQL: a range covering every day of the run (a run's days are consecutive; otherwise a superset)."""
+        return self._rows(min(self.days), max(self.days), ts)
+
+    def _rows(self, first: date, last: date, ts: str) -> str:
+        parts = [f"({ts} >= DATE '{first}' AND {ts} < DATE '{last + timedelta(days=1)}')"]
+        if first <= self.first_partition <= last:
+            parts.append(f"({ts} IS NULL OR {ts} < DATE '{self.first_partition}')")
+        if first <= self.newest_partition <= last:
             parts.append(f"({ts} > TIMESTAMP '{self.now.isoformat(sep=' ')}')")
         return " OR ".join(parts)
 
@@ -169,7 +176,7 @@ class _CsvLog:
     def __init__(self, conn: duckdb.DuckDBPyConnection, files: list[str], span: Span, names: dict[str, str]) -> None:
         self.conn = conn
         ts = ts_expression("ts")
-        keep = " OR ".join(f"({span.condition(day, 'ts')})" for day in span.days)
+        keep = span.run_condition("ts")
         conn.execute(
             "CREATE TEMP TABLE span_rows (source VARCHAR, row_number BIGINT, user_id BIGINT, raw_user_id VARCHAR, "
             "pin_id BIGINT, raw_pin_id VARCHAR, action VARCHAR, raw_action VARCHAR, ts TIMESTAMP, raw_ts VARCHAR)"

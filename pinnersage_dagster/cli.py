@@ -36,12 +36,6 @@ def _instance():
     return dg.DagsterInstance.get()
 
 
-def pd_now():
-    import pandas as pd
-
-    return pd.Timestamp.now(tz="UTC").tz_localize(None)
-
-
 def _first_partition() -> date:
     from .partitions import daily_partitions
 
@@ -230,7 +224,7 @@ def run_evaluation(
 
     import dagster as dg
 
-    from .assets.evaluation import HORIZON_DAYS, REPORT_ROOT
+    from .assets.evaluation import HORIZON_DAYS, REPORT_ROOT, horizon_to_newest
     from .definitions import defs
 
     warnings.filterwarnings("ignore")
@@ -241,12 +235,11 @@ def run_evaluation(
     horizon = HORIZON_DAYS if tuning.horizon_days is None else tuning.horizon_days
     first = max(before - timedelta(days=resources["params"].window_days), _first_partition())
     if horizon == 0:  # up to the newest day the source holds, and not one empty day beyond it
-        newest = resources["source"].process_config_and_initialize().newest_day(pd_now())
-        if newest is None or newest < split_day:
-            sys.exit(f"--horizon-days 0: the source holds no day on or after the split day {split_day} (newest: {newest})")
-        last = newest
-    else:
-        last = split_day + timedelta(days=horizon - 1)
+        try:
+            horizon = horizon_to_newest(resources["source"].process_config_and_initialize(), split_day)
+        except ValueError as exc:
+            sys.exit(f"--horizon-days 0: {exc}")
+    last = split_day + timedelta(days=horizon - 1)
     if last >= datetime.now(timezone.utc).date():
         sys.exit(f"the test window ends {last}: pick a split day at least {horizon} days before today")
     config = tuning.evaluation(seeds=seeds, max_users=max_users, search=search, **({"alphas": alphas} if alphas else {}))

@@ -21,7 +21,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -43,7 +43,6 @@ class LogStats:
     duplicates: int = 0
     read: int = 0
     unreadable_lines: int = 0
-    files: set[str] = field(default_factory=set)
 
 
 def encode(event: OnlineEvent) -> bytes:
@@ -67,14 +66,14 @@ def decode(line: bytes) -> OnlineEvent | None:
         return None
 
 
-def read_lines(path: Path, start: int = 0) -> tuple[list[bytes], int]:
-    """Complete lines from byte ``start``; returns them and the offset after the last newline
-    (a trailing partial line may be a write in progress: it is read once it ends)."""
+def read_lines(path: Path, start: int = 0) -> tuple[list[bytes], int, bytes]:
+    """Complete lines from byte ``start``, the offset after the last newline, and the trailing
+    partial line (a write in progress, or a torn record: followers read it once it ends)."""
     with open(path, "rb") as f:
         f.seek(start)
         data = f.read()
     end = data.rfind(b"\n") + 1
-    return data[:end].splitlines(), start + end
+    return data[:end].splitlines(), start + end, data[end:]
 
 
 class EventLog:
@@ -91,15 +90,6 @@ class EventLog:
         if path is None:
             path = self._paths[day] = self.root / f"{day:%Y-%m-%d}.jsonl"
         return path
-
-    def days(self) -> list[date]:
-        out = []
-        for path in self.root.glob("*.jsonl") if self.root.is_dir() else []:
-            try:
-                out.append(date.fromisoformat(path.stem))
-            except ValueError:
-                continue  # not a day file: never ours to read
-        return sorted(out)
 
     def append(self, events: list[OnlineEvent]) -> tuple[list[bool], list[OnlineEvent]]:
         """Append the events not yet in the log, durably. Returns, per event, whether it was new,
@@ -166,7 +156,7 @@ class EventLog:
         try:
             if os.stat(path).st_size <= start:
                 return []
-            lines, self._offsets[path] = read_lines(path, start)
+            lines, self._offsets[path], _ = read_lines(path, start)
         except FileNotFoundError:
             return []
         seen = self._seen.setdefault(path, set())
@@ -179,7 +169,6 @@ class EventLog:
             seen.add(hash(event))
             events.append(event)
         self.stats.read += len(events)
-        self.stats.files.add(path.name)
         return events
 
 
@@ -189,9 +178,7 @@ def _ends_with_newline(fd: int, size: int) -> bool:
 
 def iter_day(path: Path) -> Iterator[tuple[int, bytes, OnlineEvent | None]]:
     """(line number, raw line, event or None if unreadable) of one day's file, for ingestion."""
-    lines, _ = read_lines(path)
-    with open(path, "rb") as f:
-        tail = f.read()[sum(len(line) + 1 for line in lines):]
+    lines, _, tail = read_lines(path)
     for number, line in enumerate(lines, 1):
         yield number, line, decode(line)
     if tail:  # a torn last record with no newline: unreadable, still counted
