@@ -230,6 +230,8 @@ def test_too_small_a_log_fails_naming_the_minimum(tmp_path):
     (["calibrate", "--min-train-actions", "0"], "--min-train-actions: Input should be greater than or equal to 1"),
     (["calibrate", "--horizon-days", "3"], "apply to a held-out sweep: add --split-day"),
     (["evaluate", "--aplha", "1"], "unrecognized arguments: --aplha"),
+    (["evaluate", "--search", "approximate"], "argument --search: invalid choice: 'approximate'"),
+    (["serve", "--workers", "0"], "--workers: must be at least 1"),
 ])
 def test_the_cli_refuses_bad_tuning_before_any_work(argv, expected, capsys):
     with pytest.raises(SystemExit) as stop:

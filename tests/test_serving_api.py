@@ -127,3 +127,10 @@ def test_no_snapshot_yet_is_a_503_not_a_500(tmp_path):
         ok = {"events": [{"user_id": 1, "pin_id": 1000, "action": "click", "ts": "2026-05-02"}]}
         assert client.post("/v1/events", json=ok).status_code == 503
         assert client.get("/health").json()["status"] == "no_snapshot"
+
+
+def test_the_retrieval_policy_is_chosen_per_request(client):
+    proportional = client.get("/v1/users/1/recommendations", params={"policy": "proportional"}).json()
+    assert proportional["policy"] == "proportional" and [m["share"] for m in proportional["sampled"]] == [200, 200]
+    assert client.get("/v1/users/1/recommendations").json()["policy"] == "sampled"  # the paper's, by default
+    assert client.get("/v1/users/1/recommendations", params={"policy": "greedy"}).status_code == 422
