@@ -1,15 +1,20 @@
 """The service's durable event intake: an append-only log, one JSON Lines file per UTC day of
-the events' ``ts`` (``<root>/YYYY-MM-DD.jsonl``, one ``{"user_id", "pin_id", "action", "ts"}``
-object per line).
+the events' ``ts`` (``<root>/YYYY-MM-DD.jsonl``, lines as ``core.events`` defines them).
 
 - **Durable before 2xx.** Accepted events are appended under an exclusive lock on the day's
   file and fsynced before ``append`` returns; if that fails, ``EventLogError`` (the API answers
-  503). A line is never rewritten: files only grow.
+  503). A line is never rewritten: files only grow, until retention removes a whole file that
+  the warehouse holds (``core.retention``); a writer that finds its file removed under it
+  opens a new one, so nothing is written into a removed file.
 - **One copy per event.** Under the lock, the writer first reads what other writers (other
-  workers) appended, so an event with the same content is kept once, whichever worker got it.
+  workers) appended, so an event identical in every field is kept once, whichever worker got
+  it. Identity is exact (``core.events.identity``), never a hash.
+- **Bounded memory.** Dedup keys are held per day file, only for the days this worker can
+  still accept (``retire_before``, called when a newer snapshot covers a day): about
+  ``DEDUP_BYTES_PER_EVENT`` bytes per event of those days, per worker.
 - **Torn records.** A crash mid-write can leave a last line without its newline. The next
-  writer terminates it with a newline before appending, so the torn bytes become one unreadable
-  line, skipped and counted by readers, never merged into the next event.
+  writer (or ingestion) terminates it with a newline before appending, so the torn bytes
+  become one unreadable line, skipped and counted by readers, never merged into the next event.
 - **Followers.** ``follow`` returns what was appended since the last call, by anyone: every
   worker sees every accepted event on its next request.
 """
@@ -17,20 +22,18 @@ object per line).
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-import pandas as pd
-
-from .online import OnlineEvent
-
+from ..core.events import OnlineEvent, decode, encode, identity, log_path, read_lines
 
 ONE_DAY = timedelta(days=1)
+# measured with tracemalloc (tests/test_acknowledged_events.py): a 25-byte key object and its set slot
+DEDUP_BYTES_PER_EVENT = 170  # 86 to 163 measured, by where the set is in its growth
 
 
 class EventLogError(RuntimeError):
@@ -45,51 +48,35 @@ class LogStats:
     unreadable_lines: int = 0
 
 
-def encode(event: OnlineEvent) -> bytes:
-    ts = event.ts.isoformat(timespec="microseconds")
-    return (json.dumps({"user_id": event.user_id, "pin_id": event.pin_id, "action": event.action, "ts": ts},
-                       separators=(",", ":")) + "\n").encode()
+@dataclass
+class _DayState:
+    """What this worker knows of one day's file: how far it has read it, and its events' keys."""
 
-
-def decode(line: bytes) -> OnlineEvent | None:
-    """The event of one line, or None if the line is not a whole, well-formed event."""
-    try:
-        raw = json.loads(line)
-        ts = pd.Timestamp(raw["ts"])
-        if ts.tzinfo is not None:
-            ts = ts.tz_convert("UTC").tz_localize(None)
-        user_id, pin_id, action = raw["user_id"], raw["pin_id"], raw["action"]
-        if not all(type(v) is int for v in (user_id, pin_id)) or not isinstance(action, str):
-            return None
-        return OnlineEvent(ts=ts, user_id=user_id, pin_id=pin_id, action=action)
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def read_lines(path: Path, start: int = 0) -> tuple[list[bytes], int, bytes]:
-    """Complete lines from byte ``start``, the offset after the last newline, and the trailing
-    partial line (a write in progress, or a torn record: followers read it once it ends)."""
-    with open(path, "rb") as f:
-        f.seek(start)
-        data = f.read()
-    end = data.rfind(b"\n") + 1
-    return data[:end].splitlines(), start + end, data[end:]
+    inode: int | None = None
+    offset: int = 0
+    keys: set[bytes] = field(default_factory=set)
 
 
 class EventLog:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self.stats = LogStats()
-        self._offsets: dict[Path, int] = {}
-        self._seen: dict[Path, set[int]] = {}  # hashes of the events in each day's file (8-byte keys, not lines)
+        self._days: dict[date, _DayState] = {}
         self._lock = threading.Lock()
-        self._paths: dict[date, Path] = {}
 
     def path(self, day: date) -> Path:
-        path = self._paths.get(day)
-        if path is None:
-            path = self._paths[day] = self.root / f"{day:%Y-%m-%d}.jsonl"
-        return path
+        return log_path(self.root, day)
+
+    @property
+    def dedup_keys(self) -> int:
+        """Dedup keys held now (about ``DEDUP_BYTES_PER_EVENT`` bytes each)."""
+        return sum(len(state.keys) for state in self._days.values())
+
+    def retire_before(self, day: date) -> None:
+        """Forget the days before ``day``: this worker no longer accepts their events."""
+        with self._lock:
+            for old in [d for d in self._days if d < day]:
+                del self._days[old]
 
     def append(self, events: list[OnlineEvent]) -> tuple[list[bool], list[OnlineEvent]]:
         """Append the events not yet in the log, durably. Returns, per event, whether it was new,
@@ -100,73 +87,101 @@ class EventLog:
         kept, others = [False] * len(events), []
         with self._lock:
             for day, positions in by_day.items():
-                path = self.path(day)
-                try:
-                    self.root.mkdir(parents=True, exist_ok=True)
-                    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-                except OSError as exc:
-                    raise EventLogError(f"cannot open the event log {path}: {exc}") from exc
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                    others += self._catch_up(path)  # what the other workers wrote first
-                    seen = self._seen.setdefault(path, set())
-                    lines = []
-                    for i in positions:
-                        key = hash(events[i])
-                        if key in seen:
-                            continue
-                        seen.add(key)
-                        lines.append(encode(events[i]))
-                        kept[i] = True
-                    if lines:
-                        size = os.fstat(fd).st_size
-                        prefix = b"" if size == 0 or _ends_with_newline(fd, size) else b"\n"  # seal a torn record
-                        payload = prefix + b"".join(lines)
-                        written = os.write(fd, payload)
-                        if written != len(payload):
-                            raise OSError(f"short write: {written} of {len(payload)} bytes")
-                        os.fsync(fd)
-                        self._offsets[path] = size + len(payload)
-                except OSError as exc:
-                    for i in positions:  # nothing of this day is acknowledged
-                        if kept[i]:
-                            self._seen[path].discard(hash(events[i]))
-                            kept[i] = False
-                    raise EventLogError(f"cannot append to the event log {path}: {exc}") from exc
-                finally:
-                    os.close(fd)  # closing releases the lock
+                others += self._append_day(day, events, positions, kept)
         self.stats.appended += sum(kept)
         self.stats.duplicates += len(events) - sum(kept)
         return kept, others
 
+    def _append_day(self, day: date, events: list[OnlineEvent], positions: list[int], kept: list[bool]) -> list[OnlineEvent]:
+        path = self.path(day)
+        fd = self._open_locked(path)
+        state = self._days.setdefault(day, _DayState())
+        added: list[bytes] = []
+        try:
+            others = self._catch_up(day, path, fd)  # what the other workers wrote first
+            lines = []
+            for i in positions:
+                key = identity(events[i])
+                if key in state.keys:
+                    continue
+                state.keys.add(key)
+                added.append(key)
+                lines.append(encode(events[i]))
+                kept[i] = True
+            if lines:
+                size = os.fstat(fd).st_size
+                prefix = b"" if size == 0 or _ends_with_newline(fd, size) else b"\n"  # seal a torn record
+                payload = prefix + b"".join(lines)
+                written = os.write(fd, payload)
+                if written != len(payload):
+                    raise OSError(f"short write: {written} of {len(payload)} bytes")
+                os.fsync(fd)
+                state.offset = size + len(payload)
+            return others
+        except OSError as exc:
+            state.keys.difference_update(added)  # nothing of this day is acknowledged
+            for i in positions:
+                kept[i] = False
+            raise EventLogError(f"cannot append to the event log {path}: {exc}") from exc
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _open_locked(self, path: Path) -> int:
+        """The day's file, open for appending and exclusively locked; a file retention removed
+        while we waited for the lock is left alone and a new one opened."""
+        while True:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise EventLogError(f"cannot open the event log {path}: {exc}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_nlink > 0:
+                    return fd
+            except OSError as exc:
+                os.close(fd)
+                raise EventLogError(f"cannot lock the event log {path}: {exc}") from exc
+            os.close(fd)
+
     def follow(self, since: date, until: date | None = None) -> list[OnlineEvent]:
         """Events appended (by anyone) to the files of days ``since`` .. ``until`` (default: tomorrow,
-        UTC) since the last call. Cheap when nothing changed: one stat per day."""
+        UTC) since the last call. Cheap when nothing changed: one stat per day. Days before
+        ``since`` are forgotten (their dedup keys freed)."""
         until = until or datetime.now(timezone.utc).date() + ONE_DAY
         out: list[OnlineEvent] = []
         with self._lock:
+            for old in [d for d in self._days if d < since]:
+                del self._days[old]
             day = since
             while day <= until:
-                out += self._catch_up(self.path(day))
+                out += self._catch_up(day, self.path(day))
                 day += ONE_DAY
         return out
 
-    def _catch_up(self, path: Path) -> list[OnlineEvent]:
-        start = self._offsets.get(path, 0)
+    def _catch_up(self, day: date, path: Path, fd: int | None = None) -> list[OnlineEvent]:
         try:
-            if os.stat(path).st_size <= start:
-                return []
-            lines, self._offsets[path], _ = read_lines(path, start)
+            stat = os.fstat(fd) if fd is not None else os.stat(path)
         except FileNotFoundError:
             return []
-        seen = self._seen.setdefault(path, set())
+        state = self._days.setdefault(day, _DayState())
+        if state.inode != stat.st_ino:  # first look, or a new file where a removed one was
+            state.inode, state.offset = stat.st_ino, 0
+            state.keys.clear()
+        if stat.st_size <= state.offset:
+            return []
+        try:
+            lines, state.offset, _ = read_lines(path, state.offset, stat.st_size)
+        except FileNotFoundError:
+            return []
         events = []
         for line in lines:
             event = decode(line)
             if event is None:
-                self.stats.unreadable_lines += 1
+                if line:  # an empty line carries nothing (a seal after a torn record)
+                    self.stats.unreadable_lines += 1
                 continue
-            seen.add(hash(event))
+            state.keys.add(identity(event))
             events.append(event)
         self.stats.read += len(events)
         return events
@@ -177,7 +192,7 @@ def _ends_with_newline(fd: int, size: int) -> bool:
 
 
 def iter_day(path: Path) -> Iterator[tuple[int, bytes, OnlineEvent | None]]:
-    """(line number, raw line, event or None if unreadable) of one day's file, for ingestion."""
+    """(line number, raw line, event or None if unreadable) of one day's file."""
     lines, _, tail = read_lines(path)
     for number, line in enumerate(lines, 1):
         yield number, line, decode(line)

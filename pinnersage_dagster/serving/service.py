@@ -8,15 +8,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..core.events import ACTIONS
 from .cache import MedoidCache, Neighbours
 from .event_log import EventLog
-from .online import OnlineEvent, OnlineEvents, user_interests
+from .online import ADDED, OLDER_THAN_KEPT, OnlineEvent, OnlineEvents, user_interests
 from ..core.retrieval import per_medoid_budget, proportional_budget, sample_medoids
 from .retrieval import merge_candidates
 from .snapshot import ServingSnapshot
 from .store import SnapshotManager
 
-ACTIONS = ("repin", "click")
 
 
 class NoSnapshotError(RuntimeError):
@@ -29,6 +29,7 @@ class ServiceSettings:
     retrieval_budget: int = 400
     policy: str = "sampled"  # the default until the numbers say otherwise (README, 'Retrieval policies')
     online_recent_actions: int = 20
+    online_max_users: int = 1_000_000  # LRU bound of the online state (serving.online.OnlineEvents)
     exclusion_margin: int = 64  # extra neighbours fetched per medoid so exclusion rarely shortens lists
     cache_entries: int = 200_000
     cold_start_size: int = 400
@@ -50,13 +51,20 @@ class RecommenderService:
         self.settings = settings or ServiceSettings()
         self.manager = manager
         self.cache = MedoidCache(self.settings.cache_entries)
-        self.events = OnlineEvents(keep=self.settings.online_recent_actions)
+        self.events = OnlineEvents(keep=self.settings.online_recent_actions, max_users=self.settings.online_max_users)
         self.event_log = event_log
         self.replay_rejected: dict[str, int] = {}
+        # events read from the log (or held online) that a served batch covers: not rejections,
+        # counted so every event read is accounted for
+        self.covered_by_batch = 0
         previous = manager.on_swap
 
         def on_swap(snapshot: ServingSnapshot) -> None:
-            self.events.prune(before=snapshot.batch_time)  # the new batch supersedes what it covers
+            # the new batch supersedes what it covers (events of its day accepted after its
+            # raw_actions ran reach the batch with the next day's run: README, 'Reliability')
+            self.covered_by_batch += self.events.prune(before=snapshot.batch_time)
+            if self.event_log is not None:
+                self.event_log.retire_before(snapshot.batch_time.date())
             if previous is not None:
                 previous(snapshot)
 
@@ -78,11 +86,12 @@ class RecommenderService:
         for event in events:
             raw = {"user_id": event.user_id, "pin_id": event.pin_id, "action": event.action, "ts": event.ts}
             checked, reason = self._validate(snapshot, raw, now)
-            if checked is None:
-                if reason != "covered_by_batch":  # the batch has it: not a rejection
-                    self.replay_rejected[reason] = self.replay_rejected.get(reason, 0) + 1
-                continue
-            self.events.add(checked)
+            if reason == "covered_by_batch":
+                self.covered_by_batch += 1
+            elif checked is None:
+                self.replay_rejected[reason] = self.replay_rejected.get(reason, 0) + 1
+            else:
+                self.events.add(checked)
 
     def interests(self, user_id: int, now: pd.Timestamp | None = None) -> dict[str, Any]:
         snapshot = self.snapshot()
@@ -184,7 +193,9 @@ class RecommenderService:
         }
 
     def post_events(self, events: list[dict[str, Any]], now: pd.Timestamp | None = None) -> dict[str, Any]:
-        """Validate and keep events; returns accepted count and each rejected event with its reason."""
+        """Validate and keep events. Returns the accepted count, each rejected event with its
+        reason, and each accepted event that has no online effect (``offline_only``, with its
+        reason): it is durable and reaches the batch like any other."""
         snapshot = self.snapshot()
         now = now or utc_now()
         checked = [self._validate(snapshot, raw, now) for raw in events]
@@ -193,17 +204,21 @@ class RecommenderService:
             new, others = self.event_log.append(valid)
             self._keep(snapshot, others, now)
             fresh = iter(new)
-        accepted, rejected = 0, []
+        accepted, rejected, offline_only = 0, [], []
         for position, (event, reason) in enumerate(checked):
             if event is not None:
                 is_new = next(fresh) if self.event_log is not None else True  # not already in the log
-                if not is_new or not self.events.add(event):
+                status = self.events.add(event) if is_new else "duplicate"
+                if status == OLDER_THAN_KEPT:
+                    offline_only.append({"index": position, "reason": status})
+                elif status != ADDED:
                     reason = "duplicate_event"
             if reason:
                 rejected.append({"index": position, "reason": reason})
             else:
                 accepted += 1
-        return {"accepted": accepted, "rejected": rejected, "snapshot": _snapshot_info(snapshot)}
+        return {"accepted": accepted, "rejected": rejected, "offline_only": offline_only,
+                "snapshot": _snapshot_info(snapshot)}
 
     def _validate(self, snapshot: ServingSnapshot, raw: dict[str, Any], now: pd.Timestamp) -> tuple[OnlineEvent | None, str]:
         if raw["action"] not in ACTIONS:
