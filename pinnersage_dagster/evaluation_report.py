@@ -23,7 +23,8 @@ from .warehouse import embedding_matrix, query_arrow
 HISTORY_SQL = "SELECT user_id, pin_id, ts FROM action_windows WHERE partition_date = ? ORDER BY user_id, ts, pin_id"
 TEST_SQL = """
     SELECT DISTINCT user_id, pin_id FROM raw_actions
-    WHERE partition_date BETWEEN ? AND ? ORDER BY user_id, pin_id
+    WHERE partition_date BETWEEN $first AND $last AND ts >= $first AND ts < $last + INTERVAL 1 DAY
+    ORDER BY user_id, pin_id
 """
 
 
@@ -32,7 +33,7 @@ def load_split(
 ) -> Users:
     """History = action_windows of d-1; test = distinct pins acted on in [d, d + horizon)."""
     history = conn.execute(HISTORY_SQL, [split_day - timedelta(days=1)]).df()
-    test = conn.execute(TEST_SQL, [split_day, split_day + timedelta(days=horizon_days - 1)]).df()
+    test = conn.execute(TEST_SQL, {"first": split_day, "last": split_day + timedelta(days=horizon_days - 1)}).df()
     catalog = query_arrow(conn, "SELECT pin_id, embedding FROM pins ORDER BY pin_id")
     counts = history.groupby("user_id").size()
     eligible = np.intersect1d(counts[counts >= min_train_actions].index.to_numpy(), test["user_id"].unique())

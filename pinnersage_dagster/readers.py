@@ -156,27 +156,6 @@ def raw_action_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def read_event_log_day(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The service's event log of one day (``serving.event_log``) as raw action rows, and its
-    unreadable lines (torn or garbled) as quarantine rows with reason ``unreadable_event_line``."""
-    from .serving.event_log import iter_day
-
-    rows, bad = [], []
-    for number, line, event in iter_day(path) if path.exists() else []:
-        if event is None:
-            bad.append({"source": str(path), "row_number": number, "reason": "unreadable_event_line",
-                        "detail": line[:200].decode("utf-8", "replace"), "user_id": None, "pin_id": None,
-                        "action": None, "ts": None})
-        else:
-            rows.append({"source": str(path), "row_number": number, "user_id": event.user_id, "pin_id": event.pin_id,
-                         "action": event.action, "ts": event.ts})
-    frame = pd.DataFrame(rows, columns=["source", "row_number", "user_id", "pin_id", "action", "ts"])
-    for column in ("user_id", "pin_id", "action", "ts"):
-        frame[f"raw_{column}"] = frame[column].astype(str) if len(frame) else pd.Series(dtype="object")
-    quarantine = pd.DataFrame(bad, columns=QUARANTINE_COLUMNS + ["user_id", "pin_id", "action", "ts"])
-    return raw_action_frame(frame), quarantine
-
-
 def read_pin_files(pattern: str) -> RawPins:
     """Raw pin rows of every file matching ``pattern``; ``quality`` and ``created_at`` are optional."""
     parts, has_embeddings = [], set()

@@ -224,13 +224,11 @@ class ExchangeStore(dg.ConfigurableResource):
 
 class EventLogStore(dg.ConfigurableResource):
     """The recommendation service's durable event log (``serving.event_log``): one JSON Lines
-    file per UTC day, which ``raw_actions`` of that day also ingests (``ingest`` false: not)."""
+    file per UTC day, which ``raw_actions`` claims into the warehouse exactly once
+    (``service_events``; ``ingest`` false: raw_actions takes the source's rows alone)."""
 
     root: str = DEFAULT_EVENTS_ROOT
     ingest: bool = True
-
-    def day_file(self, day: date) -> Path:
-        return Path(self.root) / f"{day.isoformat()}.jsonl"
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:

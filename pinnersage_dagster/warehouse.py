@@ -30,7 +30,11 @@ PARTITIONED_TABLES: dict[str, str] = {
     "medoid_pin_id BIGINT NOT NULL, importance DOUBLE NOT NULL, size BIGINT NOT NULL, "
     "n_actions BIGINT NOT NULL, kind VARCHAR NOT NULL",
     "pin_embeddings": "partition_date DATE NOT NULL, pin_id BIGINT NOT NULL, embedding FLOAT[] NOT NULL",
-    "event_log_ingestions": "partition_date DATE NOT NULL, file VARCHAR NOT NULL, bytes BIGINT NOT NULL",
+    # claims of the service's event logs (``service_events``): partition = the day that claimed them
+    "event_log_ingestions": "partition_date DATE NOT NULL, file VARCHAR NOT NULL, start_byte BIGINT NOT NULL, "
+    "end_byte BIGINT NOT NULL, retired BOOLEAN NOT NULL",
+    "service_events": "partition_date DATE NOT NULL, file VARCHAR NOT NULL, line BIGINT NOT NULL, user_id BIGINT, "
+    "pin_id BIGINT, action VARCHAR, ts TIMESTAMP, raw VARCHAR",
     "pin_embeddings_quarantine": "partition_date DATE NOT NULL, pin_id BIGINT NOT NULL, reason VARCHAR NOT NULL, "
     "detail VARCHAR",
 }
@@ -91,14 +95,6 @@ def replace_partitions(
         return replace_partitions(conn, table, rows, first, last, atomic=False)
 
 
-def record_event_log_ingestion(conn: duckdb.DuckDBPyConnection, day: date, path: Path | None) -> None:
-    """Which bytes of the service's event log of ``day`` are in ``raw_actions`` (retention deletes a
-    log only once all of it is): its size when read, or nothing when it was not ingested."""
-    conn.execute("DELETE FROM event_log_ingestions WHERE partition_date = ?", [day])
-    if path is not None and path.exists():
-        conn.execute("INSERT INTO event_log_ingestions VALUES (?, ?, ?)", [day, path.name, path.stat().st_size])
-
-
 def replace_table(conn: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame | pa.Table) -> int:
     """Replace the whole content of an unpartitioned catalog table, atomically."""
     with transaction(conn):
@@ -139,15 +135,44 @@ def query_arrow(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None =
     return conn.sql(sql, params=params or []).to_arrow_table()
 
 
+# partitions first .. day, and ts in [first, day + 1): a late event lands in a later partition
+# than its ts (``service_events``) and counts in the windows that cover its ts from then on
 WINDOW_SQL = """
-    SELECT CAST(? AS DATE) AS partition_date, user_id, pin_id, action, ts
+    SELECT CAST($day AS DATE) AS partition_date, user_id, pin_id, action, ts
     FROM (
         SELECT DISTINCT r.user_id, r.pin_id, r.action, r.ts
         FROM raw_actions r SEMI JOIN pins p ON r.pin_id = p.pin_id
-        WHERE r.partition_date BETWEEN ? AND ?
+        WHERE r.partition_date BETWEEN $first AND $day AND r.ts >= $first AND r.ts < $day + INTERVAL 1 DAY
     )
-    QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, pin_id DESC, action) <= ?
+    QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, pin_id DESC, action) <= $cap
 """
+# rows of a day's raw_actions already held by another partition: an event is kept once
+ELSEWHERE_SQL = """
+    SELECT c.position, min(r.partition_date) AS partition_date
+    FROM candidate_rows c JOIN raw_actions r
+      ON r.user_id = c.user_id AND r.pin_id = c.pin_id AND r.action = c.action AND r.ts = c.ts
+    WHERE r.partition_date <> $day AND r.partition_date >= $first AND r.ts >= $first AND r.ts < $last
+    GROUP BY c.position
+"""
+
+
+def held_elsewhere(conn: duckdb.DuckDBPyConnection, rows: pd.DataFrame, day: date) -> pd.Series:
+    """For each accepted row of ``day`` (user_id, pin_id, action, ts), the other raw_actions
+    partition that already holds the same event, or NA."""
+    out = pd.Series(pd.NA, index=rows.index, dtype="object")
+    if rows.empty:
+        return out
+    candidates = rows[["user_id", "pin_id", "action", "ts"]].assign(position=range(len(rows)))
+    first = candidates["ts"].min().normalize()
+    conn.register("candidate_rows", candidates)
+    try:
+        found = conn.execute(ELSEWHERE_SQL, {"day": day, "first": first.date(),
+                                             "last": candidates["ts"].max().normalize() + pd.Timedelta(days=1)}).fetchall()
+    finally:
+        conn.unregister("candidate_rows")
+    for position, partition in found:
+        out.iloc[position] = str(partition)
+    return out
 
 
 def replace_partition_from_query(

@@ -213,7 +213,7 @@ def test_raw_actions_ingests_the_service_event_log_of_its_day(tmp_path):
     ])
     with open(served.path(day), "ab") as f:
         f.write(b'{"user_id": 4, "pin_')  # torn by a crash
-    size = served.path(day).stat().st_size
+    size = served.path(day).stat().st_size + 1  # ingestion seals the torn record with a newline
     resources = make_resources(tmp_path)
     resources["source"] = FileSource(actions_path=str(log))
     resources["event_log"] = EventLogStore(root=str(tmp_path / "events"))
@@ -225,8 +225,8 @@ def test_raw_actions_ingests_the_service_event_log_of_its_day(tmp_path):
     assert meta["quarantine_reasons"] == {"duplicate_event": 1, "unreadable_event_line": 1}
     with duckdb.connect(resources["duckdb"].database, read_only=True) as conn:
         assert conn.execute("SELECT user_id, pin_id FROM raw_actions ORDER BY ts").fetchall() == [(1, 10), (2, 11), (3, 12)]
-        ingested = conn.execute("SELECT file, bytes FROM event_log_ingestions").fetchall()
-    assert ingested == [(served.path(day).name, size)]
+        ingested = conn.execute("SELECT file, start_byte, end_byte FROM event_log_ingestions").fetchall()
+    assert ingested == [(served.path(day).name, 0, size)]
     # all of it is in the warehouse and it is past retention_days: now, and only now, it may go
     assert meta["event_logs_removed_by_retention"] == [served.path(day).name] and not served.path(day).exists()
     # off: the event log is not read

@@ -1,7 +1,8 @@
 """Daily action events and the 90-day window of each day."""
 
 
-from datetime import timedelta
+from collections import Counter
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -9,32 +10,35 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from ..config import PinnerSageParams
-from ..core.contract import validate_actions
-from ..core.retention import prune_event_logs
+from ..core.contract import Validated, validate_actions
+from ..core.retention import served_partitions
 from ..partitions import daily_partitions, partition_days, window_mapping
 from ..action_log import Span
-from ..readers import day_bounds, read_event_log_day
+from ..readers import day_bounds
 from ..reporting import column_schema
-from ..resources import DataSource, EventLogStore
+from ..resources import DataSource, EventLogStore, ServingStore
+from ..service_events import claimed_events, claimed_ranges, migrate_legacy_ledger, new_claims, prune_event_logs, record_claims
 from ..warehouse import (
-    WINDOW_SQL, ensure_tables, record_event_log_ingestion, replace_partition_from_query, replace_partitions, transaction,
+    WINDOW_SQL, ensure_tables, held_elsewhere, replace_partition_from_query, replace_partitions, transaction,
 )
 from .candidates import pins
 from .constants import DUCKDB_POOL, GROUP
 
 RAW_ACTIONS_SCHEMA = column_schema(
-    partition_date="date: the UTC day of ts", user_id="int64: the user", pin_id="int64: the pin acted on",
-    action="string: repin or click", ts="timestamp: when, UTC",
+    partition_date="date: the day whose run took it in: the UTC day of ts, or later for a late service event",
+    user_id="int64: the user", pin_id="int64: the pin acted on", action="string: repin or click",
+    ts="timestamp: when, UTC",
 )
-WINDOW_STATS_SQL = """
+IN_WINDOW = "partition_date BETWEEN $first AND $day AND ts >= $first AND ts < $day + INTERVAL 1 DAY"
+WINDOW_STATS_SQL = f"""
     WITH eligible AS (
         SELECT user_id, count(*) AS n
         FROM raw_actions r SEMI JOIN pins p ON r.pin_id = p.pin_id
-        WHERE r.partition_date BETWEEN ? AND ? GROUP BY user_id)
+        WHERE {IN_WINDOW} GROUP BY user_id)
     SELECT
-        (SELECT count(*) FROM raw_actions WHERE partition_date BETWEEN ? AND ?),
-        coalesce(sum(n), 0), count(*), count(*) FILTER (WHERE n > ?), coalesce(sum(greatest(n - ?, 0)), 0),
-        (SELECT count(*) FROM action_windows WHERE partition_date = ?)
+        (SELECT count(*) FROM raw_actions WHERE {IN_WINDOW}),
+        coalesce(sum(n), 0), count(*), count(*) FILTER (WHERE n > $cap), coalesce(sum(greatest(n - $cap, 0)), 0),
+        (SELECT count(*) FROM action_windows WHERE partition_date = $day)
     FROM eligible
 """
 
@@ -52,16 +56,23 @@ def raw_actions(
     duckdb: DuckDBResource,
     source: DataSource,
     event_log: EventLogStore,
+    serving_store: ServingStore,
     params: PinnerSageParams,
 ) -> dg.MaterializeResult:
-    """The valid repin/click events of partition day D (ts in [D, D+1) UTC).
+    """The valid repin/click events of partition day D: the source's rows of D (ts in [D, D+1)
+    UTC), and the recommendation service's events that the run of D claimed from its event logs.
+
+    The run of D claims every byte no run has claimed yet of the logs of D and earlier days: D's
+    own log, and late events that earlier logs gained after their day's run (their ts stays in
+    their own day; windows count them from D on). A re-run of D validates all of D's claimed
+    events again, from the warehouse's copy (``service_events``), and claims what is new; each
+    event reaches the warehouse exactly once (README, 'Reliability').
 
     Rows that break the contract (bad ids or action, bad or out-of-day timestamps, pins the
-    source's catalog does not hold, repeated events) go to ``raw_actions_quarantine`` with their
-    reason. With a log spanning many days, the first partition also quarantines the log's rows
-    before it or without a usable ts, and the newest partition its rows in the future. The
-    recommendation service's event log of D is ingested too, after the source's rows, so an
-    event the source also holds is kept once (its copy is quarantined ``duplicate_event``).
+    source's catalog does not hold, an event already kept, here or in another partition) go to
+    ``raw_actions_quarantine`` with their reason, file and line. With a log spanning many days,
+    the first partition also quarantines the log's rows before it or without a usable ts, and
+    the newest partition its rows in the future.
     """
     known = source.known_pin_ids()
     now = pd.Timestamp.now(tz="UTC").tz_localize(None)
@@ -72,63 +83,101 @@ def raw_actions(
         newest_partition=daily_partitions.get_last_partition_window().start.date(),
         now=now,
     )
-    read = accepted = quarantined = from_source = from_events = events_in_source = 0
-    reasons: dict[str, int] = {}
-    per_day = {}
-    users: set[int] = set()
+    logs = Path(event_log.root)
+    if event_log.ingest:
+        with duckdb.get_connection() as conn:
+            ensure_tables(conn)
+            migrate_legacy_ledger(conn, logs)
+    totals: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    per_day, claimed_now, users = {}, [], set()
     for day, rows in source.read_actions(span):
         start, end = day_bounds(day)
-        path = event_log.day_file(day)
-        events, unreadable = read_event_log_day(path) if event_log.ingest else (rows.iloc[:0], None)
-        combined = pd.concat([rows, events], ignore_index=True) if len(events) else rows
-        validated = validate_actions(
-            combined, day_start=start, day_end=end, now=now, known_pin_ids=known, first_start=day_bounds(first)[0]
-        )
-        quarantine = validated.quarantine if unreadable is None or unreadable.empty else pd.concat(
-            [validated.quarantine, unreadable], ignore_index=True)
+        claims = []
+        if event_log.ingest:
+            with duckdb.get_connection() as conn:
+                ensure_tables(conn)
+                claims = new_claims(logs, day, claimed_ranges(conn))  # reads the logs with no connection held
         with duckdb.get_connection() as conn:
             ensure_tables(conn)
             with transaction(conn):
+                record_claims(conn, day, claims)
+                events, unreadable = claimed_events(conn, day, logs) if event_log.ingest else (None, None)
+                combined = rows if events is None or events.empty else pd.concat([rows, events], ignore_index=True)
+                row_day = combined["log_day"] if "log_day" in combined else pd.Series(pd.NA, index=combined.index)
+                row_start = pd.to_datetime(row_day.fillna(day)).astype("datetime64[us]")
+                validated = validate_actions(
+                    combined, day_start=row_start, day_end=row_start + pd.Timedelta(days=1), now=now,
+                    known_pin_ids=known, first_start=day_bounds(first)[0],
+                )
+                validated = keep_once(conn, validated, day)
+                quarantine = validated.quarantine if unreadable is None or unreadable.empty else pd.concat(
+                    [validated.quarantine, unreadable], ignore_index=True)
                 replace_partitions(conn, "raw_actions", validated.accepted.assign(partition_date=day), day, day, atomic=False)
-                replace_partitions(conn, "raw_actions_quarantine", quarantine.assign(partition_date=day), day, day, atomic=False)
-                record_event_log_ingestion(conn, day, path if event_log.ingest else None)
-        n_events = len(events) + (0 if unreadable is None else len(unreadable))
-        read += len(rows) + n_events
-        from_source += len(rows)
-        from_events += n_events
-        event_copies = validated.quarantine["source"].eq(str(path)) & validated.quarantine["reason"].eq("duplicate_event")
-        events_in_source += int(event_copies.sum())
-        accepted += len(validated.accepted)
-        quarantined += len(quarantine)
-        for reason, count in validated.reasons.items():
-            reasons[reason] = reasons.get(reason, 0) + count
+                replace_partitions(conn, "raw_actions_quarantine", quarantine.assign(partition_date=day), day, day,
+                                   atomic=False)
+        n_events = 0 if events is None else len(events) + len(unreadable)
+        log_files = set() if events is None else set(events["source"])
+        totals.update({
+            "read": len(rows) + n_events, "from_source": len(rows), "from_events": n_events,
+            "late": 0 if events is None else int((events["log_day"] < day).sum()),
+            "accepted": len(validated.accepted), "quarantined": len(quarantine),
+            "events_in_source": int((validated.quarantine["reason"].eq("duplicate_event")
+                                     & validated.quarantine["source"].isin(log_files)).sum()),
+            "claimed_lines": sum(len(c.lines) for c in claims),
+        })
+        reasons.update(validated.reasons)
         if unreadable is not None and len(unreadable):
-            reasons["unreadable_event_line"] = reasons.get("unreadable_event_line", 0) + len(unreadable)
+            reasons["unreadable_event_line"] += len(unreadable)
+        claimed_now += [f"{c.file} bytes {c.start}..{c.end} (lines {c.first_line}..{c.first_line + len(c.lines) - 1})"
+                        for c in claims]
         per_day[str(day)] = len(validated.accepted)
         users.update(validated.accepted["user_id"].unique().tolist())
-    if read != accepted + quarantined:  # the accounting identity: nothing is lost
-        raise RuntimeError(f"rows read {read} != accepted {accepted} + quarantined {quarantined}")
-    with duckdb.get_connection() as conn:
-        ingested = dict(conn.execute("SELECT file, bytes FROM event_log_ingestions").fetchall())
-    removed_logs = prune_event_logs(Path(event_log.root), keep_days=params.retention_days, today=now.date(),
-                                    ingested_bytes=ingested)
+    if totals["read"] != totals["accepted"] + totals["quarantined"]:  # the accounting identity: nothing is lost
+        raise RuntimeError(f"rows read {totals['read']} != accepted {totals['accepted']} + quarantined {totals['quarantined']}")
+    removed_logs = []
+    if event_log.ingest:
+        with duckdb.get_connection() as conn:
+            removed_logs = prune_event_logs(conn, logs, keep_days=params.retention_days, today=now.date(),
+                                            served=served_partitions(Path(serving_store.root)))
     return dg.MaterializeResult(
         metadata={
             "days": len(per_day),
-            "rows_read": read,
-            "rows_read_from_source": from_source,
-            "rows_read_from_service_events": from_events,
-            "service_events_already_in_source": events_in_source,
+            "rows_read": totals["read"],
+            "rows_read_from_source": totals["from_source"],
+            "rows_read_from_service_events": totals["from_events"],
+            "late_service_events": totals["late"],
+            "service_events_already_in_source": totals["events_in_source"],
+            "event_log_lines_claimed": totals["claimed_lines"],
+            "event_log_claims": claimed_now if len(claimed_now) <= 31 else f"{len(claimed_now)} claims",
             "event_logs_removed_by_retention": removed_logs,
-            "dagster/row_count": accepted,
-            "rows_quarantined": quarantined,
-            "quarantine_reasons": reasons,
+            "dagster/row_count": totals["accepted"],
+            "rows_quarantined": totals["quarantined"],
+            "quarantine_reasons": dict(sorted(reasons.items())),
             "users": len(users),
             "empty_days": sum(1 for n in per_day.values() if n == 0),
             "accepted_per_day": per_day if len(per_day) <= 31 else "many",
             "dagster/column_schema": RAW_ACTIONS_SCHEMA,
         }
     )
+
+
+def keep_once(conn, validated: Validated, day: date) -> Validated:
+    """Move accepted rows that another partition already holds (a late event, or a source
+    re-read after its events were claimed elsewhere) to the quarantine as ``duplicate_event``."""
+    elsewhere = held_elsewhere(conn, validated.accepted, day)
+    repeated = elsewhere.notna().to_numpy()
+    if not repeated.any():
+        return validated
+    moved = validated.accepted[repeated]
+    extra = pd.DataFrame({
+        "source": "raw_actions", "row_number": pd.Series(pd.NA, index=moved.index, dtype="Int64"),
+        "reason": "duplicate_event", "detail": "already in raw_actions of " + elsewhere[repeated].astype(str),
+        "user_id": moved["user_id"].astype(str), "pin_id": moved["pin_id"].astype(str),
+        "action": moved["action"], "ts": moved["ts"].astype(str),
+    })
+    return Validated(validated.accepted[~repeated].reset_index(drop=True),
+                     pd.concat([validated.quarantine, extra], ignore_index=True))
 
 
 @dg.asset(
@@ -150,8 +199,8 @@ def action_windows(
         first = day - timedelta(days=params.window_days - 1)
         with duckdb.get_connection() as conn:
             ensure_tables(conn)
-            replace_partition_from_query(conn, "action_windows", day, WINDOW_SQL, [day, first, day, cap])
-            stats.append(conn.execute(WINDOW_STATS_SQL, [first, day, first, day, cap, cap, day]).fetchone())
+            replace_partition_from_query(conn, "action_windows", day, WINDOW_SQL, {"day": day, "first": first, "cap": cap})
+            stats.append(conn.execute(WINDOW_STATS_SQL, {"day": day, "first": first, "cap": cap}).fetchone())
     in_window, eligible, users, capped_users, dropped_by_cap, kept = map(int, stats[-1])
     return dg.MaterializeResult(
         metadata={

@@ -19,7 +19,8 @@ from .actions import raw_actions
 from .constants import DUCKDB_POOL, GROUP
 
 HISTORY_PAIRS_SQL = """
-    SELECT DISTINCT user_id, pin_id FROM raw_actions WHERE partition_date BETWEEN ? AND ? ORDER BY ALL
+    SELECT DISTINCT user_id, pin_id FROM raw_actions
+    WHERE partition_date BETWEEN $first AND $last AND ts >= $first AND ts < $last + INTERVAL 1 DAY ORDER BY ALL
 """
 
 
@@ -50,7 +51,7 @@ def pin_embeddings(
         return dg.MaterializeResult(metadata={"embeddings": "supplied by the source: nothing to learn"})
     first, last = day - timedelta(days=params.window_days), day - timedelta(days=1)
     with duckdb.get_connection() as conn:
-        pairs = conn.execute(HISTORY_PAIRS_SQL, [first, last]).fetchnumpy()
+        pairs = conn.execute(HISTORY_PAIRS_SQL, {"first": first, "last": last}).fetchnumpy()
     if len(pairs["user_id"]) == 0:
         raise TooFewPins(f"no actions in raw_actions of {first} .. {last}: materialize raw_actions for these days first")
     learned = learn_embeddings(pairs["user_id"], pairs["pin_id"], dim=params.embedding_dim, min_users=params.embedding_min_users)

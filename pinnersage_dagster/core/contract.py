@@ -69,8 +69,8 @@ def _assign_reason(reason: pd.Series, mask: pd.Series | np.ndarray, label: str) 
 def validate_actions(
     rows: pd.DataFrame,
     *,
-    day_start: pd.Timestamp,
-    day_end: pd.Timestamp,
+    day_start: pd.Timestamp | pd.Series,
+    day_end: pd.Timestamp | pd.Series,
     now: pd.Timestamp,
     known_pin_ids: np.ndarray | None,
     first_start: pd.Timestamp | None = None,
@@ -79,7 +79,8 @@ def validate_actions(
 
     ``rows``: ``user_id, pin_id`` (Int64), ``action`` (string), ``ts`` (tz-naive UTC),
     ``raw_user_id, raw_pin_id, raw_action, raw_ts`` (text or NA), ``source, row_number``.
-    Accepted rows have ts in [day_start, day_end), not after ``now``, a pin in
+    Accepted rows have ts in [day_start, day_end) (one day for all rows, or a day per row:
+    a late service event belongs to the day of its log), not after ``now``, a pin in
     ``known_pin_ids`` (any pin when None), and are not an exact repeat of an earlier row.
     Rows before ``first_start`` (the deployment's first partition) are ``ts_before_first_partition``.
     """
