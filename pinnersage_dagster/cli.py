@@ -10,6 +10,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -17,6 +18,9 @@ import numpy as np
 from .core.hnsw import IndexIntegrityError, read_manifest
 from .reporting import distribution, frame_markdown
 from .resources import DEFAULT_DATABASE, DEFAULT_EVENTS_ROOT, DEFAULT_INDEX_ROOT, DEFAULT_SERVING_ROOT
+
+if TYPE_CHECKING:
+    from .serving.server import ServerLimits
 
 
 def latest_partition() -> date:
@@ -312,23 +316,27 @@ def _user_report(args: argparse.Namespace) -> str:
 
 
 def serve(
-    host: str, port: int, serving_root: str | None, refresh_seconds: float, policy: str | None = None, workers: int = 1
+    host: str, port: int, serving_root: str | None, refresh_seconds: float, policy: str | None = None, workers: int = 1,
+    limits: ServerLimits | None = None,
 ) -> None:
     """One process, or ``workers`` processes behind one port (uvicorn's supervisor). Each worker
     loads and swaps snapshots on its own and follows the shared event log, so an event posted to
-    any worker is seen by the next request on every worker."""
+    any worker is seen by the next request on every worker. ``limits``: what a slow client may
+    hold (``serving.server``)."""
     import uvicorn
 
     from .serving.api import create_app
+    from .serving.server import ServerLimits, uvicorn_options
 
+    options = uvicorn_options(limits or ServerLimits())
     if workers == 1:
         app = create_app(_service(serving_root, refresh=False, policy=policy), refresh_seconds=refresh_seconds)
-        return uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        return uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, **options)
     # workers are fresh processes: they rebuild the app from these settings
     os.environ.update({"PINNERSAGE_SERVE_ROOT": serving_root or "", "PINNERSAGE_SERVE_REFRESH": str(refresh_seconds),
                        "PINNERSAGE_SERVE_POLICY": policy or ""})
     uvicorn.run("pinnersage_dagster.cli:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False)
+                log_level="warning", access_log=False, **options)
 
 
 def app_from_env():
@@ -388,6 +396,14 @@ def main(argv: list[str] | None = None) -> None:
                      help="the default retrieval policy of requests that name none (default: sampled, the paper's)")
     srv.add_argument("--workers", type=int, default=1,
                      help="processes behind the one port; they share the event log (default 1)")
+    srv.add_argument("--header-timeout", type=float, default=10.0,
+                     help="seconds from a request's first byte to the end of its headers, else 408 and close (default 10)")
+    srv.add_argument("--body-timeout", type=float, default=30.0,
+                     help="seconds from the end of the headers to the end of the body, else 408 and close (default 30)")
+    srv.add_argument("--keep-alive-timeout", type=float, default=5.0,
+                     help="seconds an idle connection stays open, before and between requests (default 5)")
+    srv.add_argument("--limit-concurrency", type=int, default=1000,
+                     help="open connections and requests in flight per worker; past it, 503 and close (default 1000)")
     ev = sub.add_parser("evaluate", parents=[tuning], help="offline evaluation (Tables 4-5, Figure 7) for a split day")
     ev.add_argument("--split-day", type=date.fromisoformat, default=None, help="default: 8 days ago")
     ev.add_argument("--seeds", type=int, default=5)
@@ -410,9 +426,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"report: {report_dir / 'report.md'}")
         return print((report_dir / "report.md").read_text())
     if args.command == "serve":
+        from .serving.server import ServerLimits
+
         if args.workers < 1:
             parser.error(f"--workers: must be at least 1, got {args.workers}")
-        return serve(args.host, args.port, args.serving_root, args.refresh_seconds, args.policy, args.workers)
+        limits = ServerLimits(args.header_timeout, args.body_timeout, args.keep_alive_timeout, args.limit_concurrency)
+        if message := limits.validate():
+            parser.error(message)
+        return serve(args.host, args.port, args.serving_root, args.refresh_seconds, args.policy, args.workers, limits)
     if args.command in ("recommend", "interests"):
         return print(_user_report(args))
     day = args.date or latest_partition()

@@ -3,6 +3,9 @@
 Limits: request bodies over ``max_body_bytes`` (1 MiB) get 413; an events batch holds at most
 1,000 events; ``budget`` is 1..retrieval_budget. Malformed input gets 422 with FastAPI's
 field-by-field detail; before any snapshot is published every data endpoint answers 503.
+Every response is counted by endpoint and status in ``/metrics``, unhandled errors (500)
+included; what the server itself answers (slow clients, the concurrency limit:
+``serving.server``) is counted there too.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from fastapi.exceptions import RequestValidationError
 import orjson
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
-from .event_log import EventLogError
+from .event_log import DEDUP_BYTES_PER_EVENT, EventLogError
+from .server import SERVER_ANSWERS
 from .service import NoSnapshotError, RecommenderService
 
 INT64 = {"ge": -(2**63), "le": 2**63 - 1}
@@ -113,9 +117,17 @@ class Rejection(BaseModel):
     reason: Literal["unknown_pin_id", "covered_by_batch", "ts_in_future", "duplicate_event", "invalid_action"]
 
 
+class OfflineOnly(BaseModel):
+    index: int
+    reason: Literal["older_than_kept_online_events"] = Field(
+        description="older than every event kept online for the user (the most recent 20): durable, counted by the "
+        "next batch, no effect on today's recommendations")
+
+
 class EventsResult(BaseModel):
-    accepted: int
+    accepted: int = Field(description="durable (fsynced) events; each reaches the warehouse with the next daily run")
     rejected: list[Rejection]
+    offline_only: list[OfflineOnly] = Field(description="accepted events that cannot change the online state")
     snapshot: SnapshotInfo
 
 
@@ -129,9 +141,11 @@ class Health(BaseModel):
     cache_hit_rate: float
     online_users: int
     pid: int = Field(description="the worker process that answered")
+    online_users_evicted: int = Field(description="users whose online state was dropped past the LRU bound")
     event_log: dict[str, Any] | None = Field(
         None, description="appended, duplicates, read (replayed or followed), unreadable_lines (torn or garbage, "
-        "skipped), rejected_on_replay (by reason)")
+        "skipped), rejected_on_replay (by reason), covered_by_batch (read, or held online, before the served "
+        "batch's end: the batch has them, or gets them from its next run), dedup_keys held and their bytes")
 
 
 class Problem(BaseModel):
@@ -150,6 +164,11 @@ class _ServiceCollector:
         self.service = service
 
     def collect(self):
+        answers = CounterMetricFamily("pinnersage_server_answers", "Answers the server gave before the application "
+                                      "(slow clients: 408; past the concurrency limit: 503)", labels=["status", "reason"])
+        for (status, reason), count in sorted(SERVER_ANSWERS.items()):
+            answers.add_metric([status, reason], count)
+        yield answers
         cache = self.service.cache
         hit_rate = GaugeMetricFamily("pinnersage_medoid_cache_hit_rate", "Share of medoid ANN lookups served from cache")
         hit_rate.add_metric([], cache.hit_rate)
@@ -192,18 +211,16 @@ def create_app(service: RecommenderService, *, refresh_seconds: float | None = 3
     )
 
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
+    app.add_middleware(ResponseMetrics, latency=latency, responses=responses)  # outermost: sees every answer
 
-    def answer(endpoint: str, started: float, payload: Any, status: int = 200) -> JSONResponse:
-        latency.labels(endpoint).observe(time.perf_counter() - started)
-        responses.labels(endpoint, str(status)).inc()
+    def answer(payload: Any, status: int = 200) -> JSONResponse:
         return FastJSONResponse(payload, status_code=status)
 
-    def unavailable(endpoint: str, started: float, exc: Exception) -> JSONResponse:
-        return answer(endpoint, started, {"detail": str(exc)}, 503)
+    def unavailable(exc: Exception) -> JSONResponse:
+        return answer({"detail": str(exc)}, 503)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        responses.labels(request.url.path.split("/")[-1] or "root", "422").inc()
         return JSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
     # handlers are async on purpose: each request is ~0.3 ms of CPU-bound work, cheaper inline on the
@@ -216,7 +233,8 @@ def create_app(service: RecommenderService, *, refresh_seconds: float | None = 3
         413: {"model": Problem, "description": "Body over the size limit (1 MiB by default)"},
     }
 
-    @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=errors)
+    @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=errors,
+             name="recommendations")
     async def recommendations(
         user_id: int = Path(**INT64),
         seed: int | None = Query(None, ge=0, le=2**63 - 1, description="fix the medoid sampling (tests, replays)"),
@@ -227,37 +245,33 @@ def create_app(service: RecommenderService, *, refresh_seconds: float | None = 3
             "neighbours each; 'proportional': every medoid, a share of the budget proportional to its importance"),
     ):
         """Spend the budget across the user's medoids (by ``policy``), fetch their neighbours, merge."""
-        started = time.perf_counter()
         try:
-            return answer("recommendations", started, service.recommend(
-                user_id, seed=seed, exclude_seen=exclude_seen, budget=budget, policy=policy))
+            return answer(service.recommend(user_id, seed=seed, exclude_seen=exclude_seen, budget=budget, policy=policy))
         except NoSnapshotError as exc:
-            return unavailable("recommendations", started, exc)
+            return unavailable(exc)
 
-    @app.get("/v1/users/{user_id}/interests", response_model=Interests, responses=errors)
+    @app.get("/v1/users/{user_id}/interests", response_model=Interests, responses=errors, name="interests")
     async def interests(user_id: int = Path(**INT64)):
         """The user's clusters: medoid pin, importance now, size, and whether today's events updated it."""
-        started = time.perf_counter()
         try:
-            return answer("interests", started, service.interests(user_id))
+            return answer(service.interests(user_id))
         except NoSnapshotError as exc:
-            return unavailable("interests", started, exc)
+            return unavailable(exc)
 
     # a plain def: FastAPI runs it in a worker thread, so the log's fsync never stalls the event loop
     @app.post("/v1/events", response_model=EventsResult, responses={
         **body_errors, 503: {"model": Problem, "description": "No snapshot yet, or the event log cannot be written: "
-                             "nothing of the request was accepted"}})
+                             "nothing of the request was accepted"}}, name="events")
     def post_events(batch: EventBatch):
         """Same-day actions. Each is accepted or rejected with a reason; accepted ones are on disk
-        (fsynced) before the answer and count at once, on every worker."""
-        started = time.perf_counter()
+        (fsynced) before the answer, count at once on every worker (unless listed in
+        ``offline_only``), and reach the warehouse with the next daily run."""
         try:
-            result = service.post_events([e.model_dump() for e in batch.events])
+            return answer(service.post_events([e.model_dump() for e in batch.events]))
         except (NoSnapshotError, EventLogError) as exc:
-            return unavailable("events", started, exc)
-        return answer("events", started, result)
+            return unavailable(exc)
 
-    @app.get("/health", response_model=Health)
+    @app.get("/health", response_model=Health, name="health")
     def health():
         snapshot = service.manager.current
         return {
@@ -270,21 +284,62 @@ def create_app(service: RecommenderService, *, refresh_seconds: float | None = 3
             "cache_misses": service.cache.misses,
             "cache_hit_rate": service.cache.hit_rate,
             "online_users": service.events.users,
+            "online_users_evicted": service.events.evicted_users,
             "pid": os.getpid(),
             "event_log": None if service.event_log is None else {
                 "root": str(service.event_log.root), "appended": service.event_log.stats.appended,
                 "duplicates": service.event_log.stats.duplicates, "read": service.event_log.stats.read,
                 "unreadable_lines": service.event_log.stats.unreadable_lines,
                 "rejected_on_replay": dict(service.replay_rejected),
+                "covered_by_batch": service.covered_by_batch,
+                "dedup_keys": service.event_log.dedup_keys,
+                "dedup_bytes_estimate": service.event_log.dedup_keys * DEDUP_BYTES_PER_EVENT,
             },
         }
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, name="metrics")
     def metrics():
         """Prometheus text format: latency histograms, responses, cache hit rate, snapshot version."""
         return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class ResponseMetrics:
+    """Count every response by endpoint (the route's name) and status, and time it, whatever
+    produced it: a handler, a validation error, a 413, or an unhandled exception (500, counted
+    here before Starlette's error middleware answers it). A client gone mid-request is 499."""
+
+    def __init__(self, app, latency: Histogram, responses: Counter) -> None:
+        self.app, self.latency, self.responses = app, latency, responses
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status, disconnected = time.perf_counter(), None, False
+
+        async def sending(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        async def receiving():
+            nonlocal disconnected
+            message = await receive()
+            disconnected = disconnected or message["type"] == "http.disconnect"
+            return message
+
+        try:
+            await self.app(scope, receiving, sending)
+        except Exception:
+            status = status or (499 if disconnected else 500)
+            raise
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "name", None) or "unmatched"
+            self.latency.labels(endpoint).observe(time.perf_counter() - started)
+            self.responses.labels(endpoint, str(status or 499)).inc()
 
 
 class BodyLimit:
