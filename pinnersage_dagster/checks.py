@@ -15,6 +15,7 @@ import duckdb
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
+from . import guards
 from .assets.interests import user_clusters, user_medoids
 from .assets.constants import DUCKDB_POOL
 from .assets.index import POOL_IDS_AT_SQL, pin_index
@@ -104,7 +105,24 @@ def evaluate_pin_index_matches_candidate_pool(
     }
     pool_checksum = pin_ids_checksum(pool["pin_id"].to_numpy())
     same_set = manifest.pin_ids_sha256 == pool_checksum == pin_ids_checksum(indexed)
-    return same_set and manifest.source_partition == day.isoformat(), metadata
+    current = _built_from_current_catalog(conn, day, manifest.build_id)
+    metadata["built_from"] = current or "the current catalog and candidate pool"
+    return same_set and manifest.source_partition == day.isoformat() and current is None, metadata
+
+
+def _built_from_current_catalog(conn: duckdb.DuckDBPyConnection, day: date, build_id: str) -> str | None:
+    """None if the index of ``day`` is the recorded build of the current pool of the current
+    catalog; else what is stale (a pool equal to a stale catalog would pass the id comparison)."""
+    index, pool, catalog = guards.get(conn, "pin_index", day), guards.get(conn, "candidate_pool"), guards.get(conn, "pins")
+    if index is None or pool is None or catalog is None:
+        return "no lineage recorded for the index, the pool or the catalog"
+    if index.version != build_id:
+        return f"the index on disk is build {build_id}, the recorded one {index.version}"
+    if pool.inputs.get("pins") != catalog.version:
+        return "candidate_pool was built from another version of the catalog: materialize candidate_pool"
+    if index.inputs.get("candidate_pool") != pool.version:
+        return "the index was built from another candidate_pool: materialize pin_index"
+    return None
 
 
 def _evaluate_days(

@@ -6,11 +6,13 @@ import glob
 import os
 from abc import abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Literal
 
 import dagster as dg
+import duckdb
 import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
@@ -33,6 +35,20 @@ DEFAULT_EXCHANGE_ROOT = "data/exchange"
 DEFAULT_EVENTS_ROOT = "data/events"  # the service's durable event log, one JSON Lines file per UTC day
 
 
+class Warehouse(DuckDBResource):
+    """The DuckDB warehouse (resource key ``duckdb``): Dagster's resource, but a connection is
+    closed when its block raises too (a failed guard must not leave the file open in a process
+    that goes on: the CLI's in-process runs, the tests)."""
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with super().get_connection() as conn:
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+
 class DataSource(dg.ConfigurableResource):
     """Where pins and action events come from. Implementations: synthetic world, or files."""
 
@@ -45,8 +61,9 @@ class DataSource(dg.ConfigurableResource):
         """Raw action rows of each day of ``span``, in the shape ``core.contract.validate_actions`` takes."""
 
     @abstractmethod
-    def known_pin_ids(self) -> np.ndarray | None:
-        """The pin ids actions may refer to; None when any id is a pin (no pins file)."""
+    def known_pins(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The pin ids actions may refer to (sorted) and when each was created (NaT: always
+        existed); None when any id is a pin (no pins file)."""
 
     @abstractmethod
     def newest_day(self, now: pd.Timestamp) -> date | None:
@@ -97,8 +114,10 @@ class SyntheticSource(DataSource):
         for day in span.days:
             yield day, synthetic_raw_actions(self.world, day)
 
-    def known_pin_ids(self) -> np.ndarray:
-        return generate_pins(self.world).pin_id
+    def known_pins(self) -> tuple[np.ndarray, np.ndarray]:
+        catalog = generate_pins(self.world)
+        order = np.argsort(catalog.pin_id, kind="stable")
+        return catalog.pin_id[order], catalog.created_at[order]
 
     def newest_day(self, now: pd.Timestamp) -> date:
         return (now - pd.Timedelta(days=1)).date()  # the world has actions on every day
@@ -149,7 +168,7 @@ class FileSource(DataSource):
         for day in span.days:  # a missing day file fails the run, naming it
             yield day, read_action_files(partition_file(self.actions_path, day), self.column_names)
 
-    def known_pin_ids(self) -> np.ndarray | None:
+    def known_pins(self) -> tuple[np.ndarray, np.ndarray] | None:
         return read_pin_ids(self.pins_path) if self.pins_path else None
 
     def newest_day(self, now: pd.Timestamp) -> date | None:
@@ -251,7 +270,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     database = os.getenv("PINNERSAGE_DUCKDB_PATH", DEFAULT_DATABASE)
     Path(database).parent.mkdir(parents=True, exist_ok=True)  # DuckDB creates the file, not its folder
     return {
-        "duckdb": DuckDBResource(database=database),
+        "duckdb": Warehouse(database=database),
         "index_store": IndexStore(root=os.getenv("PINNERSAGE_INDEX_ROOT", DEFAULT_INDEX_ROOT)),
         "serving_store": ServingStore(root=os.getenv("PINNERSAGE_SERVING_ROOT", DEFAULT_SERVING_ROOT)),
         "exchange": ExchangeStore(root=os.getenv("PINNERSAGE_EXCHANGE_ROOT", DEFAULT_EXCHANGE_ROOT)),

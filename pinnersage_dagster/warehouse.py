@@ -40,21 +40,31 @@ PARTITIONED_TABLES: dict[str, str] = {
 }
 
 CATALOG_TABLES: dict[str, str] = {
-    "pins_quarantine": "source VARCHAR, row_number BIGINT, reason VARCHAR NOT NULL, detail VARCHAR, pin_id VARCHAR",
+    "pins_quarantine": "source VARCHAR, row_number BIGINT, reason VARCHAR NOT NULL, detail VARCHAR, pin_id VARCHAR, "
+    "quality VARCHAR, created_at VARCHAR",
     "candidate_pool": "pin_id BIGINT NOT NULL, quality DOUBLE NOT NULL, created_at TIMESTAMP, n_duplicates BIGINT NOT NULL",
     "candidate_pool_exclusions": "pin_id BIGINT NOT NULL, reason VARCHAR NOT NULL, representative_pin_id BIGINT, cosine DOUBLE",
     "synthetic_pin_truth": "pin_id BIGINT NOT NULL, category BIGINT, topic BIGINT, duplicate_of BIGINT, low_quality BOOLEAN",
     "synthetic_interest_truth": "user_id BIGINT NOT NULL, topic BIGINT, weight DOUBLE, start_date DATE, end_date DATE",
+    # what each asset's partition was built from (``lineage``); partition_date NULL: unpartitioned
+    "lineage": "asset VARCHAR NOT NULL, partition_date DATE, version VARCHAR NOT NULL, inputs VARCHAR NOT NULL, "
+    "rows BIGINT NOT NULL, written_at TIMESTAMP NOT NULL",
 }
 
 
 def ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
+    """Create the tables, and add the (nullable) columns a newer release declares to older ones."""
     for name, columns in {**PARTITIONED_TABLES, **CATALOG_TABLES}.items():
         conn.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+        present = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [name]).fetchall()}
+        for column in columns.split(", "):
+            if column.split()[0] not in present and "NOT NULL" not in column:
+                conn.execute(f"ALTER TABLE {name} ADD COLUMN {column}")
 
 
 def table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
+    return bool(conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchall()[0][0])
 
 
 @contextmanager
@@ -95,16 +105,20 @@ def replace_partitions(
         return replace_partitions(conn, table, rows, first, last, atomic=False)
 
 
-def replace_table(conn: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame | pa.Table) -> int:
-    """Replace the whole content of an unpartitioned catalog table, atomically."""
-    with transaction(conn):
+def replace_table(conn: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame | pa.Table, atomic: bool = True) -> int:
+    """Replace the whole content of an unpartitioned catalog table, in a transaction of its own
+    (``atomic``) or in the caller's."""
+    if not atomic:
         conn.execute(f"DELETE FROM {table}")
         _insert(conn, table, _column_names(CATALOG_TABLES[table]), rows)
-    return len(rows)
+        return len(rows)
+    with transaction(conn):
+        return replace_table(conn, table, rows, atomic=False)
 
 
 def write_pins(conn: duckdb.DuckDBPyConnection, accepted: pd.DataFrame, embeddings: np.ndarray) -> None:
-    """Replace the pin catalog. The embedding column is ``FLOAT[d]`` for the data's dimension d."""
+    """Replace the pin catalog, inside the caller's transaction. The embedding column is
+    ``FLOAT[d]`` for the data's dimension d."""
     dim = int(embeddings.shape[1])
     table = pa.table(
         {
@@ -114,12 +128,11 @@ def write_pins(conn: duckdb.DuckDBPyConnection, accepted: pd.DataFrame, embeddin
             "created_at": pa.array(pd.to_datetime(accepted["created_at"]).astype("datetime64[us]"), pa.timestamp("us")),
         }
     ).sort_by("pin_id")
-    with transaction(conn):
-        conn.execute(
-            f"CREATE OR REPLACE TABLE pins (pin_id BIGINT NOT NULL, embedding FLOAT[{dim}] NOT NULL, "
-            "quality DOUBLE NOT NULL, created_at TIMESTAMP)"
-        )
-        _insert(conn, "pins", "pin_id, embedding, quality, created_at", table)
+    conn.execute(
+        f"CREATE OR REPLACE TABLE pins (pin_id BIGINT NOT NULL, embedding FLOAT[{dim}] NOT NULL, "
+        "quality DOUBLE NOT NULL, created_at TIMESTAMP)"
+    )
+    _insert(conn, "pins", "pin_id, embedding, quality, created_at", table)
 
 
 def embedding_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
@@ -176,12 +189,16 @@ def held_elsewhere(conn: duckdb.DuckDBPyConnection, rows: pd.DataFrame, day: dat
 
 
 def replace_partition_from_query(
-    conn: duckdb.DuckDBPyConnection, table: str, day: date, select_sql: str, params: list
+    conn: duckdb.DuckDBPyConnection, table: str, day: date, select_sql: str, params: list | dict,
+    before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> None:
-    """Replace partition ``day`` of ``table`` with the rows of a SELECT, in one transaction."""
+    """Replace partition ``day`` of ``table`` with the rows of a SELECT (and ``before_commit``'s
+    writes) in one transaction."""
     with transaction(conn):
         conn.execute(f"DELETE FROM {table} WHERE partition_date = ?", [day])
         conn.execute(f"INSERT INTO {table} {select_sql}", params)
+        if before_commit is not None:
+            before_commit(conn)
 
 
 def user_batches(conn: duckdb.DuckDBPyConnection, day: date, max_rows: int) -> list[tuple[int, int, int]]:
@@ -220,13 +237,19 @@ MEDOIDS_FROM_ROWS_SQL = """
 """
 
 
-def replace_interests(conn: duckdb.DuckDBPyConnection, day: date, rows_glob: str) -> None:
+def replace_interests(
+    conn: duckdb.DuckDBPyConnection, day: date, rows_glob: str,
+    before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+) -> None:
     """Replace ``day`` of ``user_clusters`` and ``user_medoids`` with the per-user pass's rows
-    (Parquet files matching ``rows_glob``), both tables in one transaction."""
+    (Parquet files matching ``rows_glob``), both tables (and ``before_commit``'s writes) in one
+    transaction."""
     rows = INTEREST_ROWS.format(glob=rows_glob.replace("'", "''"))
     with transaction(conn):
         for table, sql in (("user_clusters", CLUSTERS_FROM_ROWS_SQL), ("user_medoids", MEDOIDS_FROM_ROWS_SQL)):
             _replace_day_from(conn, table, day, sql.format(rows=rows))
+        if before_commit is not None:
+            before_commit(conn)
 
 
 def _replace_day_from(conn: duckdb.DuckDBPyConnection, table: str, day: date, insert_sql: str) -> None:

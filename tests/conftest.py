@@ -7,12 +7,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster_duckdb import DuckDBResource
 
 from pinnersage_dagster.assets import all_assets
 from pinnersage_dagster.checks import all_checks
 from pinnersage_dagster.config import PinnerSageParams
-from pinnersage_dagster.resources import EventLogStore, ExchangeStore, IndexStore, ServingStore, SyntheticSource
+from pinnersage_dagster.resources import EventLogStore, ExchangeStore, IndexStore, ServingStore, SyntheticSource, Warehouse
 
 DAY = date(2026, 6, 10)
 WINDOW = 10
@@ -40,7 +39,7 @@ class Graph:
 
 def make_resources(root: Path, **params) -> dict:
     return {
-        "duckdb": DuckDBResource(database=str(root / "warehouse.duckdb")),
+        "duckdb": Warehouse(database=str(root / "warehouse.duckdb")),
         "index_store": IndexStore(root=str(root / "pin_index")),
         "serving_store": ServingStore(root=str(root / "serving")),
         "exchange": ExchangeStore(root=str(root / "exchange")),

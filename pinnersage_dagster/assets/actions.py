@@ -10,7 +10,9 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from ..config import PinnerSageParams
+from .. import guards
 from ..core.contract import Validated, validate_actions
+from ..core.plausibility import day_volume, foreign_rows
 from ..core.retention import served_partitions
 from ..partitions import daily_partitions, partition_days, window_mapping
 from ..action_log import Span
@@ -74,7 +76,7 @@ def raw_actions(
     the first partition also quarantines the log's rows before it or without a usable ts, and
     the newest partition its rows in the future.
     """
-    known = source.known_pin_ids()
+    known_ids, created_at = source.known_pins() or (None, None)
     now = pd.Timestamp.now(tz="UTC").tz_localize(None)
     first = daily_partitions.start.date()
     span = Span(
@@ -91,6 +93,8 @@ def raw_actions(
     totals: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     per_day, claimed_now, users = {}, [], set()
+    versions: dict[date, str] = {}
+    accepted_changes: list[str] = []
     for day, rows in source.read_actions(span):
         start, end = day_bounds(day)
         claims = []
@@ -108,14 +112,23 @@ def raw_actions(
                 row_start = pd.to_datetime(row_day.fillna(day)).astype("datetime64[us]")
                 validated = validate_actions(
                     combined, day_start=row_start, day_end=row_start + pd.Timedelta(days=1), now=now,
-                    known_pin_ids=known, first_start=day_bounds(first)[0],
+                    known_pin_ids=known_ids, pins_created_at=created_at, first_start=day_bounds(first)[0],
                 )
                 validated = keep_once(conn, validated, day)
                 quarantine = validated.quarantine if unreadable is None or unreadable.empty else pd.concat(
                     [validated.quarantine, unreadable], ignore_index=True)
+                day_users = int(validated.accepted["user_id"].nunique())
+                accepted_change = guards.plausible(context, _implausible_day(conn, day, rows, validated, day_users, params),
+                                                   params.accept_implausible_inputs)
+                if accepted_change:
+                    accepted_changes.append(accepted_change)
                 replace_partitions(conn, "raw_actions", validated.accepted.assign(partition_date=day), day, day, atomic=False)
                 replace_partitions(conn, "raw_actions_quarantine", quarantine.assign(partition_date=day), day, day,
                                    atomic=False)
+                version, _ = guards.table_version(conn, "raw_actions", "user_id, pin_id, action, ts", day)
+                guards.record(conn, "raw_actions", day, version, {
+                    "users": day_users, "source_rows": len(rows), "accepted_implausible": accepted_change}, len(validated.accepted))
+                versions[day] = version
         n_events = 0 if events is None else len(events) + len(unreadable)
         log_files = set() if events is None else set(events["source"])
         totals.update({
@@ -141,8 +154,11 @@ def raw_actions(
             removed_logs = prune_event_logs(conn, logs, keep_days=params.retention_days, today=now.date(),
                                             served=served_partitions(Path(serving_store.root)))
     return dg.MaterializeResult(
+        data_version=guards.data_version(context, next(iter(versions.values()), "0-0")),
         metadata={
             "days": len(per_day),
+            "version": next(iter(versions.values())) if len(versions) == 1 else f"{len(versions)} days",
+            "accepted_implausible": accepted_changes or "no",
             "rows_read": totals["read"],
             "rows_read_from_source": totals["from_source"],
             "rows_read_from_service_events": totals["from_events"],
@@ -160,6 +176,23 @@ def raw_actions(
             "dagster/column_schema": RAW_ACTIONS_SCHEMA,
         }
     )
+
+
+PREVIOUS_DAYS_SQL = """
+    SELECT rows, CAST(json_extract(inputs, '$.users') AS BIGINT) FROM lineage
+    WHERE asset = 'raw_actions' AND partition_date BETWEEN ? AND ? AND rows > 0
+"""
+
+
+def _implausible_day(conn, day: date, rows: pd.DataFrame, validated: Validated, users: int,
+                     params: PinnerSageParams) -> str | None:
+    """A day file of another day, or a day far below the 7 days before it (``core.plausibility``)."""
+    from_source = validated.quarantine["source"].isin(set(rows["source"])) if len(rows) else None
+    outside = 0 if from_source is None else int((from_source & validated.quarantine["reason"].eq("ts_outside_partition")).sum())
+    foreign = foreign_rows(day, outside, len(rows), str(rows["source"].iloc[0]) if len(rows) else "")
+    before = conn.execute(PREVIOUS_DAYS_SQL, [day - timedelta(days=7), day - timedelta(days=1)]).fetchall()
+    return foreign or day_volume(day, len(validated.accepted), users, [(int(a), int(u or 0)) for a, u in before],
+                                 params.min_day_share)
 
 
 def keep_once(conn, validated: Validated, day: date) -> Validated:
@@ -192,18 +225,33 @@ def action_windows(
     context: dg.AssetExecutionContext, duckdb: DuckDBResource, params: PinnerSageParams
 ) -> dg.MaterializeResult:
     """For day D: every user's distinct, valid actions of [D-89, D], capped to the most recent
-    ``max_actions_per_user`` per user, on pins still in the catalog."""
+    ``max_actions_per_user`` per user, on pins still in the catalog. Every raw_actions day of the
+    window must have been materialized (an empty day is fine, a missing one fails the run)."""
     stats = []
     cap = params.max_actions_per_user
+    versions = []
     for day in partition_days(context):
         first = day - timedelta(days=params.window_days - 1)
         with duckdb.get_connection() as conn:
             ensure_tables(conn)
-            replace_partition_from_query(conn, "action_windows", day, WINDOW_SQL, {"day": day, "first": first, "cap": cap})
+            days = guards.require_days(conn, "raw_actions", first, day, needed_by=f"action_windows of {day}")
+            catalog = guards.require(conn, "pins", needed_by=f"action_windows of {day}")
+
+            def record(conn) -> None:
+                version, rows = guards.table_version(conn, "action_windows", "user_id, pin_id, action, ts", day)
+                guards.record(conn, "action_windows", day, version, {
+                    "raw_actions": guards.digest([f"{d}:{v}" for d, v in sorted(days.items())]),
+                    "pins_ids": catalog.inputs["ids"], "window_days": params.window_days, "cap": cap}, rows)
+                versions.append(version)
+
+            replace_partition_from_query(conn, "action_windows", day, WINDOW_SQL, {"day": day, "first": first, "cap": cap},
+                                         before_commit=record)
             stats.append(conn.execute(WINDOW_STATS_SQL, {"day": day, "first": first, "cap": cap}).fetchone())
     in_window, eligible, users, capped_users, dropped_by_cap, kept = map(int, stats[-1])
     return dg.MaterializeResult(
+        data_version=guards.data_version(context, versions[-1]),
         metadata={
+            "version": versions[-1],
             "days_in_run": len(stats),
             "window": f"{first} .. {day}",
             "actions_in_window": in_window,

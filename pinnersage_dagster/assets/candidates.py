@@ -13,12 +13,14 @@ from ..core.artifacts import ArtifactIntegrityError
 from ..core.candidates import refine_candidate_pool
 from ..core.contract import validate_pins
 from ..core.metrics import pool_refinement_scores
+from ..core.plausibility import catalog_change
 from ..core.pool_graph import PoolGraph, load_pool_graph, publish_pool_graph
+from .. import guards
 from ..readers import learned_raw_pins
 from ..reporting import column_schema, frame_markdown
 from ..resources import DataSource, IndexStore
 from ..warehouse import (
-    embedding_dim, ensure_tables, fill_embeddings, query_arrow, replace_table, table_exists, write_pins,
+    embedding_dim, ensure_tables, fill_embeddings, query_arrow, replace_table, table_exists, transaction, write_pins,
 )
 from .constants import DUCKDB_POOL, GROUP
 
@@ -32,13 +34,17 @@ GOOD_PINS_SQL = "SELECT pin_id, embedding FROM pins WHERE quality >= ? ORDER BY 
     # only read when the source gives no embeddings: then the catalog takes those learned for its run's day
     deps=[dg.AssetDep("pin_embeddings", partition_mapping=dg.LastPartitionMapping())],
 )
-def pins(context: dg.AssetExecutionContext, duckdb: DuckDBResource, source: DataSource) -> dg.MaterializeResult:
+def pins(
+    context: dg.AssetExecutionContext, duckdb: DuckDBResource, source: DataSource, params: PinnerSageParams
+) -> dg.MaterializeResult:
     """The pin catalog: every valid pin with its unit embedding, quality and creation time.
 
-    Unpartitioned: each run replaces the catalog from the source. Rows that break the data
+    Unpartitioned: each run replaces the catalog from the source, unless the new one is empty or
+    shrinks past ``max_catalog_shrink`` (then nothing is replaced). Rows that break the data
     contract go to ``pins_quarantine`` with their reason. When the source gives no embeddings,
     they come from ``pin_embeddings`` of the run's partition (the newest one outside a
     partitioned run), and without a pins file the catalog is the pins learned from the log.
+    The catalog's version (a hash of its content) is what every downstream artifact records.
     """
     raw, learned_day = source.read_pins(), None
     if raw is None or not raw.has_embeddings:
@@ -51,16 +57,29 @@ def pins(context: dg.AssetExecutionContext, duckdb: DuckDBResource, source: Data
     pin_truth, interest_truth = source.pin_truth(), source.interest_truth()
     with duckdb.get_connection() as conn:
         ensure_tables(conn)
+        previous = guards.get(conn, "pins")
+    accepted_change = guards.plausible(context, catalog_change(
+        previous.rows if previous else None, len(validated.accepted), len(raw), validated.reasons,
+        params.max_catalog_shrink), params.accept_implausible_inputs)
+    with duckdb.get_connection() as conn, transaction(conn):
         write_pins(conn, validated.accepted, embeddings)
-        replace_table(conn, "pins_quarantine", validated.quarantine)
+        replace_table(conn, "pins_quarantine", validated.quarantine, atomic=False)
         if pin_truth is not None:
-            replace_table(conn, "synthetic_pin_truth", pin_truth)
+            replace_table(conn, "synthetic_pin_truth", pin_truth, atomic=False)
         if interest_truth is not None:
-            replace_table(conn, "synthetic_interest_truth", interest_truth)
+            replace_table(conn, "synthetic_interest_truth", interest_truth, atomic=False)
+        version, rows = guards.table_version(conn, "pins", "pin_id, embedding, quality, created_at")
+        ids_version, _ = guards.table_version(conn, "pins", "pin_id")
+        guards.record(conn, "pins", None, version, {"ids": ids_version, "dimension": int(embeddings.shape[1]),
+                                                     "source": raw.files[:500]}, rows)
     context.log.info(f"{len(validated.accepted)} pins accepted, {len(validated.quarantine)} quarantined")
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
         metadata={
-            "source": raw.source,
+            "catalog_version": version,
+            "previous_catalog_pins": previous.rows if previous else "none",
+            "accepted_implausible": accepted_change or "no",
+            "source": raw.files,
             "embeddings": f"learned from the log before {learned_day} (pin_embeddings)" if learned_day else "from the source",
             "rows_read": len(raw),
             "dagster/row_count": len(validated.accepted),
@@ -104,6 +123,9 @@ def candidate_pool(
     catalog only gained or lost pins, which every day's ``pin_index`` starts from.
     """
     with duckdb.get_connection() as conn:
+        catalog = guards.require(conn, "pins", needed_by="candidate_pool")
+        if catalog.rows == 0:
+            raise guards.StaleInputError("the catalog (pins) is empty: there is nothing to put in the candidate pool")
         table = query_arrow(conn, "SELECT pin_id, quality, created_at FROM pins ORDER BY pin_id")
         quality = table.column("quality").to_numpy()
         # only the pins that pass the quality threshold are embedded in the graph: read just those
@@ -131,11 +153,21 @@ def candidate_pool(
     update = refined.update
     with duckdb.get_connection() as conn:
         ensure_tables(conn)
-        replace_table(conn, "candidate_pool", refined.kept)
-        replace_table(conn, "candidate_pool_exclusions", refined.excluded)
+        with transaction(conn):
+            if guards.get(conn, "pins").version != catalog.version:
+                raise guards.StaleInputError("pins was re-materialized while candidate_pool ran: re-run candidate_pool")
+            replace_table(conn, "candidate_pool", refined.kept, atomic=False)
+            replace_table(conn, "candidate_pool_exclusions", refined.excluded, atomic=False)
+            pool_version, _ = guards.table_version(conn, "candidate_pool", "pin_id, quality, created_at, n_duplicates")
+            version = f"{pool_version}-{graph_manifest['build_id']}"
+            guards.record(conn, "candidate_pool", None, version, {
+                "pins": catalog.version, "graph_build": graph_manifest["build_id"],
+                "dimension": catalog.inputs["dimension"]}, len(refined.kept))
         truth = conn.execute("SELECT * FROM synthetic_pin_truth").df()
     reasons = refined.excluded["reason"].value_counts().to_dict()
     metadata: dict[str, object] = {
+        "version": version,
+        "catalog_version": catalog.version,
         "catalog_pins": catalog_pins,
         "dagster/row_count": len(refined.kept),
         "excluded_low_quality": int(reasons.get("low_quality", 0)),
@@ -166,7 +198,7 @@ def candidate_pool(
         f"candidate pool: {len(refined.kept)} of {catalog_pins} pins; graph {update.mode} ({update.reason}), "
         f"{update.inserted} inserted, {update.retired} retired"
     )
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
 
 
 def _previous_graph(context: dg.AssetExecutionContext, index_store: IndexStore) -> PoolGraph | None:

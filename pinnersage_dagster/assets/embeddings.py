@@ -14,7 +14,8 @@ from ..core.embeddings import TooFewPins, learn_embeddings, minimum_pins, neares
 from ..partitions import WINDOW_DAYS, daily_partitions, partition_days
 from ..reporting import column_schema, frame_markdown
 from ..resources import DataSource
-from ..warehouse import ensure_tables, replace_partitions
+from .. import guards
+from ..warehouse import ensure_tables, replace_partitions, transaction
 from .actions import raw_actions
 from .constants import DUCKDB_POOL, GROUP
 
@@ -46,23 +47,31 @@ def pin_embeddings(
     if not source.learns_embeddings:
         with duckdb.get_connection() as conn:
             ensure_tables(conn)
-            _replace(conn, day, pd.DataFrame(columns=["pin_id"]), np.empty((0, 1), np.float32),
-                     pd.DataFrame(columns=["pin_id", "reason", "detail"]))
+            with transaction(conn):
+                _replace(conn, day, pd.DataFrame(columns=["pin_id"]), np.empty((0, 1), np.float32),
+                         pd.DataFrame(columns=["pin_id", "reason", "detail"]))
         return dg.MaterializeResult(metadata={"embeddings": "supplied by the source: nothing to learn"})
     first, last = day - timedelta(days=params.window_days), day - timedelta(days=1)
     with duckdb.get_connection() as conn:
+        ensure_tables(conn)
+        history = guards.require_days(conn, "raw_actions", first, last, needed_by=f"pin_embeddings of {day}")
         pairs = conn.execute(HISTORY_PAIRS_SQL, {"first": first, "last": last}).fetchnumpy()
     if len(pairs["user_id"]) == 0:
         raise TooFewPins(f"no actions in raw_actions of {first} .. {last}: materialize raw_actions for these days first")
     learned = learn_embeddings(pairs["user_id"], pairs["pin_id"], dim=params.embedding_dim, min_users=params.embedding_min_users)
-    with duckdb.get_connection() as conn:
-        ensure_tables(conn)
+    with duckdb.get_connection() as conn, transaction(conn):
         _replace(conn, day, pd.DataFrame({"pin_id": learned.pin_id}), learned.embedding, learned.excluded)
+        version, _ = guards.table_version(conn, "pin_embeddings", "pin_id, embedding", day)
+        guards.record(conn, "pin_embeddings", day, version, {
+            "raw_actions": guards.digest([f"{d}:{v}" for d, v in sorted(history.items())]),
+            "dim": params.embedding_dim, "min_users": params.embedding_min_users}, len(learned.pin_id))
     reasons = learned.excluded["reason"].value_counts().sort_index()
     energy = float((learned.singular_values**2).sum())
     context.log.info(f"{day}: learned {len(learned.pin_id)} pins x {params.embedding_dim} from {learned.users} users")
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
         metadata={
+            "version": version,
             "history": f"{first} .. {last}",
             "history_users": learned.users,
             "history_pairs": len(pairs["user_id"]),
@@ -89,5 +98,5 @@ def _replace(conn, day, ids: pd.DataFrame, embedding: np.ndarray, excluded: pd.D
         "pin_id": pa.array(ids["pin_id"].to_numpy(np.int64), pa.int64()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embedding.ravel(), pa.float32()), embedding.shape[1]),
     })
-    replace_partitions(conn, "pin_embeddings", rows, day, day)
-    replace_partitions(conn, "pin_embeddings_quarantine", excluded.assign(partition_date=day), day, day)
+    replace_partitions(conn, "pin_embeddings", rows, day, day, atomic=False)
+    replace_partitions(conn, "pin_embeddings_quarantine", excluded.assign(partition_date=day), day, day, atomic=False)

@@ -9,14 +9,15 @@ import dagster as dg
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
+from .. import guards
 from ..config import PinnerSageParams
-from ..core.artifacts import ArtifactIntegrityError
+from ..core.artifacts import ArtifactIntegrityError, read_manifest as read_artifact_manifest
 from ..core.hnsw import build_index, publish_index
 from ..core.retention import days, prune_artifacts
 from ..core.pool_graph import load_pool_graph
 from ..partitions import daily_partitions, partition_days
 from ..resources import IndexStore
-from ..warehouse import embedding_matrix, query_arrow
+from ..warehouse import embedding_matrix, query_arrow, transaction
 from .candidates import candidate_pool
 from .constants import DUCKDB_POOL, GROUP
 
@@ -53,8 +54,11 @@ def pin_index(
     pool (duplicates, pins created after D) marked deleted; a day whose pool is under half
     the graph gets a compact index built from its own pins instead.
     """
+    versions = []
     for day in partition_days(context):
         started = time.perf_counter()
+        with duckdb.get_connection() as conn:
+            inputs = checked_index_inputs(conn, index_store, needed_by=f"pin_index of {day}")
         try:
             graph = load_pool_graph(index_store.pool_graph_dir())
         except ArtifactIntegrityError as exc:
@@ -95,14 +99,20 @@ def pin_index(
             ef_construction=built_with[1],
             ef=params.hnsw_ef,
         )
+        with duckdb.get_connection() as conn, transaction(conn):
+            guards.record(conn, "pin_index", day, manifest.build_id, inputs, manifest.count)
+        versions.append(manifest.build_id)
         seconds = time.perf_counter() - started
         size = sum(f.stat().st_size for f in (directory / "builds" / manifest.build_id).iterdir())
         removed = prune_artifacts(Path(index_store.root), keep_days=params.retention_days, protect={day.isoformat()})
         context.log.info(f"{day}: indexed {manifest.count} pins ({mode}) in {seconds:.1f}s at {directory}"
                          + (f"; retention removed {removed}" if removed else ""))
     return dg.MaterializeResult(
+        data_version=guards.data_version(context, versions[-1]),
         metadata={
             "path": dg.MetadataValue.path(str(directory / "manifest.json")),
+            "candidate_pool_version": inputs["candidate_pool"],
+            "catalog_version": inputs["pins"],
             "dagster/row_count": manifest.count,
             "index_mode": mode,
             "elements": manifest.elements,
@@ -121,3 +131,22 @@ def pin_index(
             "build_id": manifest.build_id,
         }
     )
+
+
+def checked_index_inputs(conn, index_store: IndexStore, *, needed_by: str) -> dict:
+    """What a day's index is built from: the current catalog's candidate pool and its published
+    graph. Fails if the pool predates the catalog, or the graph on disk is not the pool's."""
+    catalog = guards.require(conn, "pins", needed_by=needed_by)
+    pool = guards.require(conn, "candidate_pool", needed_by=needed_by)
+    guards.same(catalog.version, pool.inputs.get("pins"),
+                what="candidate_pool was built from another version of the catalog (pins)",
+                rematerialize="candidate_pool")
+    try:
+        graph_build = read_artifact_manifest(index_store.pool_graph_dir())["build_id"]
+    except (ArtifactIntegrityError, KeyError) as exc:
+        raise guards.StaleInputError(f"{needed_by}: no published pool graph ({exc}): materialize candidate_pool first") from exc
+    guards.same(pool.inputs.get("graph_build"), graph_build,
+                what=f"the pool graph in {index_store.pool_graph_dir()} is not the one candidate_pool published",
+                rematerialize="candidate_pool")
+    return {"candidate_pool": pool.version, "pins": catalog.version, "graph_build": graph_build,
+            "dimension": pool.inputs.get("dimension")}

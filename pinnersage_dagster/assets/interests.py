@@ -14,6 +14,7 @@ import duckdb
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
+from .. import guards
 from ..config import PinnerSageParams
 from ..core.spark_engine import spark_session
 from ..core.workers import UserPool
@@ -63,6 +64,7 @@ def user_interests(
     The day's embeddings are read once and shared with the workers; each user is clustered and
     summarised (medoid, importance) in the same pass; both tables are replaced in one transaction.
     """
+    versions: dict[str, str] = {}
     spark = spark_session(params.spark_master) if params.clustering_engine == "spark" else None
     workers = 1 if spark is not None else params.clustering_workers or os.cpu_count() or 1
     with UserPool(workers) as pool:
@@ -70,6 +72,8 @@ def user_interests(
             _, now = day_bounds(day)
             now_us = int(now.value // 1000)
             settings = {"alpha": params.alpha, "decay_lambda": params.decay_lambda, "now_us": now_us}
+            with duckdb.get_connection() as conn:
+                inputs = _checked_inputs(conn, day, params)
             run_uri = exchange.run_uri(day.isoformat(), context.run_id)
             _remove_stale_runs(exchange, day)
             if exchange.is_local:
@@ -89,17 +93,39 @@ def user_interests(
                           "actions_on_pins_left_catalog": counts["left_catalog"],
                           "clustering_engine": f"spark ({params.spark_master})"}
             seconds = time.perf_counter() - started
+            def record(conn, day: date = day) -> None:
+                for asset, columns in (("user_clusters", "user_id, cluster_id, kind, pin_ids"),
+                                       ("user_medoids", "user_id, cluster_id, medoid_pin_id, importance, size, kind")):
+                    version, rows = guards.table_version(conn, asset, columns, day)
+                    guards.record(conn, asset, day, version, inputs, rows)
+                    versions[asset] = version
+
             with duckdb.get_connection() as conn:
                 ensure_tables(conn)
-                replace_interests(conn, day, f"{run_uri}/rows/*.parquet")
+                replace_interests(conn, day, f"{run_uri}/rows/*.parquet", before_commit=record)
             if exchange.is_local:
                 shutil.rmtree(run_uri, ignore_errors=True)
             context.log.info(f"{day}: per-user pass in {seconds:.1f}s ({engine['clustering_engine']})")
     with duckdb.get_connection() as conn:
         clusters_meta, medoids_meta = interest_metadata(conn, day, params)
     clusters_meta.update({"alpha": params.alpha, "pass_seconds": round(seconds, 2), **engine})
-    yield dg.MaterializeResult(asset_key="user_clusters", metadata=clusters_meta)
-    yield dg.MaterializeResult(asset_key="user_medoids", metadata=medoids_meta)
+    yield dg.MaterializeResult(asset_key="user_clusters", metadata=clusters_meta,
+                               data_version=guards.data_version(context, versions["user_clusters"]))
+    yield dg.MaterializeResult(asset_key="user_medoids", metadata=medoids_meta,
+                               data_version=guards.data_version(context, versions["user_medoids"]))
+
+
+def _checked_inputs(conn: duckdb.DuckDBPyConnection, day: date, params: PinnerSageParams) -> dict:
+    """The versions this day's interests are built from; fails if the window is missing or was
+    built against another catalog than the current one."""
+    needed_by = f"user_clusters/user_medoids of {day}"
+    window = guards.require(conn, "action_windows", day, needed_by=needed_by)
+    catalog = guards.require(conn, "pins", needed_by=needed_by)
+    guards.same(catalog.inputs["ids"], window.inputs.get("pins_ids"),
+                what=f"action_windows of {day} was built against another catalog's pins",
+                rematerialize=f"action_windows for {day}")
+    return {"action_windows": window.version, "pins": catalog.version, "alpha": params.alpha,
+            "decay_lambda": params.decay_lambda, "max_actions_per_user": params.max_actions_per_user}
 
 
 def _remove_stale_runs(exchange: ExchangeStore, day: date) -> None:

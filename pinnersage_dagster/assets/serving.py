@@ -5,13 +5,15 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from .. import guards
 from ..config import PinnerSageParams
+from ..core.artifacts import ArtifactIntegrityError, read_manifest as read_artifact_manifest
 from ..partitions import daily_partitions, partition_days
 from ..readers import day_bounds
 from ..resources import IndexStore, ServingStore
 from ..core.retention import days, disk_bytes, prune_artifacts, served_partitions
 from ..serving.snapshot import publish_snapshot
-from ..warehouse import WarehouseCatalog
+from ..warehouse import WarehouseCatalog, transaction
 from .actions import action_windows
 from .candidates import candidate_pool
 from .interests import user_clusters, user_medoids
@@ -49,10 +51,15 @@ def serving_snapshot(
 ) -> dg.MaterializeResult:
     """For day D: user_medoids of D paired with pin_index of D, plus what the online path needs
     (cluster members and centroids, seen pins, popular pins, catalog embeddings), published
-    atomically with checksums. The recommendation service serves the newest one that loads."""
+    atomically with checksums. The recommendation service serves the newest one that loads.
+
+    Published only from parts that agree: D's window, interests and index were all materialized,
+    from the current catalog and candidate pool, and the index on disk is the one recorded; the
+    versions go into the snapshot's manifest, which the service checks again."""
     for day in partition_days(context):
         _, end = day_bounds(day)
         with duckdb.get_connection() as conn:
+            lineage = checked_snapshot_inputs(conn, day, index_store)
             medoids = conn.execute(
                 "SELECT * EXCLUDE (partition_date) FROM user_medoids WHERE partition_date = ? ORDER BY user_id, cluster_id",
                 [day]).df()
@@ -71,7 +78,10 @@ def serving_snapshot(
             index_dir=index_store.partition_dir(day.isoformat()),
             alpha=params.alpha,
             decay_lambda=params.decay_lambda,
+            lineage=lineage,
         )
+        with duckdb.get_connection() as conn, transaction(conn):
+            guards.record(conn, "serving_snapshot", day, manifest["build_id"], lineage, manifest["clusters"])
         written, linked = _disk_use(serving_store.partition_dir(day.isoformat()) / "builds" / manifest["build_id"])
         root = Path(serving_store.root)
         served = served_partitions(root)
@@ -80,8 +90,10 @@ def serving_snapshot(
                          f"{written / 2**20:.0f} MiB written, {linked / 2**20:.0f} MiB shared with other builds"
                          + (f"; retention removed {removed}" if removed else ""))
     return dg.MaterializeResult(
+        data_version=guards.data_version(context, manifest["build_id"]),
         metadata={
             "path": dg.MetadataValue.path(str(serving_store.partition_dir(day.isoformat()) / "manifest.json")),
+            "built_from": dg.MetadataValue.json(lineage),
             "build_id": manifest["build_id"],
             "users": manifest["users"],
             "dagster/row_count": manifest["clusters"],
@@ -100,6 +112,40 @@ def serving_snapshot(
             "disk_mib_all_days": round(disk_bytes(root) / 2**20, 1),
         }
     )
+
+
+def checked_snapshot_inputs(conn, day, index_store: IndexStore) -> dict:
+    """The versions a snapshot of ``day`` pairs, after checking that they agree; fails naming the
+    missing or stale partition and what to materialize."""
+    needed_by = f"serving_snapshot of {day}"
+    window = guards.require(conn, "action_windows", day, needed_by=needed_by)
+    interests = {asset: guards.require(conn, asset, day, needed_by=needed_by, materialize="user_clusters/user_medoids")
+                 for asset in ("user_clusters", "user_medoids")}
+    index = guards.require(conn, "pin_index", day, needed_by=needed_by)
+    catalog = guards.require(conn, "pins", needed_by=needed_by)
+    pool = guards.require(conn, "candidate_pool", needed_by=needed_by)
+    for asset, found in interests.items():
+        guards.same(window.version, found.inputs.get("action_windows"),
+                    what=f"{asset} of {day} was built from another action_windows of {day}",
+                    rematerialize=f"user_clusters/user_medoids for {day}")
+        guards.same(catalog.version, found.inputs.get("pins"),
+                    what=f"{asset} of {day} was built from another version of the catalog (pins)",
+                    rematerialize=f"user_clusters/user_medoids for {day}")
+    guards.same(catalog.version, index.inputs.get("pins"),
+                what=f"pin_index of {day} was built from another version of the catalog (pins)",
+                rematerialize=f"candidate_pool, then pin_index for {day}")
+    guards.same(pool.version, index.inputs.get("candidate_pool"),
+                what=f"pin_index of {day} was built from another candidate_pool",
+                rematerialize=f"pin_index for {day}")
+    try:
+        published = read_artifact_manifest(index_store.partition_dir(day.isoformat()))["build_id"]
+    except (ArtifactIntegrityError, KeyError) as exc:
+        raise guards.StaleInputError(f"{needed_by}: pin_index of {day} is not on disk ({exc}): materialize it") from exc
+    guards.same(index.version, published, what=f"the pin_index of {day} on disk is not the one recorded",
+                rematerialize=f"pin_index for {day}")
+    return {"pins": catalog.version, "candidate_pool": pool.version, "pin_index": index.version,
+            "action_windows": window.version, "user_clusters": interests["user_clusters"].version,
+            "user_medoids": interests["user_medoids"].version, "dimension": catalog.inputs.get("dimension")}
 
 
 def _disk_use(build: Path) -> tuple[int, int]:

@@ -56,8 +56,10 @@ def publish_snapshot(
     index_dir: Path,
     alpha: float,
     decay_lambda: float,
+    lineage: dict | None = None,
 ) -> dict:
-    """Publish the snapshot of ``partition``; ``index_dir`` is that day's published pin_index.
+    """Publish the snapshot of ``partition``; ``index_dir`` is that day's published pin_index;
+    ``lineage``: the versions of what it was built from (``guards``), kept in the manifest.
 
     Immutable files of other builds (the day's index, the catalog base of an earlier snapshot)
     are hard-linked with their recorded checksums; every file written here is hashed once.
@@ -65,6 +67,12 @@ def publish_snapshot(
     index_manifest = read_manifest(index_dir)
     if index_manifest.source_partition != partition:
         raise ArtifactIntegrityError(f"index in {index_dir} is for {index_manifest.source_partition}, not {partition}")
+    if index_manifest.dimension != catalog.dimension:
+        raise ArtifactIntegrityError(f"index in {index_dir} has dimension {index_manifest.dimension}, the catalog "
+                                     f"{catalog.dimension}: materialize candidate_pool and pin_index again")
+    if lineage is not None and lineage.get("pin_index") not in (None, index_manifest.build_id):
+        raise ArtifactIntegrityError(f"index in {index_dir} is build {index_manifest.build_id}, not the recorded "
+                                     f"{lineage['pin_index']}")
     medoids = _sorted(medoids, ["user_id", "cluster_id"])[MEDOID_COLUMNS]
     members = _sorted(members, ["user_id", "cluster_id", "pin_id"])
     seen = _sorted(seen, ["user_id", "pin_id"])
@@ -94,6 +102,7 @@ def publish_snapshot(
             "clusters": len(medoids),
             "index": index_manifest.to_dict(),
             "catalog": catalog_section,
+            "lineage": lineage or {},
         }
         return fields, linked
 
@@ -237,6 +246,12 @@ def _open(build: Path, manifest: dict) -> ServingSnapshot:
         index_manifest = IndexManifest(**manifest["index"])
         if index_manifest.source_partition != manifest["partition"]:
             raise ArtifactIntegrityError(f"{build}: index of {index_manifest.source_partition} in a snapshot of {manifest['partition']}")
+        if build.parent.parent.name != manifest["partition"]:
+            raise ArtifactIntegrityError(f"{build}: a snapshot of {manifest['partition']} in the folder of another day")
+        lineage = manifest.get("lineage") or {}
+        if lineage.get("pin_index") not in (None, index_manifest.build_id):
+            raise ArtifactIntegrityError(f"{build}: paired with index build {index_manifest.build_id}, "
+                                         f"built from {lineage['pin_index']}")
         # the linked files are verified against the index manifest the snapshot was paired with
         index, index_pin_ids = open_index_files(
             build / INDEX_FILE, build / "index_pin_ids.npy", build / "index_live.npy", index_manifest
@@ -245,6 +260,10 @@ def _open(build: Path, manifest: dict) -> ServingSnapshot:
         centroids = np.load(build / "centroids.npy")
         if len(centroids) != len(medoids):
             raise ArtifactIntegrityError(f"{build}: {len(centroids)} centroids for {len(medoids)} medoids")
+        catalog = CatalogView(build)
+        dims = {"index": index_manifest.dimension, "catalog": catalog.dimension, "centroids": centroids.shape[1]}
+        if index.dim != index_manifest.dimension or len(set(dims.values())) > 1:
+            raise ArtifactIntegrityError(f"{build}: its parts disagree on the embedding dimension {dims}")
         seen = pd.read_parquet(build / "seen.parquet")
         return ServingSnapshot(
             partition=manifest["partition"],
@@ -258,7 +277,7 @@ def _open(build: Path, manifest: dict) -> ServingSnapshot:
             seen_user=seen["user_id"].to_numpy(),
             seen_pin=seen["pin_id"].to_numpy(),
             popular=np.load(build / "popular.npy"),
-            catalog=CatalogView(build),
+            catalog=catalog,
             index=index,
             index_pin_ids=index_pin_ids,
             index_manifest=index_manifest,
