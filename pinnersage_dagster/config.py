@@ -77,6 +77,22 @@ class PinnerSageParams(dg.ConfigurableResource):
         "are removed when a newer day is published (never the newest, a served snapshot, or an event log not yet "
         "in the warehouse).",
     )
+    max_catalog_shrink: float = Field(
+        default=0.2, ge=0, le=1,
+        description="A new catalog with fewer than (1 - this) x the previous catalog's pins is refused before it "
+        "replaces anything (a truncated or wrong pins file); an empty catalog always is.",
+    )
+    min_day_share: float = Field(
+        default=0.2, ge=0, le=1,
+        description="A day with fewer accepted actions, or users, than this share of the median of the 7 days "
+        "before it (those with any) is refused before it replaces anything (a partial or wrong day file); judged "
+        "when a typical day has at least 1,000 actions.",
+    )
+    accept_implausible_inputs: bool = Field(
+        default=False,
+        description="Accept on purpose what the plausibility bounds refuse (a real catalog cut, a real quiet day, "
+        "a day file that holds other days); the run records that it did.",
+    )
     hnsw_m: int = Field(default=32, ge=4, description="HNSW graph degree M.")
     hnsw_ef_construction: int = Field(default=200, ge=8, description="HNSW ef at build time.")
     hnsw_ef: int = Field(default=200, ge=8, description="HNSW ef at query time (recall/latency trade-off).")
