@@ -10,8 +10,10 @@ import dagster as dg
 
 from pinnersage_dagster.assets import all_assets
 from pinnersage_dagster.core.retention import (
-    MARKER_FRESH_SECONDS, mark_in_use, marker_path, prune_artifacts, prune_event_logs, served_partitions,
+    MARKER_FRESH_SECONDS, mark_in_use, marker_path, prune_artifacts, served_partitions,
 )
+from pinnersage_dagster.service_events import prune_event_logs
+from pinnersage_dagster.warehouse import ensure_tables
 
 from .conftest import DAY, materializations
 
@@ -48,14 +50,26 @@ def test_a_served_snapshot_survives_until_its_service_is_gone(tmp_path):
 
 
 def test_an_event_log_goes_only_once_all_of_it_is_in_the_warehouse(tmp_path):
+    import duckdb
+
     logs = {(D - timedelta(days=i)).isoformat() + ".jsonl": b'{"x": 1}\n' * (i + 1) for i in range(10)}
     for name, content in logs.items():
         (tmp_path / name).write_bytes(content)
     old = sorted(logs)[:3]  # 06-11 .. 06-13 are past a 7-day horizon from 06-20
     ingested = {old[0]: len(logs[old[0]]), old[1]: len(logs[old[1]]) - 9}  # old[1] grew after ingestion
-    removed = prune_event_logs(tmp_path, keep_days=7, today=D, ingested_bytes=ingested)
-    assert removed == [old[0]]  # old[1]: late events not yet ingested; old[2]: never ingested
-    assert (tmp_path / old[1]).exists() and (tmp_path / old[2]).exists()
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as conn:
+        ensure_tables(conn)
+        for name, size in ingested.items():
+            conn.execute("INSERT INTO event_log_ingestions VALUES (?, ?, 0, ?, false)", [D, name, size])
+        removed = prune_event_logs(conn, tmp_path, keep_days=7, today=D, served=set())
+        assert removed == [old[0]]  # old[1]: late events not yet ingested; old[2]: never ingested
+        assert (tmp_path / old[1]).exists() and (tmp_path / old[2]).exists()
+        # a running service that serves an older day may still append to the log of a later day
+        conn.execute("UPDATE event_log_ingestions SET end_byte = ? WHERE file = ?", [len(logs[old[1]]), old[1]])
+        assert prune_event_logs(conn, tmp_path, keep_days=7, today=D, served={old[0].removesuffix(".jsonl")}) == []
+        assert prune_event_logs(conn, tmp_path, keep_days=7, today=D, served=set()) == [old[1]]
+        retired = conn.execute("SELECT file FROM event_log_ingestions WHERE retired ORDER BY file").fetchall()
+    assert retired == [(old[0],), (old[1],)]
 
 
 def test_publishing_applies_retention_and_reports_disk(graph_copy):
@@ -63,8 +77,10 @@ def test_publishing_applies_retention_and_reports_disk(graph_copy):
     resources["params"] = resources["params"].__class__(window_days=10, retention_days=1)
     stale = Path(resources["serving_store"].root) / (DAY - timedelta(days=5)).isoformat()
     stale.mkdir(parents=True)
+    (stale / "manifest.json").write_text("{}")  # a real day: a folder named as one, with a manifest
     served = Path(resources["serving_store"].root) / (DAY - timedelta(days=6)).isoformat()
     served.mkdir(parents=True)
+    (served / "manifest.json").write_text("{}")
     mark_in_use(Path(resources["serving_store"].root), served.name)
     result = dg.materialize(all_assets, selection=["pin_index", "serving_snapshot"], resources=resources,
                             partition_key=DAY.isoformat())

@@ -1,48 +1,69 @@
-"""Retention: how many days of published artifacts and event logs stay on disk.
+"""Retention: how many days of published artifacts stay on disk (event logs: ``service_events``).
 
-A root holds one folder (artifacts) or file (event logs) per UTC day, named ``YYYY-MM-DD``.
-Publishing day D removes the days older than the newest day minus ``keep_days - 1``, except:
+A root holds one folder per UTC day. Only *real days* count: a folder named ``YYYY-MM-DD``, not
+after today, holding a readable ``manifest.json``; anything else (the pool graph, markers, a
+stray ``backup/`` copy, an empty folder named like a future day) is logged and never touched.
+Publishing day D removes the days older than the newest real day minus ``keep_days - 1``, except:
 
 - the newest day, and the day just published;
 - a serving snapshot some service is serving: each running service keeps a marker file under
   ``<serving root>/.in_use/`` naming its partition, touched at every snapshot poll; a marker
-  older than ``MARKER_FRESH_SECONDS`` is a service that is gone;
-- an event log that is not yet in the warehouse: it is removed only once ``raw_actions`` has
-  ingested all of it (the size it recorded equals the file's size). An event log is data.
-
-Anything not named like a day (the pool graph, markers, stray files) is never touched.
+  older than ``MARKER_FRESH_SECONDS`` is a service that is gone.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import socket
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 IN_USE = ".in_use"
 MARKER_FRESH_SECONDS = 15 * 60
+EXPECTED_OTHERS = {"pool_graph"}  # folders a root holds besides its days, not worth a warning
+
+log = logging.getLogger(__name__)
 
 
-def _day(name: str) -> date | None:
-    try:
-        return date.fromisoformat(name.removesuffix(".jsonl"))
-    except ValueError:
-        return None
+def utc_today() -> date:
+    return datetime.now(timezone.utc).date()
 
 
-def days(root: Path, suffix: str = "") -> dict[date, Path]:
-    """The day entries of a root: folders (``suffix=''``) or files ending in ``suffix``."""
+def days(root: Path, today: date | None = None, ignored: dict[str, str] | None = None) -> dict[date, Path]:
+    """The real days of a root: folders named ``YYYY-MM-DD``, not after ``today`` (default: today,
+    UTC), with a readable manifest. Anything else is ignored, with its reason put in ``ignored``
+    (name -> why) for the caller to report."""
+    today = today or utc_today()
     out = {}
-    for path in Path(root).iterdir() if Path(root).is_dir() else []:
-        if suffix and not path.name.endswith(suffix) or not suffix and not path.is_dir():
+    for path in sorted(Path(root).iterdir()) if Path(root).is_dir() else []:
+        if path.name.startswith(".") or path.name in EXPECTED_OTHERS:
             continue
-        day = _day(path.name)
-        if day is not None:
-            out[day] = path
+        why = _not_a_day(path, today)
+        if why is None:
+            out[date.fromisoformat(path.name)] = path
+        elif ignored is not None:
+            ignored[path.name] = why
     return out
+
+
+def _not_a_day(path: Path, today: date) -> str | None:
+    try:
+        day = date.fromisoformat(path.name)
+    except ValueError:
+        return "not named as a day (YYYY-MM-DD)"
+    if not path.is_dir():
+        return "not a folder"
+    if day > today:
+        return f"a day after today ({today})"
+    try:
+        json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return "no readable manifest.json"
+    return None
 
 
 def horizon(newest: date, keep_days: int) -> date:
@@ -50,9 +71,13 @@ def horizon(newest: date, keep_days: int) -> date:
     return newest - timedelta(days=keep_days - 1)
 
 
-def prune_artifacts(root: Path, *, keep_days: int, protect: set[str]) -> list[str]:
-    """Remove day folders older than the horizon, except ``protect`` (partition names) and the newest."""
-    present = days(root)
+def prune_artifacts(root: Path, *, keep_days: int, protect: set[str], today: date | None = None) -> list[str]:
+    """Remove real days older than the horizon, except ``protect`` (partition names) and the newest.
+    What is not a real day is never removed, and logged."""
+    ignored: dict[str, str] = {}
+    present = days(root, today, ignored)
+    for name, why in ignored.items():
+        log.warning("retention ignores %s: %s", Path(root) / name, why)
     if not present:
         return []
     oldest_kept = horizon(max(present), keep_days)
@@ -61,17 +86,6 @@ def prune_artifacts(root: Path, *, keep_days: int, protect: set[str]) -> list[st
         if day < oldest_kept and day.isoformat() not in protect:
             shutil.rmtree(path)
             removed.append(day.isoformat())
-    return removed
-
-
-def prune_event_logs(root: Path, *, keep_days: int, today: date, ingested_bytes: dict[str, int]) -> list[str]:
-    """Remove event logs older than the horizon (from ``today``) whose every byte is ingested."""
-    oldest_kept = horizon(today, keep_days)
-    removed = []
-    for day, path in sorted(days(root, ".jsonl").items()):
-        if day < oldest_kept and ingested_bytes.get(path.name) == path.stat().st_size:
-            path.unlink()
-            removed.append(path.name)
     return removed
 
 

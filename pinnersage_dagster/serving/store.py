@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.artifacts import ArtifactIntegrityError, read_manifest
-from ..core.retention import clear_in_use, mark_in_use
+from ..core.retention import clear_in_use, days, mark_in_use
 from .snapshot import ServingSnapshot, load_snapshot
 
 log = logging.getLogger(__name__)
@@ -36,18 +36,31 @@ class SnapshotManager:
         self.current: ServingSnapshot | None = None
         self.refusals: dict[tuple[str, str], Refusal] = {}
         self.on_swap = on_swap
+        self._ignored: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def published(self) -> list[tuple[str, str]]:
-        """(partition, build_id) of every published snapshot, newest partition first."""
-        found = []
-        for directory in sorted(self.root.glob("*"), reverse=True) if self.root.is_dir() else []:
+        """(partition, build_id) of every published snapshot, newest partition first: only real
+        days (``core.retention.days``: named as a day, not after today, with a manifest) whose
+        manifest names that day; anything else is logged and ignored."""
+        found, ignored = [], {}
+        real = days(self.root, ignored=ignored)
+        for name, why in ignored.items():
+            if name not in self._ignored:
+                self._ignored.add(name)
+                log.warning("ignoring %s: %s", self.root / name, why)
+        for day, directory in sorted(real.items(), reverse=True):
             try:
-                found.append((directory.name, read_manifest(directory)["build_id"]))
-            except (ArtifactIntegrityError, KeyError, TypeError):
-                continue
+                manifest = read_manifest(directory)
+                if manifest.get("partition") != day.isoformat():
+                    raise KeyError(f"manifest names partition {manifest.get('partition')!r}")
+                found.append((day.isoformat(), manifest["build_id"]))
+            except (ArtifactIntegrityError, KeyError, TypeError, AttributeError) as exc:
+                if directory.name not in self._ignored:
+                    self._ignored.add(directory.name)
+                    log.warning("ignoring %s: %s", directory, exc)
         return found
 
     def refresh(self) -> bool:
