@@ -25,7 +25,8 @@ import pandas as pd
 
 from .core.contract import ContractError
 from .readers import (
-    CSV_SUFFIXES, connect, expand, id_expression, raw_action_frame, renamed, require_action_columns, ts_expression,
+    CSV_RELATION, CSV_SUFFIXES, connect, csv_rejects, data_row_numbers, expand, id_expression, raw_action_frame, renamed,
+    require_action_columns, require_some_line, ts_expression,
 )
 
 
@@ -169,12 +170,14 @@ class _ParquetLog:
 
 
 class _CsvLog:
-    """Each file parsed once per run into a temporary table of the run's days."""
+    """Each file parsed once per run into a temporary table of the run's days. A line that cannot
+    be parsed has no usable ts: the first partition quarantines it (``malformed_csv_line``)."""
 
-    RELATION = "read_csv(?, all_varchar = true, header = true)"
+    RELATION = CSV_RELATION
 
     def __init__(self, conn: duckdb.DuckDBPyConnection, files: list[str], span: Span, names: dict[str, str]) -> None:
         self.conn = conn
+        self.rejects: dict[str, pd.DataFrame] = {}
         ts = ts_expression("ts")
         keep = span.run_condition("ts")
         conn.execute(
@@ -194,7 +197,24 @@ class _CsvLog:
                 """,
                 [path, path],
             )
+            self.rejects[path] = csv_rejects(conn, path)
+            if len(self.rejects[path]):  # a file none of whose lines parse is broken, not damaged
+                parsed = conn.execute(f"SELECT count(*) FROM {renamed(self.RELATION, names)}", [path]).fetchall()[0][0]
+                csv_rejects(conn, path)
+                require_some_line(parsed, self.rejects[path], path)
 
     def day(self, day: date, span: Span) -> pd.DataFrame:
         sql = f"SELECT * FROM span_rows WHERE {span.condition(day, 'ts')} ORDER BY source, row_number"
-        return raw_action_frame(self.conn.execute(sql).df())
+        frame = self.conn.execute(sql).df()
+        parts = []
+        for path, rows in frame.groupby("source", sort=True) if len(frame) else []:
+            rejects = self.rejects.get(path)
+            if rejects is not None and len(rejects):
+                rows = rows.assign(row_number=data_row_numbers(rows["row_number"].to_numpy(), rejects["line"].to_numpy()))
+            parts.append(rows)
+        if day == span.first_partition:
+            parts += [pd.DataFrame({"source": path, "row_number": r["line"] - 1, "malformed": r["detail"]})
+                      for path, r in self.rejects.items() if len(r)]
+        if not parts:
+            return raw_action_frame(frame)
+        return raw_action_frame(pd.concat(parts, ignore_index=True))

@@ -22,14 +22,49 @@ from .core.contract import ACTION_COLUMNS, PIN_COLUMNS, QUARANTINE_COLUMNS, Cont
 from .core.synthetic import PinCatalog, SyntheticWorld, generate_day_actions
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
+# rejects: a line DuckDB cannot parse (too many or too few fields, an unterminated quote) is kept
+# aside with its line number and error instead of failing the file (``csv_rejects``)
+CSV_RELATION = "read_csv(?, all_varchar = true, header = true, store_rejects = true, rejects_limit = 0)"
+MALFORMED_TEXT_CHARS = 300
 
 
 def _relation_sql(path: str) -> str:
     if path.endswith(CSV_SUFFIXES):
-        return "read_csv(?, all_varchar = true, header = true)"
+        return CSV_RELATION
     if path.endswith(".parquet"):
         return "read_parquet(?)"
     raise ContractError(f"{path}: unsupported file type (expected .parquet or .csv)")
+
+
+def csv_rejects(conn: duckdb.DuckDBPyConnection, path: str) -> pd.DataFrame:
+    """The lines of ``path`` the last CSV reads rejected: ``line`` (1 = the header) and ``detail``
+    (error and text); the connection's reject tables are emptied for the next file."""
+    try:
+        rows = conn.execute(
+            "SELECT DISTINCT e.line, e.error_type, e.error_message, e.csv_line FROM reject_errors e "
+            "JOIN reject_scans s USING (scan_id, file_id) WHERE s.file_path = ? ORDER BY e.line", [path]).fetchall()
+        conn.execute("DELETE FROM reject_errors")
+        conn.execute("DELETE FROM reject_scans")
+    except duckdb.CatalogException:  # nothing rejected yet on this connection
+        rows = []
+    seen: dict[int, str] = {}
+    for line, kind, message, text in rows:
+        seen.setdefault(int(line), f"{kind}: {message}; line {line}: {(text or '')[:MALFORMED_TEXT_CHARS]}")
+    return pd.DataFrame({"line": list(seen), "detail": list(seen.values())}, columns=["line", "detail"])
+
+
+def require_some_line(parsed: int, rejects: pd.DataFrame, path: str) -> None:
+    """A file of which no line parses is not row-level damage: it is the wrong or a broken file."""
+    if parsed == 0 and len(rejects):
+        raise ContractError(f"{path}: no line could be read ({len(rejects)} rejected; first: {rejects['detail'].iloc[0]})")
+
+
+def data_row_numbers(ordinals: np.ndarray, rejected_lines: np.ndarray) -> np.ndarray:
+    """The file's data row number (1 = the line after the header) of each parsed row, given its
+    ordinal among parsed rows and the (sorted) lines that were rejected before or among them."""
+    lines = np.sort(np.asarray(rejected_lines, dtype=np.int64))
+    thresholds = lines - 1 - np.arange(len(lines))  # parsed rows from this ordinal on come after reject i
+    return np.asarray(ordinals, dtype=np.int64) + np.searchsorted(thresholds, ordinals, side="right")
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -125,7 +160,8 @@ def require_action_columns(columns: list[str], names: dict[str, str], source: st
 
 
 def read_action_files(pattern: str, names: dict[str, str] | None = None) -> pd.DataFrame:
-    """Raw action rows of every file matching ``pattern`` (columns per ``validate_actions``)."""
+    """Raw action rows of every file matching ``pattern`` (columns per ``validate_actions``); a
+    CSV line that cannot be parsed is a row with its ``malformed`` text, the rest is read."""
     frames, names = [], names or {}
     conn = connect()
     try:
@@ -140,12 +176,27 @@ def read_action_files(pattern: str, names: dict[str, str] | None = None) -> pd.D
                 FROM {renamed(_relation_sql(path), names)}
             """
             try:
-                frames.append(conn.execute(sql, [path, path]).df())
+                frame = conn.execute(sql, [path, path]).df()
             except duckdb.Error as exc:
                 raise ContractError(f"{path}: cannot be read: {exc}") from exc
+            if path.endswith(CSV_SUFFIXES):
+                rejects = csv_rejects(conn, path)
+                require_some_line(len(frame), rejects, path)
+                frame = with_malformed_lines(frame, rejects, path)
+            frames.append(frame)
     finally:
         conn.close()
     return raw_action_frame(pd.concat(frames, ignore_index=True))
+
+
+def with_malformed_lines(frame: pd.DataFrame, rejects: pd.DataFrame, path: str) -> pd.DataFrame:
+    """Parsed action rows renumbered as the file's data rows, plus a row per rejected line."""
+    frame = frame.assign(malformed=pd.Series(pd.NA, index=frame.index, dtype="object"))
+    if rejects.empty:
+        return frame
+    frame["row_number"] = data_row_numbers(frame["row_number"].to_numpy(), rejects["line"].to_numpy())
+    broken = pd.DataFrame({"source": path, "row_number": rejects["line"] - 1, "malformed": rejects["detail"]})
+    return pd.concat([frame, broken], ignore_index=True).sort_values("row_number", kind="stable").reset_index(drop=True)
 
 
 def raw_action_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -158,7 +209,7 @@ def raw_action_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 def read_pin_files(pattern: str) -> RawPins:
     """Raw pin rows of every file matching ``pattern``; ``quality`` and ``created_at`` are optional."""
-    parts, has_embeddings = [], set()
+    parts, has_embeddings, malformed = [], set(), []
     conn = connect()
     try:
         for path in expand(pattern):
@@ -177,9 +228,19 @@ def read_pin_files(pattern: str) -> RawPins:
                 FROM {_relation_sql(path)}
             """
             try:
-                parts.append(conn.sql(sql, params=[path, path]).to_arrow_table())
+                part = conn.sql(sql, params=[path, path]).to_arrow_table()
             except duckdb.Error as exc:
                 raise ContractError(f"{path}: cannot be read: {exc}") from exc
+            rejects = csv_rejects(conn, path) if path.endswith(CSV_SUFFIXES) else pd.DataFrame(columns=["line", "detail"])
+            require_some_line(part.num_rows, rejects, path)
+            if len(rejects):
+                numbers = data_row_numbers(part.column("row_number").to_numpy(), rejects["line"].to_numpy())
+                part = part.set_column(part.schema.get_field_index("row_number"), "row_number", pa.array(numbers))
+                nulls = {name: pa.nulls(len(rejects), part.schema.field(name).type) for name in part.column_names}
+                nulls.update(source=pa.array([path] * len(rejects)), row_number=pa.array(rejects["line"] - 1, pa.int64()))
+                part = pa.concat_tables([part, pa.table(nulls, schema=part.schema)])
+            parts.append(part)
+            malformed += [pd.NA] * (part.num_rows - len(rejects)) + rejects["detail"].tolist()
     finally:
         conn.close()
     if len(has_embeddings) > 1:
@@ -188,7 +249,8 @@ def read_pin_files(pattern: str) -> RawPins:
     frame = table.drop(["embedding"]).to_pandas()
     row_number = frame["row_number"].to_numpy()
     return RawPins(
-        source=",".join(sorted(set(frame["source"]))) if len(frame) else pattern,
+        source=frame["source"].astype(str),
+        malformed=pd.Series(malformed, dtype="object"),
         row_number=row_number,
         pin_id=frame["pin_id"].astype("Int64"),
         raw_pin_id=frame["raw_pin_id"],
@@ -210,22 +272,27 @@ def pin_files_have_embeddings(pattern: str) -> bool:
         conn.close()
 
 
-def read_pin_ids(pattern: str) -> np.ndarray:
-    """The distinct integer pin ids of the pins file(s), read from the ``pin_id`` column alone."""
+def read_pin_ids(pattern: str) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct integer pin ids of the pins file(s), sorted, and each one's earliest
+    ``created_at`` (NaT: unknown, always existed), read from those two columns alone."""
     conn = connect()
     try:
-        ids = []
+        frames = []
         for path in expand(pattern):
-            require_columns(_columns(conn, path), PIN_COLUMNS, path)
-            sql = f"SELECT DISTINCT {id_expression('pin_id')} AS pin_id FROM {_relation_sql(path)}"
+            columns = _columns(conn, path)
+            require_columns(columns, PIN_COLUMNS, path)
+            created = _ts("created_at") if "created_at" in columns else "CAST(NULL AS TIMESTAMP)"
+            sql = f"SELECT {id_expression('pin_id')} AS pin_id, {created} AS created_at FROM {_relation_sql(path)}"
             try:
-                ids.append(conn.execute(sql, [path]).fetchnumpy()["pin_id"])
+                frames.append(conn.execute(sql, [path]).df())
             except duckdb.Error as exc:
                 raise ContractError(f"{path}: cannot be read: {exc}") from exc
     finally:
         conn.close()
-    values = np.concatenate([np.ma.compressed(np.ma.asarray(i)) for i in ids]) if ids else np.empty(0)
-    return np.unique(values.astype(np.int64))
+    frame = pd.concat(frames, ignore_index=True).dropna(subset=["pin_id"])
+    frame["created_at"] = pd.to_datetime(frame["created_at"]).astype("datetime64[us]")
+    first = frame.groupby(frame["pin_id"].astype(np.int64))["created_at"].min().sort_index()
+    return first.index.to_numpy(np.int64), first.to_numpy()
 
 
 def learned_raw_pins(conn: duckdb.DuckDBPyConnection, raw: RawPins | None, day: date) -> RawPins:

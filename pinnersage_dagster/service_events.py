@@ -107,9 +107,9 @@ def record_claims(conn: duckdb.DuckDBPyConnection, day: date, claims: list[Claim
                            "end_byte": [c.end for c in claims]})
     conn.register("incoming_claims", ranges)
     try:
-        overlap = conn.execute(OVERLAP_SQL).fetchone()
+        overlap = conn.execute(OVERLAP_SQL).fetchall()
         if overlap:  # a concurrent run got there first (the duckdb pool normally prevents this)
-            file, start, end, other = overlap
+            file, start, end, other = overlap[0]
             raise RuntimeError(f"{file} bytes {start}..{end} were claimed meanwhile by raw_actions of {other}: re-run")
         conn.execute("INSERT INTO event_log_ingestions SELECT ?, file, start_byte, end_byte, false FROM incoming_claims",
                      [day])

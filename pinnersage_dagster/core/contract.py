@@ -31,7 +31,7 @@ class ContractError(ValueError):
 class RawPins:
     """Pin rows as read: typed values (NA where unparseable) beside their raw text."""
 
-    source: str
+    source: str | pd.Series  # the one file each row came from (or one name for all rows)
     row_number: np.ndarray
     pin_id: pd.Series  # Int64
     raw_pin_id: pd.Series
@@ -41,9 +41,17 @@ class RawPins:
     created_at: pd.Series  # datetime64 (tz-naive UTC)
     raw_created_at: pd.Series
     has_embeddings: bool = True  # False: the source gives none, ``pin_embeddings`` learns them
+    malformed: pd.Series | None = None  # a CSV line that could not be parsed: its error and text, else NA
 
     def __len__(self) -> int:
         return len(self.pin_id)
+
+    @property
+    def files(self) -> str:
+        """The files the rows came from, named once each."""
+        if isinstance(self.source, str):
+            return self.source
+        return ", ".join(sorted(set(self.source))) if len(self.source) else "(no rows)"
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,7 @@ def validate_actions(
     now: pd.Timestamp,
     known_pin_ids: np.ndarray | None,
     first_start: pd.Timestamp | None = None,
+    pins_created_at: np.ndarray | None = None,
 ) -> Validated:
     """Validate one day's action rows.
 
@@ -83,8 +92,16 @@ def validate_actions(
     a late service event belongs to the day of its log), not after ``now``, a pin in
     ``known_pin_ids`` (any pin when None), and are not an exact repeat of an earlier row.
     Rows before ``first_start`` (the deployment's first partition) are ``ts_before_first_partition``.
+    ``pins_created_at`` (aligned with a sorted ``known_pin_ids``, NaT = always existed) makes an
+    action before its pin's creation ``pin_created_after_action``. A row with a ``malformed``
+    text (a CSV line that could not be parsed) is ``malformed_csv_line``.
     """
     reason = pd.Series(pd.NA, index=rows.index, dtype="object")
+    detail = pd.Series("", index=rows.index, dtype="object")
+    if "malformed" in rows:
+        broken = rows["malformed"].notna().to_numpy()
+        _assign_reason(reason, broken, "malformed_csv_line")
+        detail[broken] = rows["malformed"][broken].astype(str)
     for column in ("user_id", "pin_id"):
         _assign_reason(reason, rows[f"raw_{column}"].isna(), f"null_{column}")
         _assign_reason(reason, rows[column].isna(), f"invalid_{column}")
@@ -98,6 +115,12 @@ def validate_actions(
     _assign_reason(reason, ((ts < day_start) | (ts >= day_end)).fillna(False), "ts_outside_partition")
     if known_pin_ids is not None:
         _assign_reason(reason, ~rows["pin_id"].isin(known_pin_ids).fillna(False), "unknown_pin_id")
+        if pins_created_at is not None and len(known_pin_ids):
+            pin = rows["pin_id"].fillna(-1).to_numpy(np.int64)
+            at = np.clip(np.searchsorted(known_pin_ids, pin), 0, len(known_pin_ids) - 1)
+            created = pins_created_at[at]
+            later = (known_pin_ids[at] == pin) & ~pd.isna(created) & (created > ts.to_numpy())
+            _assign_reason(reason, later, "pin_created_after_action")
     candidate = reason.isna()
     repeated = rows.duplicated(subset=["user_id", "pin_id", "action", "ts"], keep="first") & candidate
     _assign_reason(reason, repeated, "duplicate_event")
@@ -116,7 +139,7 @@ def validate_actions(
             "source": rows["source"][~ok],
             "row_number": rows["row_number"][~ok].astype("int64"),
             "reason": reason[~ok].astype(str),
-            "detail": "",
+            "detail": detail[~ok],
             "user_id": rows["raw_user_id"][~ok],
             "pin_id": rows["raw_pin_id"][~ok],
             "action": rows["raw_action"][~ok],
@@ -136,10 +159,15 @@ def validate_pins(raw: RawPins, *, expected_dim: int | None) -> tuple[Validated,
     pin_id, raw_pin_id, embedding = raw.pin_id.reset_index(drop=True), raw.raw_pin_id.reset_index(drop=True), raw.embedding
     quality, raw_quality = raw.quality.reset_index(drop=True), raw.raw_quality.reset_index(drop=True)
     created_at, raw_created_at = raw.created_at.reset_index(drop=True), raw.raw_created_at.reset_index(drop=True)
-    source, row_number = raw.source, raw.row_number
+    source = raw.source.reset_index(drop=True) if isinstance(raw.source, pd.Series) else raw.source
+    row_number = raw.row_number
     n = len(pin_id)
     reason = pd.Series(pd.NA, index=pin_id.index, dtype="object")
     detail = pd.Series("", index=pin_id.index, dtype="object")
+    if raw.malformed is not None:
+        broken = raw.malformed.reset_index(drop=True).notna().to_numpy()
+        _assign_reason(reason, broken, "malformed_csv_line")
+        detail[broken] = raw.malformed.reset_index(drop=True)[broken].astype(str)
     _assign_reason(reason, raw_pin_id.isna(), "null_pin_id")
     _assign_reason(reason, pin_id.isna(), "invalid_pin_id")
 
@@ -171,8 +199,10 @@ def validate_pins(raw: RawPins, *, expected_dim: int | None) -> tuple[Validated,
     _assign_reason(reason, raw_quality.notna() & quality.isna(), "invalid_quality")
     _assign_reason(reason, ((quality_value < 0) | (quality_value > 1)).fillna(True), "invalid_quality")
     _assign_reason(reason, raw_created_at.notna() & created_at.isna(), "unparseable_created_at")
-    candidate = reason.isna()
-    _assign_reason(reason, pin_id.duplicated(keep="first") & candidate, "duplicate_pin_id")
+    candidate = reason.isna().to_numpy()
+    repeated = np.zeros(n, dtype=bool)  # among valid rows only: an invalid row never shadows a good one
+    repeated[candidate] = pin_id[candidate].duplicated(keep="first").to_numpy()
+    _assign_reason(reason, repeated, "duplicate_pin_id")
 
     ok = reason.isna().to_numpy()
     accepted = pd.DataFrame(
@@ -186,11 +216,13 @@ def validate_pins(raw: RawPins, *, expected_dim: int | None) -> tuple[Validated,
     unit /= norm[ok, None]
     quarantine = pd.DataFrame(
         {
-            "source": source,
+            "source": source[~ok].to_numpy() if isinstance(source, pd.Series) else source,
             "row_number": np.asarray(row_number)[~ok].astype(np.int64),
             "reason": reason[~ok].astype(str).to_numpy(),
             "detail": detail[~ok].to_numpy(),
             "pin_id": raw_pin_id[~ok].to_numpy(),
+            "quality": raw_quality[~ok].astype("string").to_numpy(),
+            "created_at": raw_created_at[~ok].astype("string").to_numpy(),
         }
     )
     return Validated(accepted, quarantine), unit

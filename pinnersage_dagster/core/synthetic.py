@@ -15,7 +15,7 @@ any day are generated independently of every other day, so one partition can be
   activity (log-normal events/day: ~40 actions in 90 days at the median, ~1,300 at p99).
   Half of a user's interests are lifelong, the others live 2-16 weeks: interests drift.
 - **Events.** Each day, each user makes Poisson(rate) actions; each picks an interest
-  alive that day (by weight), then a pin of that topic already created; ``repin`` 30%,
+  alive that day (by weight), then a pin of that topic created before the action; ``repin`` 30%,
   ``click`` 70%, at a uniform time of day. ``dirty_share`` of a day's rows are planted
   faults (an exact duplicate row, or a pin id not in the catalog) for the quarantine.
 - **Ground truth.** Each pin's category, topic, ``duplicate_of`` and ``low_quality`` flag,
@@ -285,7 +285,7 @@ def generate_day_actions(world: SyntheticWorld, day: date) -> pd.DataFrame:
     interest = np.minimum(np.searchsorted(cumulative, draw, side="right"), seg_end[event_user] - 1)
     topic = population.interest_topic[interest]
 
-    # a pin of that topic already created by the end of the day
+    # a pin of that topic already created by the end of the day (and by the action's time: below)
     available = np.array(
         [np.searchsorted(created_sorted[offsets[t] : offsets[t + 1]], k + 1) for t in range(world.n_topics)]
     )
@@ -296,16 +296,33 @@ def generate_day_actions(world: SyntheticWorld, day: date) -> pd.DataFrame:
     if real.pin_skew != 1.0:  # a few pins of a topic draw most of its actions
         u = u**real.pin_skew
     pick = offsets[topic] + np.floor(u * n_avail).astype(np.int64)
-    pin_id = pins.pin_id[order[np.minimum(pick, len(order) - 1)]]
+    accident = drawn = created = None
     if real.accident_share:  # accidental actions: any pin already created, outside the user's interests
         extra = np.random.default_rng([world.seed, 13, k + 10_000_000])
         accident = extra.random(topic.size) < real.accident_share
         created = np.flatnonzero(created_sorted < k + 1)
         if created.size:
-            pin_id = np.where(accident, pins.pin_id[order[created[extra.integers(0, created.size, topic.size)]]], pin_id)
+            drawn = extra.integers(0, created.size, topic.size)
 
     start = datetime.combine(day, datetime.min.time())
     seconds = rng.integers(0, 86_400, size=topic.size)
+    # a pin created later on the action's own day is drawn again, with the same random number,
+    # among the pins created by the action's time (a few in ten thousand actions)
+    at = k + seconds / 86_400
+    late = np.flatnonzero(created_sorted[np.minimum(pick, len(order) - 1)] > at)
+    for i in late:
+        before = int(np.searchsorted(created_sorted[offsets[topic[i]] : offsets[topic[i] + 1]], at[i]))
+        if before:
+            pick[i] = offsets[topic[i]] + int(u[i] * before)
+        else:
+            has_pin[i] = False
+    pin_id = pins.pin_id[order[np.minimum(pick, len(order) - 1)]]
+    if drawn is not None:
+        chosen = created[drawn]
+        for i in np.flatnonzero(accident & (created_sorted[chosen] > at)):
+            eligible = created[created_sorted[created] < at[i]]
+            chosen[i] = eligible[int(drawn[i] / created.size * eligible.size)] if eligible.size else chosen[i]
+        pin_id = np.where(accident, pins.pin_id[order[chosen]], pin_id)
     frame = pd.DataFrame(
         {
             "user_id": population.user_id[event_user],
