@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: setup demo test dev clean
+.PHONY: setup demo test test-fast lint format dev clean
 
 setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
@@ -28,8 +28,23 @@ $(VENV)/.spark: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
 	touch $@
 
-test: setup $(VENV)/.spark
+test: setup $(VENV)/.spark lint
 	$(BIN)/python -m pytest
+
+# lint, format and types: part of `make test`, so CI fails on them
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# the edit loop: the algorithm, the service and the assets on the tiny graph, without the
+# slow end-to-end tests (real servers, Spark, a live daemon); `make test` runs everything
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" tests/core tests/serving tests/assets tests/engines
 
 # dg (Dagster's CLI) reads [tool.dg] in pyproject.toml and wants the project's venv active
 dev: setup

@@ -5,7 +5,7 @@ actions per user (as the pipeline does). Paths, each timed over the same users:
 - naive: ``scipy.cluster.hierarchy.linkage(X, "ward")`` per user, one process (the baseline);
 - fast, 1 process: the product's path (``ward_linkage``: float32 Gram distances, fastcluster's
   Ward), in-process;
-- fast, all cores: the same through ``core.workers.UserPool`` (worker processes).
+- fast, all cores: the same through ``engines.workers.UserPool`` (worker processes).
 Each path is timed ``--repeats`` times; the best time is kept (this machine is shared).
 
 Run: ``make bench-clustering``; writes benchmarks/results/clustering.md and clustering.json.
@@ -27,15 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import results_io  # noqa: E402
-from pinnersage_dagster.core.clustering import cluster_users  # noqa: E402
-from pinnersage_dagster.core.workers import UserPool  # noqa: E402
-from pinnersage_dagster.core.synthetic import (  # noqa: E402
+import results_io
+
+from pinnersage_dagster.core.synthetic import (
     UNKNOWN_PIN_ID,
     SyntheticWorld,
     generate_day_actions,
     generate_pins,
 )
+from pinnersage_dagster.core.ward import ward_clusters
+from pinnersage_dagster.engines.workers import SharedMatrix, UserPool
 
 
 def population(n_users: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.Series]:
@@ -71,8 +72,21 @@ def gram_fastcluster_labels(users: np.ndarray, x: np.ndarray) -> list[np.ndarray
     from pinnersage_dagster.core.ward import clusters_from_linkage, ward_linkage
 
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    return [clusters_from_linkage(ward_linkage(x[s:e]), 1.3).labels
-            for s, e in zip(starts.tolist(), np.r_[starts[1:], len(users)].tolist()) if e - s >= 2]
+    return [
+        clusters_from_linkage(ward_linkage(x[s:e]), 1.3).labels
+        for s, e in zip(starts.tolist(), np.r_[starts[1:], len(users)].tolist())
+        if e - s >= 2
+    ]
+
+
+def ward_per_user(x: np.ndarray, users: np.ndarray, pins: np.ndarray, alpha: float, reference: bool = False) -> list:
+    """Algorithm 1 on each user's rows (distinct pins, sorted by user): the labels, as the
+    product's per-user pass computes them before medoids and importances."""
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    return [
+        ward_clusters(x[s:e], alpha, reference=reference).labels
+        for s, e in zip(starts.tolist(), np.r_[starts[1:], len(users)].tolist())
+    ]
 
 
 def best_of(repeats: int, run) -> float:
@@ -95,15 +109,17 @@ def main() -> None:
     users, pins, x, actions = population(args.users, args.seed)
     n_users = len(np.unique(users))
     pins_per_user = pd.Series(users).value_counts()
-    naive = best_of(args.repeats, lambda: cluster_users(users, pins, x, 1.3, reference=True))
+    naive = best_of(args.repeats, lambda: ward_per_user(x, users, pins, 1.3, reference=True))
     previous = best_of(args.repeats, lambda: gram_scipy(users, x))
-    fast = best_of(args.repeats, lambda: cluster_users(users, pins, x, 1.3))
+    fast = best_of(args.repeats, lambda: ward_per_user(x, users, pins, 1.3))
     same_as_scipy = all(np.array_equal(a, b) for a, b in zip(gram_scipy(users, x), gram_fastcluster_labels(users, x)))
-    with UserPool(cores) as pool:
-        pool.cluster(users[:1000], pins[:1000], x[:1000], 1.3)  # workers warm
-        parallel = best_of(args.repeats, lambda: pool.cluster(users, pins, x, 1.3))
-    same = cluster_users(users, pins, x, 1.3, reference=True)[["user_id", "cluster_id", "pin_id"]].equals(
-        cluster_users(users, pins, x, 1.3)[["user_id", "cluster_id", "pin_id"]]
+    with UserPool(cores) as pool, SharedMatrix(*x.shape) as matrix:
+        matrix.array[:] = x
+        pool.map_users(ward_per_user, matrix, users[:1000], pins[:1000], alpha=1.3)()  # workers warm
+        parallel = best_of(args.repeats, lambda: pool.map_users(ward_per_user, matrix, users, pins, alpha=1.3)())
+    same = all(
+        np.array_equal(a, b)
+        for a, b in zip(ward_per_user(x, users, pins, 1.3, reference=True), ward_per_user(x, users, pins, 1.3))
     )
 
     rows = [
@@ -115,13 +131,25 @@ def main() -> None:
     command = f"make bench-clustering  # = .venv/bin/python benchmarks/clustering.py --users {args.users} --repeats {args.repeats}"
     machine = results_io.machine()
     results = {
-        "command": command, "machine": machine, "users": n_users, "user_pins": int(len(users)),
+        "command": command,
+        "machine": machine,
+        "users": n_users,
+        "user_pins": len(users),
         "actions_per_user": {q: float(actions.quantile(v)) for q, v in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
-        "distinct_pins_per_user_max": int(pins_per_user.max()), "identical_clusters": bool(same),
+        "distinct_pins_per_user_max": int(pins_per_user.max()),
+        "identical_clusters": bool(same),
         "fastcluster_cuts_equal_scipy_on_same_distances": bool(same_as_scipy),
-        "paths": [{"path": name, "seconds": round(t, 3), "users_per_s": round(n_users / t, 1),
-                   "users_per_s_per_core": round(n_users / t / c, 1), "ratio_per_core": round(naive / t / c, 2),
-                   "ratio_wall": round(naive / t, 2)} for name, t, c in rows],
+        "paths": [
+            {
+                "path": name,
+                "seconds": round(t, 3),
+                "users_per_s": round(n_users / t, 1),
+                "users_per_s_per_core": round(n_users / t / c, 1),
+                "ratio_per_core": round(naive / t / c, 2),
+                "ratio_wall": round(naive / t, 2),
+            }
+            for name, t, c in rows
+        ],
     }
     lines = [
         "# Clustering stage: Ward per user",
@@ -139,8 +167,10 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for p in results["paths"]:
-        lines.append(f"| {p['path']} | {p['seconds']} | {p['users_per_s']} | {p['users_per_s_per_core']} | "
-                     f"{p['ratio_per_core']} | {p['ratio_wall']} |")
+        lines.append(
+            f"| {p['path']} | {p['seconds']} | {p['users_per_s']} | {p['users_per_s_per_core']} | "
+            f"{p['ratio_per_core']} | {p['ratio_wall']} |"
+        )
     results_io.write("clustering", results, lines)
 
 

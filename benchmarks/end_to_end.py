@@ -33,10 +33,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 warnings.filterwarnings("ignore")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-import results_io  # noqa: E402
+import numpy as np
+import pandas as pd
+import results_io
 
 DAY = date(2026, 6, 30)
 STAGES = ["candidate_pool", "action_windows", "user_interests", "pin_index", "serving_snapshot"]
@@ -73,13 +72,20 @@ def run_stage(args: argparse.Namespace) -> None:
     assets = STAGE_ASSETS.get(args.stage, [args.stage])
     kwargs: dict = {"selection": assets}
     if args.range_start:
-        kwargs["tags"] = {"dagster/asset_partition_range_start": args.range_start,
-                          "dagster/asset_partition_range_end": args.partition}
+        kwargs["tags"] = {
+            "dagster/asset_partition_range_start": args.range_start,
+            "dagster/asset_partition_range_end": args.partition,
+        }
     elif args.partition:
         kwargs["partition_key"] = args.partition
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    result = dg.materialize(all_assets, resources=resources(Path(args.root), args.users, args.pins),
-                            run_config=quiet, raise_on_error=False, **kwargs)
+    result = dg.materialize(
+        all_assets,
+        resources=resources(Path(args.root), args.users, args.pins),
+        run_config=quiet,
+        raise_on_error=False,
+        **kwargs,
+    )
     if not result.success:
         raise SystemExit(f"{args.stage} failed")
     metadata = {}
@@ -99,8 +105,8 @@ def ward_only(args: argparse.Namespace) -> None:
     """
     import duckdb
 
-    from pinnersage_dagster.core.workers import UserPool
     from pinnersage_dagster.engines.local import day_embeddings
+    from pinnersage_dagster.engines.workers import UserPool
 
     day = date.fromisoformat(args.partition)
     database = str(Path(args.root) / "warehouse.duckdb")
@@ -115,8 +121,17 @@ def ward_only(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         linkages = sum(pool.map_users(_linkage_only, matrix, users, pins, rows)())
         seconds = time.perf_counter() - started
-    print("METADATA " + json.dumps({"ward_only_seconds": round(seconds, 2), "users": int(len(np.unique(users))),
-                                    "user_pins": int(len(users)), "linkages": int(linkages)}))
+    print(
+        "METADATA "
+        + json.dumps(
+            {
+                "ward_only_seconds": round(seconds, 2),
+                "users": len(np.unique(users)),
+                "user_pins": len(users),
+                "linkages": int(linkages),
+            }
+        )
+    )
 
 
 def _linkage_only(matrix: np.ndarray, user_ids: np.ndarray, pin_ids: np.ndarray, rows: np.ndarray) -> int:
@@ -142,13 +157,15 @@ def pool_build(args: argparse.Namespace) -> None:
 
     params = PinnerSageParams()
     with duckdb.connect(str(Path(args.root) / "warehouse.duckdb"), read_only=True) as conn:
-        table = query_arrow(conn, "SELECT embedding FROM pins WHERE quality >= ? ORDER BY pin_id", [params.quality_threshold])
+        table = query_arrow(
+            conn, "SELECT embedding FROM pins WHERE quality >= ? ORDER BY pin_id", [params.quality_threshold]
+        )
     x = embedding_matrix(table)
     del table
     started = time.perf_counter()
     build_index(x, M=params.hnsw_m, ef_construction=params.hnsw_ef_construction, ef=params.hnsw_ef)
     seconds = time.perf_counter() - started
-    print("METADATA " + json.dumps({"pool_build_baseline_seconds": round(seconds, 2), "pins": int(len(x))}))
+    print("METADATA " + json.dumps({"pool_build_baseline_seconds": round(seconds, 2), "pins": len(x)}))
 
 
 def uploads(args: argparse.Namespace) -> None:
@@ -181,13 +198,25 @@ def add_uploads(root: Path, n: int, day: date, seed: int = 3) -> dict:
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         ids = np.arange(next_id, next_id + n, dtype=np.int64)
         created = datetime.combine(day, datetime.min.time()) + timedelta(hours=12)
-        conn.register("uploads", pd.DataFrame({
-            "pin_id": ids, "embedding": list(x), "quality": np.full(n, 0.8), "created_at": [created] * n,
-            "category": source["category"], "topic": source["topic"],
-            "duplicate_of": np.where(copy, source["grp"], -1), "low_quality": np.zeros(n, bool),
-        }))
+        conn.register(
+            "uploads",
+            pd.DataFrame(
+                {
+                    "pin_id": ids,
+                    "embedding": list(x),
+                    "quality": np.full(n, 0.8),
+                    "created_at": [created] * n,
+                    "category": source["category"],
+                    "topic": source["topic"],
+                    "duplicate_of": np.where(copy, source["grp"], -1),
+                    "low_quality": np.zeros(n, bool),
+                }
+            ),
+        )
         conn.execute("INSERT INTO pins SELECT pin_id, embedding, quality, created_at FROM uploads")
-        conn.execute("INSERT INTO synthetic_pin_truth SELECT pin_id, category, topic, duplicate_of, low_quality FROM uploads")
+        conn.execute(
+            "INSERT INTO synthetic_pin_truth SELECT pin_id, category, topic, duplicate_of, low_quality FROM uploads"
+        )
     return {"new_pins": n, "near_copies": int(copy.sum())}
 
 
@@ -210,8 +239,20 @@ def main() -> None:
     timings: list[dict] = []
 
     def run(phase: str, stage: str, partition: str | None = None, range_start: str | None = None) -> None:
-        command = [sys.executable, __file__, "--stage", stage, "--root", str(root),
-                   "--users", str(args.users), "--pins", str(args.pins), "--new-pins", str(args.new_pins)]
+        command = [
+            sys.executable,
+            __file__,
+            "--stage",
+            stage,
+            "--root",
+            str(root),
+            "--users",
+            str(args.users),
+            "--pins",
+            str(args.pins),
+            "--new-pins",
+            str(args.new_pins),
+        ]
         command += ["--partition", partition] if partition else []
         command += ["--range-start", range_start] if range_start else []
         started = time.perf_counter()
@@ -223,8 +264,13 @@ def main() -> None:
         if child.returncode != 0:
             raise SystemExit(f"{phase} {stage} failed with exit code {child.returncode}")
         metadata = next((json.loads(line[9:]) for line in output.splitlines() if line.startswith("METADATA ")), {})
-        row = {"phase": phase, "stage": stage, "seconds": round(seconds, 1),
-               "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2), "metadata": metadata}
+        row = {
+            "phase": phase,
+            "stage": stage,
+            "seconds": round(seconds, 1),
+            "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
+            "metadata": metadata,
+        }
         timings.append(row)
         print(f"{phase} {stage}: {seconds:.1f}s, peak RSS {row['peak_rss_gib']:.2f} GiB", flush=True)
 
@@ -243,12 +289,17 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, timings: list[dict], uploads: dict) -> None:
-    command = (f"make bench-e2e  # = .venv/bin/python benchmarks/end_to_end.py --users {args.users} "
-               f"--pins {args.pins} --new-pins {args.new_pins}")
+    command = (
+        f"make bench-e2e  # = .venv/bin/python benchmarks/end_to_end.py --users {args.users} "
+        f"--pins {args.pins} --new-pins {args.new_pins}"
+    )
     days = {}
     for phase in ("cold day", "steady-state day"):
         rows = [t for t in timings if t["phase"] == phase]
-        days[phase] = {"seconds": round(sum(t["seconds"] for t in rows), 1), "peak_rss_gib": max(t["peak_rss_gib"] for t in rows)}
+        days[phase] = {
+            "seconds": round(sum(t["seconds"] for t in rows), 1),
+            "peak_rss_gib": max(t["peak_rss_gib"] for t in rows),
+        }
     stage = {(t["phase"], t["stage"]): t for t in timings}
     ward = stage[("baseline", "ward_only")]["metadata"]["ward_only_seconds"]
     build = stage[("baseline", "pool_build")]["metadata"]["pool_build_baseline_seconds"]
@@ -272,10 +323,19 @@ def report(args: argparse.Namespace, timings: list[dict], uploads: dict) -> None
     summary["cold_candidate_pool_breakdown"] = {
         "graph_insert_seconds": cold.get("graph_insert_seconds"),
         "duplicate_self_join_seconds": cold.get("duplicate_self_join_seconds"),
-        "rest_seconds": round(cold_pool - cold.get("graph_insert_seconds", 0) - cold.get("duplicate_self_join_seconds", 0), 1),
+        "rest_seconds": round(
+            cold_pool - cold.get("graph_insert_seconds", 0) - cold.get("duplicate_self_join_seconds", 0), 1
+        ),
     }
     pool = {t["phase"]: t["metadata"] for t in timings if t["stage"] == "candidate_pool"}
-    data = {**summary, "command": command, "machine": results_io.machine(), "uploads": uploads, "stages": timings, "days": days}
+    data = {
+        **summary,
+        "command": command,
+        "machine": results_io.machine(),
+        "uploads": uploads,
+        "stages": timings,
+        "days": days,
+    }
     goal = {True: "met", False: "not met"}
     lines = [
         "# Daily partitions end to end",
@@ -291,7 +351,10 @@ def report(args: argparse.Namespace, timings: list[dict], uploads: dict) -> None
         "|---|---|---|---|",
         *[f"| {t['phase']} | {t['stage']} | {t['seconds']:.1f} | {t['peak_rss_gib']:.2f} |" for t in timings],
         "",
-        *[f"**{phase}: {d['seconds'] / 60:.1f} min, peak RSS {d['peak_rss_gib']:.2f} GiB.**" for phase, d in days.items()],
+        *[
+            f"**{phase}: {d['seconds'] / 60:.1f} min, peak RSS {d['peak_rss_gib']:.2f} GiB.**"
+            for phase, d in days.items()
+        ],
         "",
         "## Against baselines measured in the same run",
         "",

@@ -23,9 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import results_io  # noqa: E402
-from pinnersage_dagster.core.hnsw import build_index  # noqa: E402
-from pinnersage_dagster.core.synthetic import SyntheticWorld, generate_pins  # noqa: E402
+import results_io
+
+from pinnersage_dagster.core.hnsw import build_index
+from pinnersage_dagster.core.synthetic import SyntheticWorld, generate_pins
 
 K = 133  # floor(400 / 3): neighbours per sampled medoid
 
@@ -73,14 +74,29 @@ def main() -> None:
             latencies.append(time.perf_counter() - t)
             found.append(len(np.intersect1d(labels[0], expected)) / K)
         ms = np.asarray(latencies) * 1000
-        rows.append({"ef": max(ef, K), "recall_at_133": round(float(np.mean(found)), 4),
-                     "p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)})
+        rows.append(
+            {
+                "ef": max(ef, K),
+                "recall_at_133": round(float(np.mean(found)), 4),
+                "p50_ms": round(float(np.percentile(ms, 50)), 3),
+                "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            }
+        )
 
     command = f"make bench-index  # = .venv/bin/python benchmarks/index.py --pins {args.pins} --queries {args.queries}"
     machine = results_io.machine()
-    results = {"command": command, "machine": machine, "pins": args.pins, "dimension": int(x.shape[1]), "M": 32,
-               "ef_construction": 200, "build_seconds": round(build_seconds, 1), "size_on_disk_mb": round(size_mb, 1),
-               "exact_search_ms_per_query": round(exact_ms, 2), "ef": rows}
+    results = {
+        "command": command,
+        "machine": machine,
+        "pins": args.pins,
+        "dimension": int(x.shape[1]),
+        "M": 32,
+        "ef_construction": 200,
+        "build_seconds": round(build_seconds, 1),
+        "size_on_disk_mb": round(size_mb, 1),
+        "exact_search_ms_per_query": round(exact_ms, 2),
+        "ef": rows,
+    }
     lines = [
         "# pin_index: HNSW build, size, recall and latency",
         "",

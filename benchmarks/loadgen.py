@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -22,16 +22,26 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _post(host: str, user: int, pin: int) -> bytes:
-    ts = datetime.now(timezone.utc).isoformat()
+    ts = datetime.now(UTC).isoformat()
     body = json.dumps({"events": [{"user_id": user, "pin_id": pin, "action": "click", "ts": ts}]}).encode()
-    head = (f"POST /v1/events HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/events HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     return head + body
 
 
 async def _worker(
-    host: str, port: int, path: str, queue: asyncio.Queue, latencies: list, errors: list, deadline: float,
-    posts: list | None = None, post_every: int = 0, pins: tuple[int, int] = (0, 1),
+    host: str,
+    port: int,
+    path: str,
+    queue: asyncio.Queue,
+    latencies: list,
+    errors: list,
+    deadline: float,
+    posts: list | None = None,
+    post_every: int = 0,
+    pins: tuple[int, int] = (0, 1),
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
@@ -50,7 +60,9 @@ async def _worker(
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
             length = next(
-                int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
             )
             await reader.readexactly(length)
             latencies.append(time.perf_counter() - started)
@@ -63,8 +75,14 @@ async def _worker(
 
 
 async def run(
-    host: str, port: int, path: str, users: list[int], connections: int, max_seconds: float,
-    post_every: int = 0, pins: tuple[int, int] = (0, 1),
+    host: str,
+    port: int,
+    path: str,
+    users: list[int],
+    connections: int,
+    max_seconds: float,
+    post_every: int = 0,
+    pins: tuple[int, int] = (0, 1),
 ) -> dict:
     queue: asyncio.Queue = asyncio.Queue()
     for number, user in enumerate(users, 1):
@@ -74,8 +92,12 @@ async def run(
     errors: list[int] = []
     started = time.perf_counter()
     deadline = started + max_seconds
-    await asyncio.gather(*(_worker(host, port, path, queue, latencies, errors, deadline, posts, post_every, pins)
-                           for _ in range(connections)))
+    await asyncio.gather(
+        *(
+            _worker(host, port, path, queue, latencies, errors, deadline, posts, post_every, pins)
+            for _ in range(connections)
+        )
+    )
     seconds = time.perf_counter() - started
     ms = np.asarray(latencies) * 1000
     post_ms = np.asarray(posts) * 1000
@@ -110,8 +132,22 @@ def main() -> None:
         raise SystemExit("this load generator only targets loopback addresses")
     users = [int(line) for line in open(args.users_file) if line.strip()]
     first, end = (int(x) for x in args.pin_range.split(":"))
-    print(json.dumps(asyncio.run(run(args.host, args.port, args.path, users, args.connections, args.max_seconds,
-                                     args.post_every, (first, end)))))
+    print(
+        json.dumps(
+            asyncio.run(
+                run(
+                    args.host,
+                    args.port,
+                    args.path,
+                    users,
+                    args.connections,
+                    args.max_seconds,
+                    args.post_every,
+                    (first, end),
+                )
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

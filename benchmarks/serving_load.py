@@ -37,17 +37,17 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pinnersage_dagster.config import PinnerSageParams  # noqa: E402
-from pinnersage_dagster.core.clustering import cluster_users, summarize_clusters  # noqa: E402
-from pinnersage_dagster.core.hnsw import build_index, publish_index  # noqa: E402
-from pinnersage_dagster.core.synthetic import (  # noqa: E402
+from pinnersage_dagster.config import PinnerSageParams
+from pinnersage_dagster.core.hnsw import build_index, publish_index
+from pinnersage_dagster.core.synthetic import (
     UNKNOWN_PIN_ID,
     SyntheticWorld,
     generate_day_actions,
     generate_pins,
 )
-from pinnersage_dagster.serving.catalog import ArrayCatalog  # noqa: E402
-from pinnersage_dagster.serving.snapshot import publish_snapshot  # noqa: E402
+from pinnersage_dagster.core.user_pass import represent_history
+from pinnersage_dagster.serving.catalog import ArrayCatalog
+from pinnersage_dagster.serving.snapshot import publish_snapshot
 
 DAY = date(2026, 6, 30)
 PARTITION = DAY.isoformat()
@@ -66,26 +66,44 @@ def build_snapshot(root: Path, n_pins: int, n_users: int, seed: int) -> dict:
     order = np.argsort(pins.pin_id)
     ids, x = pins.pin_id[order], pins.embedding[order]
     rows = np.searchsorted(ids, distinct.pin_id.to_numpy())
-    members = cluster_users(distinct.user_id.to_numpy(), distinct.pin_id.to_numpy(), x[rows], alpha=ALPHA)
-    members = members.sort_values(["user_id", "cluster_id", "pin_id"]).reset_index(drop=True)
-    medoids = summarize_clusters(
-        members, x[np.searchsorted(ids, members.pin_id.to_numpy())], actions, now=pd.Timestamp(DAY + timedelta(days=1)),
-        decay_lambda=0.01,
-    )
+    rows = represent_history(actions, ids, x, alpha=ALPHA, decay_lambda=0.01, now=pd.Timestamp(DAY + timedelta(days=1)))
+    members = rows[["user_id", "cluster_id", "pin_id"]]
+    medoids = rows.drop_duplicates(["user_id", "cluster_id"])[
+        ["user_id", "cluster_id", "medoid_pin_id", "importance", "size", "n_actions", "kind"]
+    ].reset_index(drop=True)
     started = time.perf_counter()
     index_dir = root / "pin_index" / PARTITION
     index_dir.mkdir(parents=True, exist_ok=True)
-    publish_index(index_dir, build_index(x, M=32, ef_construction=200, ef=200), ids,
-                  source_partition=PARTITION, M=32, ef_construction=200, ef=200)
+    publish_index(
+        index_dir,
+        build_index(x, M=32, ef_construction=200, ef=200),
+        ids,
+        source_partition=PARTITION,
+        M=32,
+        ef_construction=200,
+        ef=200,
+    )
     index_seconds = time.perf_counter() - started
     popular = actions.pin_id.value_counts().index.to_numpy()[:400]
     publish_snapshot(
-        root / "serving" / PARTITION, partition=PARTITION, batch_time=pd.Timestamp(DAY + timedelta(days=1)),
-        medoids=medoids, members=members, seen=distinct, popular=popular, catalog=ArrayCatalog(ids, x),
-        index_dir=index_dir, alpha=ALPHA, decay_lambda=0.01,
+        root / "serving" / PARTITION,
+        partition=PARTITION,
+        batch_time=pd.Timestamp(DAY + timedelta(days=1)),
+        medoids=medoids,
+        members=members,
+        seen=distinct,
+        popular=popular,
+        catalog=ArrayCatalog(ids, x),
+        index_dir=index_dir,
+        alpha=ALPHA,
+        decay_lambda=0.01,
     )
-    return {"pins": n_pins, "users": int(medoids.user_id.nunique()), "clusters": len(medoids),
-            "index_build_seconds": round(index_seconds, 1)}
+    return {
+        "pins": n_pins,
+        "users": int(medoids.user_id.nunique()),
+        "clusters": len(medoids),
+        "index_build_seconds": round(index_seconds, 1),
+    }
 
 
 def free_port() -> int:
@@ -108,12 +126,29 @@ def wait_ready(port: int, timeout: float = 300.0) -> dict:
     raise RuntimeError("server did not become ready")
 
 
-def load(port: int, users: list[int], connections: int, max_seconds: float, path: str | None = None,
-         post_every: int = 0, pins: int = 0) -> dict:
+def load(
+    port: int,
+    users: list[int],
+    connections: int,
+    max_seconds: float,
+    path: str | None = None,
+    post_every: int = 0,
+    pins: int = 0,
+) -> dict:
     users_file = ROOT / "benchmarks" / ".cache" / "users.txt"
     users_file.write_text("\n".join(map(str, users)))
-    command = [sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), "--port", str(port), "--users-file",
-               str(users_file), "--connections", str(connections), "--max-seconds", str(max_seconds)]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "loadgen.py"),
+        "--port",
+        str(port),
+        "--users-file",
+        str(users_file),
+        "--connections",
+        str(connections),
+        "--max-seconds",
+        str(max_seconds),
+    ]
     if path:
         command += ["--path", path]
     if post_every:  # synthetic pin ids are 100,000 + 0 .. n_pins - 1
@@ -122,7 +157,9 @@ def load(port: int, users: list[int], connections: int, max_seconds: float, path
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measured(port: int, users: list[int], args: argparse.Namespace, path: str | None = None, post_every: int = 0) -> dict:
+def measured(
+    port: int, users: list[int], args: argparse.Namespace, path: str | None = None, post_every: int = 0
+) -> dict:
     """One load phase with the medoid-cache hit rate and lookups per request measured over that phase only
     (with several workers, /health reports the worker that answers it: a sample)."""
     before = health(port)
@@ -148,7 +185,9 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=90.0, help="each phase stops by itself after this")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--warmup-passes", type=int, default=3, help="unmeasured passes between cold and warm")
-    parser.add_argument("--report-only", action="store_true", help="rewrite serving.md from serving.json, measure nothing")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite serving.md from serving.json, measure nothing"
+    )
     args = parser.parse_args()
     if args.report_only:
         saved = json.loads((ROOT / "benchmarks" / "results" / "serving.json").read_text())
@@ -162,7 +201,11 @@ def main() -> None:
         built.write_text(json.dumps(build_snapshot(cache, args.pins, args.users, args.seed)))
     info = json.loads(built.read_text())
 
-    env = {**os.environ, "PINNERSAGE_SERVING_ROOT": str(cache / "serving"), "PINNERSAGE_EVENTS_ROOT": str(cache / "events")}
+    env = {
+        **os.environ,
+        "PINNERSAGE_SERVING_ROOT": str(cache / "serving"),
+        "PINNERSAGE_EVENTS_ROOT": str(cache / "events"),
+    }
     rng = np.random.default_rng(args.seed)
     users = rng.permutation(np.arange(1, args.users + 1))[: args.requests].tolist()
     phases: dict[str, dict] = {}
@@ -171,9 +214,23 @@ def main() -> None:
         shutil.rmtree(cache / "events", ignore_errors=True)  # each server starts with an empty event log
         port = free_port()
         server = subprocess.Popen(
-            [sys.executable, "-m", "pinnersage_dagster.cli", "serve", "--port", str(port), "--refresh-seconds", "3600",
-             "--workers", str(workers)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "pinnersage_dagster.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--refresh-seconds",
+                "3600",
+                "--workers",
+                str(workers),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         label = f"{workers} worker{'s' if workers > 1 else ''}, {policy}"
         try:
@@ -189,7 +246,8 @@ def main() -> None:
             phases[f"{label}: warm cache"] = measured(port, rng.permutation(users).tolist(), args, path)
             if mixed:  # 10% event posts (each fsynced before its answer) among the reads
                 phases[f"{label}: warm, 10% event posts"] = measured(
-                    port, rng.permutation(users).tolist(), args, path, post_every=10)
+                    port, rng.permutation(users).tolist(), args, path, post_every=10
+                )
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
@@ -212,23 +270,31 @@ def goal_lines(phases: dict) -> list[str]:
             continue
         met = p["requests_per_second"] >= rps and (p99 is None or p["p99_ms"] <= p99)
         goal = f">= {rps:,} req/s" + (f" at p99 <= {p99} ms" if p99 else "")
-        lines.append(f"- {name}: {goal}: {'met' if met else 'missed'} ({p['requests_per_second']:,} req/s, "
-                     f"p99 {p['p99_ms']} ms).")
+        lines.append(
+            f"- {name}: {goal}: {'met' if met else 'missed'} ({p['requests_per_second']:,} req/s, "
+            f"p99 {p['p99_ms']} ms)."
+        )
     if floor:
-        lines.append(f"- Bound: the framework floor, GET /health on the same 2-worker server in the same run, is "
-                     f"{floor['requests_per_second']:,} req/s at p99 {floor['p99_ms']} ms with the load generator on the "
-                     f"same cores; a recommendation (a 400-item JSON) cannot be served faster than that.")
+        lines.append(
+            f"- Bound: the framework floor, GET /health on the same 2-worker server in the same run, is "
+            f"{floor['requests_per_second']:,} req/s at p99 {floor['p99_ms']} ms with the load generator on the "
+            f"same cores; a recommendation (a 400-item JSON) cannot be served faster than that."
+        )
     return lines
 
 
 def report(info: dict, phases: dict, args: argparse.Namespace) -> None:
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    command = (f"make bench-serving  # = .venv/bin/python benchmarks/serving_load.py --pins {args.pins} "
-               f"--users {args.users} --requests {args.requests} --connections {args.connections}")
+    command = (
+        f"make bench-serving  # = .venv/bin/python benchmarks/serving_load.py --pins {args.pins} "
+        f"--users {args.users} --requests {args.requests} --connections {args.connections}"
+    )
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    (out / "serving.json").write_text(json.dumps({"snapshot": info, "phases": phases, "command": command,
-                                                  "machine": machine}, indent=2))
+    (out / "serving.json").write_text(
+        json.dumps({"snapshot": info, "phases": phases, "command": command, "machine": machine}, indent=2)
+    )
+
     def baseline(name: str) -> float:
         return phases[name.split(":")[0] + ": baseline GET /health"]["requests_per_second"]
 
@@ -256,8 +322,11 @@ def report(info: dict, phases: dict, args: argparse.Namespace) -> None:
             f"{p.get('medoid_lookups_per_request', '')} | {p.get('post_p99_ms') or ''} |"
         )
     lines += ["", *goal_lines(phases)]
-    lines += ["", f"Connections: {args.connections}; each phase stops after {args.requests} requests or "
-              f"{args.max_seconds:.0f} s, whichever comes first."]
+    lines += [
+        "",
+        f"Connections: {args.connections}; each phase stops after {args.requests} requests or "
+        f"{args.max_seconds:.0f} s, whichever comes first.",
+    ]
     (out / "serving.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

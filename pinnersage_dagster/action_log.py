@@ -25,8 +25,18 @@ import pandas as pd
 
 from .core.contract import ContractError
 from .readers import (
-    CSV_RELATION, CSV_SUFFIXES, connect, csv_rejects, data_row_numbers, expand, id_expression, raw_action_frame, renamed,
-    require_action_columns, require_some_line, ts_expression,
+    CSV_RELATION,
+    CSV_SUFFIXES,
+    connect,
+    csv_rejects,
+    data_row_numbers,
+    expand,
+    id_expression,
+    raw_action_frame,
+    renamed,
+    require_action_columns,
+    require_some_line,
+    ts_expression,
 )
 
 
@@ -86,7 +96,9 @@ class ActionLog:
         conn = connect()
         try:
             names = dict(self.names)
-            reader = _ParquetLog(conn, files, names) if files[0].endswith(".parquet") else _CsvLog(conn, files, span, names)
+            reader = (
+                _ParquetLog(conn, files, names) if files[0].endswith(".parquet") else _CsvLog(conn, files, span, names)
+            )
             for day in span.days:
                 yield day, reader.day(day, span)
         except duckdb.Error as exc:
@@ -121,8 +133,8 @@ class ActionLog:
 
 def _select(ts: str) -> str:
     return f"""
-        {id_expression('user_id')} AS user_id, CAST(user_id AS VARCHAR) AS raw_user_id,
-        {id_expression('pin_id')} AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
+        {id_expression("user_id")} AS user_id, CAST(user_id AS VARCHAR) AS raw_user_id,
+        {id_expression("pin_id")} AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
         CAST(action AS VARCHAR) AS action, CAST(action AS VARCHAR) AS raw_action,
         {ts} AS ts, CAST(ts AS VARCHAR) AS raw_ts
     """
@@ -131,7 +143,9 @@ def _select(ts: str) -> str:
 class _ParquetLog:
     """Every file in one scan, the day's filter pushed down on the raw ``ts`` column."""
 
-    RELATION = "read_parquet(?, file_row_number = true, filename = true, union_by_name = true, hive_partitioning = true)"
+    RELATION = (
+        "read_parquet(?, file_row_number = true, filename = true, union_by_name = true, hive_partitioning = true)"
+    )
 
     def __init__(self, conn: duckdb.DuckDBPyConnection, files: list[str], names: dict[str, str]) -> None:
         self.conn, self.files = conn, files
@@ -210,11 +224,16 @@ class _CsvLog:
         for path, rows in frame.groupby("source", sort=True) if len(frame) else []:
             rejects = self.rejects.get(path)
             if rejects is not None and len(rejects):
-                rows = rows.assign(row_number=data_row_numbers(rows["row_number"].to_numpy(), rejects["line"].to_numpy()))
+                rows = rows.assign(
+                    row_number=data_row_numbers(rows["row_number"].to_numpy(), rejects["line"].to_numpy())
+                )
             parts.append(rows)
         if day == span.first_partition:
-            parts += [pd.DataFrame({"source": path, "row_number": r["line"] - 1, "malformed": r["detail"]})
-                      for path, r in self.rejects.items() if len(r)]
+            parts += [
+                pd.DataFrame({"source": path, "row_number": r["line"] - 1, "malformed": r["detail"]})
+                for path, r in self.rejects.items()
+                if len(r)
+            ]
         if not parts:
             return raw_action_frame(frame)
         return raw_action_frame(pd.concat(parts, ignore_index=True))

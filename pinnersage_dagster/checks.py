@@ -5,10 +5,10 @@ run) with an ``evaluate_*`` function that takes a DuckDB connection, so tests ca
 the same logic on deliberately corrupted tables.
 """
 
-
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -16,16 +16,17 @@ import numpy as np
 from dagster_duckdb import DuckDBResource
 
 from . import guards
-from .assets.interests import user_clusters, user_medoids
 from .assets.constants import DUCKDB_POOL
-from .assets.index import POOL_IDS_AT_SQL, pin_index
+from .assets.index import pin_index
+from .assets.interests import user_clusters, user_medoids
 from .config import PinnerSageParams
-from .core.hnsw import IndexIntegrityError, live_pin_ids, pin_ids_checksum, read_manifest
+from .core.artifacts import ArtifactIntegrityError
+from .core.hnsw import live_pin_ids, pin_ids_checksum, read_index_manifest
 from .partitions import daily_partitions, partition_days
 from .resources import IndexStore
+from .warehouse import POOL_IDS_AT_SQL
 
-
-Evaluation = tuple[bool, dict[str, object]]
+Evaluation = tuple[bool, dict[str, Any]]
 
 
 def evaluate_every_active_user_has_a_cluster(conn: duckdb.DuckDBPyConnection, day: date) -> Evaluation:
@@ -43,7 +44,7 @@ def evaluate_every_active_user_has_a_cluster(conn: duckdb.DuckDBPyConnection, da
 def evaluate_clusters_per_user_within_bounds(
     conn: duckdb.DuckDBPyConnection, day: date, max_clusters: int
 ) -> Evaluation:
-    over, most, undersized = conn.execute(
+    ((over, most, undersized),) = conn.execute(
         """
         WITH per_user AS (SELECT user_id, count(*) AS n FROM user_clusters WHERE partition_date = $day GROUP BY user_id)
         SELECT (SELECT count(*) FROM per_user WHERE n > $max), (SELECT coalesce(max(n), 0) FROM per_user),
@@ -51,7 +52,7 @@ def evaluate_clusters_per_user_within_bounds(
                   AND ((kind = 'ward' AND n_pins < 2) OR n_pins <> len(pin_ids) OR n_pins < 1))
         """,
         {"day": day, "max": max_clusters},
-    ).fetchone()
+    ).fetchall()
     return over == 0 and undersized == 0, {
         "users_over_bound": int(over),
         "max_clusters_per_user": int(most),
@@ -61,7 +62,7 @@ def evaluate_clusters_per_user_within_bounds(
 
 
 def evaluate_medoid_is_cluster_member(conn: duckdb.DuckDBPyConnection, day: date) -> Evaluation:
-    not_member, not_acted, orphan = conn.execute(
+    ((not_member, not_acted, orphan),) = conn.execute(
         """
         WITH m AS (SELECT * FROM user_medoids WHERE partition_date = $day),
              c AS (SELECT * FROM user_clusters WHERE partition_date = $day)
@@ -74,7 +75,7 @@ def evaluate_medoid_is_cluster_member(conn: duckdb.DuckDBPyConnection, day: date
           (SELECT count(*) FROM c ANTI JOIN m USING (user_id, cluster_id))
         """,
         {"day": day},
-    ).fetchone()
+    ).fetchall()
     return not_member == 0 and not_acted == 0 and orphan == 0, {
         "medoids_not_in_their_cluster": int(not_member),
         "medoids_not_among_user_actions": int(not_acted),
@@ -93,9 +94,9 @@ def evaluate_pin_index_matches_candidate_pool(
 ) -> Evaluation:
     pool = conn.execute(POOL_IDS_AT_SQL, [day + timedelta(days=1)]).df()
     try:
-        manifest = read_manifest(partition_dir)
+        manifest = read_index_manifest(partition_dir)
         indexed = live_pin_ids(partition_dir)  # verifies the build's checksums
-    except IndexIntegrityError as exc:
+    except ArtifactIntegrityError as exc:
         return False, {"error": str(exc)}
     metadata = {
         "index_count": manifest.count,
@@ -113,7 +114,11 @@ def evaluate_pin_index_matches_candidate_pool(
 def _built_from_current_catalog(conn: duckdb.DuckDBPyConnection, day: date, build_id: str) -> str | None:
     """None if the index of ``day`` is the recorded build of the current pool of the current
     catalog; else what is stale (a pool equal to a stale catalog would pass the id comparison)."""
-    index, pool, catalog = guards.get(conn, "pin_index", day), guards.get(conn, "candidate_pool"), guards.get(conn, "pins")
+    index, pool, catalog = (
+        guards.get(conn, "pin_index", day),
+        guards.get(conn, "candidate_pool"),
+        guards.get(conn, "pins"),
+    )
     if index is None or pool is None or catalog is None:
         return "no lineage recorded for the index, the pool or the catalog"
     if index.version != build_id:
@@ -186,7 +191,9 @@ def pin_index_matches_candidate_pool(
     with duckdb.get_connection() as conn:
         return _evaluate_days(
             context,
-            lambda day: evaluate_pin_index_matches_candidate_pool(conn, day, index_store.partition_dir(day.isoformat())),
+            lambda day: evaluate_pin_index_matches_candidate_pool(
+                conn, day, index_store.partition_dir(day.isoformat())
+            ),
         )
 
 

@@ -29,7 +29,12 @@ TEST_SQL = """
 
 
 def load_split(
-    conn: duckdb.DuckDBPyConnection, split_day: date, horizon_days: int, min_train_actions: int, max_users: int, seed: int
+    conn: duckdb.DuckDBPyConnection,
+    split_day: date,
+    horizon_days: int,
+    min_train_actions: int,
+    max_users: int,
+    seed: int,
 ) -> Users:
     """History = action_windows of d-1; test = distinct pins acted on in [d, d + horizon)."""
     history = conn.execute(HISTORY_SQL, [split_day - timedelta(days=1)]).df()
@@ -47,8 +52,9 @@ def load_split(
     test = test[test["user_id"].isin(eligible)].reset_index(drop=True)
     ids = catalog.column("pin_id").to_numpy()
     test = test[np.isin(test["pin_id"].to_numpy(), ids)].reset_index(drop=True)
-    return Users(history=history, test=test, catalog_ids=ids, catalog_x=embedding_matrix(catalog),
-                 now=pd.Timestamp(split_day))
+    return Users(
+        history=history, test=test, catalog_ids=ids, catalog_x=embedding_matrix(catalog), now=pd.Timestamp(split_day)
+    )
 
 
 def index_search(index_dir: Path):
@@ -132,25 +138,37 @@ def render_markdown(
     report: OfflineReport, split_day: date, horizon_days: int, source: str, image_name: str, search: str = "index"
 ) -> str:
     t = report.table
-    retrieval_columns = [(f"Rel. (cos ≥ {report.threshold:.2f})", "relevance"),
-                         (f"Rel. (cos ≥ {report.calibrated:.3f}, calibrated)", "relevance_calibrated"), ("Recall", "recall")]
-    ranking_columns = [("R-Prec.", "r_precision"), ("Rec. Rank (first action)", "reciprocal_rank"),
-                       ("Rec. Rank (all actions)", "reciprocal_rank_all"), ("Diversity", "diversity")]
+    retrieval_columns = [
+        (f"Rel. (cos ≥ {report.threshold:.2f})", "relevance"),
+        (f"Rel. (cos ≥ {report.calibrated:.3f}, calibrated)", "relevance_calibrated"),
+        ("Recall", "recall"),
+    ]
+    ranking_columns = [
+        ("R-Prec.", "r_precision"),
+        ("Rec. Rank (first action)", "reciprocal_rank"),
+        ("Rec. Rank (all actions)", "reciprocal_rank_all"),
+        ("Diversity", "diversity"),
+    ]
     retrieval, ranking = _metric_rows(t, retrieval_columns, ""), _metric_rows(t, ranking_columns, "")
     micro = _metric_rows(t, retrieval_columns + ranking_columns[:3], "_micro")
     queries = ["| model | ANN queries per user |", "|---|---|"] + [
-        f"| {name} | {row.ann_queries:.2f} |" for name, row in t.iterrows()]
+        f"| {name} | {row.ann_queries:.2f} |" for name, row in t.iterrows()
+    ]
     sweep = report.alpha_sweep.copy()
     sweep_lines = ["| " + " | ".join(sweep.columns) + " |", "|" + "---|" * len(sweep.columns)]
     for _, r in sweep.iterrows():
         sweep_lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.tolist()) + " |")
     curve_lines = ["| e | relevance | lift | diversity | lift |", "|---|---|---|---|---|"]
     for _, r in report.curve.iterrows():
-        curve_lines.append(f"| {int(r.e)} | {r.relevance:.3f} | {_pct(r.relevance_lift)} | {r.diversity:.3f} | {_pct(r.diversity_lift)} |")
+        curve_lines.append(
+            f"| {int(r.e)} | {r.relevance:.3f} | {_pct(r.relevance_lift)} | {r.diversity:.3f} | {_pct(r.diversity_lift)} |"
+        )
     recovery = ""
     if report.recovery:
-        recovery = (f"\nCluster recovery against the planted interests at alpha = {report.alpha:g}: mean per-user adjusted Rand "
-                    f"index {report.recovery['adjusted_rand_index']:.3f}, purity {report.recovery['purity']:.3f}.\n")
+        recovery = (
+            f"\nCluster recovery against the planted interests at alpha = {report.alpha:g}: mean per-user adjusted Rand "
+            f"index {report.recovery['adjusted_rand_index']:.3f}, purity {report.recovery['purity']:.3f}.\n"
+        )
     return "\n".join(
         [
             f"# Offline evaluation, split day {split_day}",
@@ -225,21 +243,52 @@ def report_json(
         for metric in METRICS:
             for key in (metric, f"{metric}_micro"):
                 entry[key] = {
-                    "mean": _number(row[key]), "std": _number(row[f"{key}_std"]), "lift": _number(row[f"{key}_lift"]),
-                    "lift_ci95": [_number(row.get(f"{key}_lift_lo", np.nan)), _number(row.get(f"{key}_lift_hi", np.nan))],
+                    "mean": _number(row[key]),
+                    "std": _number(row[f"{key}_std"]),
+                    "lift": _number(row[f"{key}_lift"]),
+                    "lift_ci95": [
+                        _number(row.get(f"{key}_lift_lo", np.nan)),
+                        _number(row.get(f"{key}_lift_hi", np.nan)),
+                    ],
                 }
         models[str(name)] = entry
     return {
         "settings": {
-            "split_day": split_day.isoformat(), "horizon_days": horizon_days, "alpha": report.alpha,
-            "decay_lambda": report.decay_lambda, "search": search, "users": report.users, "seeds": report.seeds,
-            "min_train_actions": min_train_actions, "relevance_threshold": report.threshold,
-            "calibrated_threshold": round(report.calibrated, 6), "source": source, "baseline": BASELINE,
+            "split_day": split_day.isoformat(),
+            "horizon_days": horizon_days,
+            "alpha": report.alpha,
+            "decay_lambda": report.decay_lambda,
+            "search": search,
+            "users": report.users,
+            "seeds": report.seeds,
+            "min_train_actions": min_train_actions,
+            "relevance_threshold": report.threshold,
+            "calibrated_threshold": round(report.calibrated, 6),
+            "source": source,
+            "baseline": BASELINE,
             "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
         },
         "models": models,
         "policy_comparison": _policy_json(report),
+        "alpha_sweep": _records(report.alpha_sweep),
+        "curve": _records(report.curve),
+        "recovery": {k: _number(v) for k, v in report.recovery.items()} if report.recovery else None,
     }
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, object]]:
+    """A table as JSON rows (numbers rounded as in report.md's tables)."""
+    return [
+        {
+            str(k): (
+                _number(float(v))
+                if isinstance(v, (float, np.floating))
+                else (int(v) if isinstance(v, (int, np.integer)) else v)
+            )
+            for k, v in row.items()
+        }
+        for row in frame.to_dict("records")
+    ]
 
 
 def _policy_json(report: OfflineReport) -> dict | None:
@@ -250,8 +299,10 @@ def _policy_json(report: OfflineReport) -> dict | None:
     out: dict[str, object] = {"model": PROPORTIONAL, "baseline": PINNERSAGE}
     for metric in METRICS:
         for key in (metric, f"{metric}_micro"):
-            out[key] = {"lift": _number(row[f"{key}_lift"]),
-                        "lift_ci95": [_number(row[f"{key}_lift_lo"]), _number(row[f"{key}_lift_hi"])]}
+            out[key] = {
+                "lift": _number(row[f"{key}_lift"]),
+                "lift_ci95": [_number(row[f"{key}_lift_lo"]), _number(row[f"{key}_lift_hi"])],
+            }
     return out
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 import dagster as dg
@@ -50,20 +50,23 @@ class Lineage:
     rows: int
 
 
-def record(conn: duckdb.DuckDBPyConnection, asset: str, day: date | None, version: str, inputs: dict[str, Any],
-           rows: int) -> None:
+def record(
+    conn: duckdb.DuckDBPyConnection, asset: str, day: date | None, version: str, inputs: dict[str, Any], rows: int
+) -> None:
     """Replace the lineage of ``asset`` (of ``day``) inside the caller's transaction."""
     conn.execute("DELETE FROM lineage WHERE asset = ? AND partition_date IS NOT DISTINCT FROM ?", [asset, day])
-    conn.execute("INSERT INTO lineage VALUES (?, ?, ?, ?, ?, ?)",
-                 [asset, day, version, json.dumps(inputs, sort_keys=True), rows,
-                  datetime.now(timezone.utc).replace(tzinfo=None)])
+    conn.execute(
+        "INSERT INTO lineage VALUES (?, ?, ?, ?, ?, ?)",
+        [asset, day, version, json.dumps(inputs, sort_keys=True), rows, datetime.now(UTC).replace(tzinfo=None)],
+    )
 
 
 def get(conn: duckdb.DuckDBPyConnection, asset: str, day: date | None = None) -> Lineage | None:
     if not table_exists(conn, "lineage"):
         return None
     rows = conn.execute(
-        "SELECT version, inputs, rows FROM lineage WHERE asset = ? AND partition_date IS NOT DISTINCT FROM ?", [asset, day]
+        "SELECT version, inputs, rows FROM lineage WHERE asset = ? AND partition_date IS NOT DISTINCT FROM ?",
+        [asset, day],
     ).fetchall()
     return Lineage(asset, day, rows[0][0], json.loads(rows[0][1]), int(rows[0][2])) if rows else None
 
@@ -72,30 +75,44 @@ def versions(conn: duckdb.DuckDBPyConnection, asset: str, first: date, last: dat
     """The versions of ``asset``'s partitions in [first, last] that were materialized."""
     if not table_exists(conn, "lineage"):
         return {}
-    rows = conn.execute("SELECT partition_date, version FROM lineage WHERE asset = ? AND partition_date BETWEEN ? AND ?",
-                        [asset, first, last]).fetchall()
+    rows = conn.execute(
+        "SELECT partition_date, version FROM lineage WHERE asset = ? AND partition_date BETWEEN ? AND ?",
+        [asset, first, last],
+    ).fetchall()
     return {d: v for d, v in rows}
 
 
-def require(conn: duckdb.DuckDBPyConnection, asset: str, day: date | None = None, *, needed_by: str,
-            materialize: str | None = None) -> Lineage:
+def require(
+    conn: duckdb.DuckDBPyConnection,
+    asset: str,
+    day: date | None = None,
+    *,
+    needed_by: str,
+    materialize: str | None = None,
+) -> Lineage:
     """The lineage of an input, or a failure naming what to materialize first."""
     found = get(conn, asset, day)
     if found is None:
         what = f"{asset} of {day}" if day else asset
         raise StaleInputError(
             f"{needed_by} needs {what}, which was never materialized: materialize {materialize or asset}"
-            f"{f' for {day}' if day else ''} first")
+            f"{f' for {day}' if day else ''} first"
+        )
     return found
 
 
-def require_days(conn: duckdb.DuckDBPyConnection, asset: str, first: date, last: date, *, needed_by: str) -> dict[date, str]:
+def require_days(
+    conn: duckdb.DuckDBPyConnection, asset: str, first: date, last: date, *, needed_by: str
+) -> dict[date, str]:
     """Versions of every partition of ``asset`` in [first, last]; fails naming the days never
     materialized and the range to materialize. Days before the deployment's first partition,
     or before the first day ``asset`` was ever materialized (the history a deployment starts
     with), are not gaps; ``last`` itself always has to be there."""
-    earliest = conn.execute("SELECT min(partition_date) FROM lineage WHERE asset = ?", [asset]).fetchall()[0][0] \
-        if table_exists(conn, "lineage") else None
+    earliest = (
+        conn.execute("SELECT min(partition_date) FROM lineage WHERE asset = ?", [asset]).fetchall()[0][0]
+        if table_exists(conn, "lineage")
+        else None
+    )
     first = min(max(first, daily_partitions.start.date(), earliest or last), last)
     found = versions(conn, asset, first, last)
     wanted = [date.fromordinal(d) for d in range(first.toordinal(), last.toordinal() + 1)]
@@ -104,22 +121,26 @@ def require_days(conn: duckdb.DuckDBPyConnection, asset: str, first: date, last:
         listed = ", ".join(str(d) for d in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise StaleInputError(
             f"{needed_by} needs {asset} of {first} .. {last}; {len(missing)} of those {len(wanted)} days were never "
-            f"materialized ({listed}): materialize {asset} for {missing[0]}...{missing[-1]} first")
+            f"materialized ({listed}): materialize {asset} for {missing[0]}...{missing[-1]} first"
+        )
     return found
 
 
-def same(expected: str, found: str | None, *, what: str, rematerialize: str) -> None:
+def same(expected: object, found: object, *, what: str, rematerialize: str) -> None:
     """Fail if an input was built from another version of something than the current one."""
     if found != expected:
         raise StaleInputError(f"{what} (was {found}, now {expected}): re-materialize {rematerialize} first")
 
 
-def table_version(conn: duckdb.DuckDBPyConnection, table: str, columns: str, day: date | None = None) -> tuple[str, int]:
+def table_version(
+    conn: duckdb.DuckDBPyConnection, table: str, columns: str, day: date | None = None
+) -> tuple[str, int]:
     """A content version of a table (of one partition): its row count and the XOR of its rows'
     hashes, so it does not depend on row order."""
     where, params = ("WHERE partition_date = ?", [day]) if day is not None else ("", [])
     ((count, digest),) = conn.execute(
-        f"SELECT count(*), coalesce(bit_xor(hash({columns})), 0) FROM {table} {where}", params).fetchall()
+        f"SELECT count(*), coalesce(bit_xor(hash({columns})), 0) FROM {table} {where}", params
+    ).fetchall()
     return f"{int(count)}-{int(digest):016x}", int(count)
 
 
@@ -150,7 +171,8 @@ def plausible(context: dg.AssetExecutionContext, problem: str | None, accept: bo
         raise ImplausibleInputError(
             f"{problem}. Nothing was replaced. If this is a real change, re-run with "
             "params.accept_implausible_inputs: true (launchpad: resources: params: config: "
-            "{accept_implausible_inputs: true})")
+            "{accept_implausible_inputs: true})"
+        )
     context.log.warning(f"accepted on purpose (accept_implausible_inputs): {problem}")
     return problem
 

@@ -2,8 +2,6 @@
 
 import dagster as dg
 
-
-
 # one partition per run; the unpartitioned catalog assets (pins, candidate_pool) refresh with it
 pinnersage_daily_job = dg.define_asset_job(
     "pinnersage_daily_job",

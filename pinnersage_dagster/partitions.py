@@ -1,16 +1,17 @@
 """The one daily partitions definition shared by every partitioned asset and check.
 
 A partition is a UTC day [D 00:00, D+1 00:00). The last partition is yesterday, the
-last complete day. ``PINNERSAGE_START_DATE`` moves the first day (it is read when the
+last complete day. ``PINNERSAGE_START_DATE`` moves the first day (a setting, read when the
 definitions load, so it is fixed for a deployment).
 """
 
-import os
 from datetime import date, timedelta
 
 import dagster as dg
 
-START_DATE = os.getenv("PINNERSAGE_START_DATE", "2026-01-01")
+from .settings import settings
+
+START_DATE = settings().start_date.isoformat()
 WINDOW_DAYS = 90  # the paper's 90-day history; the partition mapping below is built from it
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date=START_DATE)

@@ -67,8 +67,16 @@ def clusters_2d(points: np.ndarray, cluster: np.ndarray, medoid: np.ndarray, *, 
 
     def draw(ax) -> None:
         ax.scatter(xy[:, 0], xy[:, 1], c=cluster, cmap="tab20", s=18, alpha=0.8)
-        ax.scatter(xy[medoid, 0], xy[medoid, 1], c=cluster[medoid], cmap="tab20", s=220, marker="*",
-                   edgecolors="black", linewidths=0.8)
+        ax.scatter(
+            xy[medoid, 0],
+            xy[medoid, 1],
+            c=cluster[medoid],
+            cmap="tab20",
+            s=220,
+            marker="*",
+            edgecolors="black",
+            linewidths=0.8,
+        )
         ax.set(title=title, xlabel="principal axis 1", ylabel="principal axis 2")
 
     return _png(draw, size=(5.5, 4.2))

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .core.contract import ACTION_COLUMNS, PIN_COLUMNS, QUARANTINE_COLUMNS, ContractError, RawPins, require_columns
+from .core.contract import ACTION_COLUMNS, PIN_COLUMNS, ContractError, RawPins, require_columns
 from .core.synthetic import PinCatalog, SyntheticWorld, generate_day_actions
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
@@ -42,7 +42,9 @@ def csv_rejects(conn: duckdb.DuckDBPyConnection, path: str) -> pd.DataFrame:
     try:
         rows = conn.execute(
             "SELECT DISTINCT e.line, e.error_type, e.error_message, e.csv_line FROM reject_errors e "
-            "JOIN reject_scans s USING (scan_id, file_id) WHERE s.file_path = ? ORDER BY e.line", [path]).fetchall()
+            "JOIN reject_scans s USING (scan_id, file_id) WHERE s.file_path = ? ORDER BY e.line",
+            [path],
+        ).fetchall()
         conn.execute("DELETE FROM reject_errors")
         conn.execute("DELETE FROM reject_scans")
     except duckdb.CatalogException:  # nothing rejected yet on this connection
@@ -56,7 +58,9 @@ def csv_rejects(conn: duckdb.DuckDBPyConnection, path: str) -> pd.DataFrame:
 def require_some_line(parsed: int, rejects: pd.DataFrame, path: str) -> None:
     """A file of which no line parses is not row-level damage: it is the wrong or a broken file."""
     if parsed == 0 and len(rejects):
-        raise ContractError(f"{path}: no line could be read ({len(rejects)} rejected; first: {rejects['detail'].iloc[0]})")
+        raise ContractError(
+            f"{path}: no line could be read ({len(rejects)} rejected; first: {rejects['detail'].iloc[0]})"
+        )
 
 
 def data_row_numbers(ordinals: np.ndarray, rejected_lines: np.ndarray) -> np.ndarray:
@@ -112,7 +116,7 @@ def ts_expression(column: str, kind: str = "VARCHAR") -> str:
     """A UTC ``TIMESTAMP`` from a column of DuckDB type ``kind``, or NULL where it does not parse.
 
     Accepted: timestamps (naive values are UTC), timestamps with an offset, dates (midnight
-    UTC), and epoch seconds or milliseconds as numbers or digit strings (README, 'Your own data').
+    UTC), and epoch seconds or milliseconds as numbers or digit strings (docs/own-data.md).
     """
     kind = kind.upper()
     if kind.startswith("TIMESTAMP WITH TIME ZONE"):
@@ -128,8 +132,20 @@ def ts_expression(column: str, kind: str = "VARCHAR") -> str:
     )
 
 
-NUMERIC_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
-                 "UBIGINT", "FLOAT", "DOUBLE", "REAL"}
+NUMERIC_TYPES = {
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "FLOAT",
+    "DOUBLE",
+    "REAL",
+}
 
 
 def _ts(column: str) -> str:
@@ -142,7 +158,9 @@ def parse_column_names(text: str | None) -> dict[str, str]:
     for part in filter(None, (p.strip() for p in (text or "").split(","))):
         ours, _, theirs = (x.strip() for x in part.partition("="))
         if ours not in ACTION_COLUMNS or not theirs:
-            raise ContractError(f"action column mapping {part!r}: expected <one of {list(ACTION_COLUMNS)}>=<your column>")
+            raise ContractError(
+                f"action column mapping {part!r}: expected <one of {list(ACTION_COLUMNS)}>=<your column>"
+            )
         names[ours] = theirs
     return names
 
@@ -169,8 +187,8 @@ def read_action_files(pattern: str, names: dict[str, str] | None = None) -> pd.D
             require_action_columns(_columns(conn, path), names, path)
             sql = f"""
                 SELECT ? AS source, row_number() OVER () AS row_number,
-                       {id_expression('user_id')} AS user_id, CAST(user_id AS VARCHAR) AS raw_user_id,
-                       {id_expression('pin_id')} AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
+                       {id_expression("user_id")} AS user_id, CAST(user_id AS VARCHAR) AS raw_user_id,
+                       {id_expression("pin_id")} AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
                        CAST(action AS VARCHAR) AS action, CAST(action AS VARCHAR) AS raw_action,
                        {_ts("ts")} AS ts, CAST(ts AS VARCHAR) AS raw_ts
                 FROM {renamed(_relation_sql(path), names)}
@@ -221,7 +239,7 @@ def read_pin_files(pattern: str) -> RawPins:
             created = "created_at" if "created_at" in columns else "NULL"
             sql = f"""
                 SELECT ? AS source, row_number() OVER () AS row_number,
-                       {id_expression('pin_id')} AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
+                       {id_expression("pin_id")} AS pin_id, CAST(pin_id AS VARCHAR) AS raw_pin_id,
                        TRY_CAST({embedding} AS DOUBLE[]) AS embedding,
                        TRY_CAST({quality} AS DOUBLE) AS quality, CAST({quality} AS VARCHAR) AS raw_quality,
                        {_ts(created)} AS created_at, CAST({created} AS VARCHAR) AS raw_created_at
@@ -231,13 +249,17 @@ def read_pin_files(pattern: str) -> RawPins:
                 part = conn.sql(sql, params=[path, path]).to_arrow_table()
             except duckdb.Error as exc:
                 raise ContractError(f"{path}: cannot be read: {exc}") from exc
-            rejects = csv_rejects(conn, path) if path.endswith(CSV_SUFFIXES) else pd.DataFrame(columns=["line", "detail"])
+            rejects = (
+                csv_rejects(conn, path) if path.endswith(CSV_SUFFIXES) else pd.DataFrame(columns=["line", "detail"])
+            )
             require_some_line(part.num_rows, rejects, path)
             if len(rejects):
                 numbers = data_row_numbers(part.column("row_number").to_numpy(), rejects["line"].to_numpy())
                 part = part.set_column(part.schema.get_field_index("row_number"), "row_number", pa.array(numbers))
                 nulls = {name: pa.nulls(len(rejects), part.schema.field(name).type) for name in part.column_names}
-                nulls.update(source=pa.array([path] * len(rejects)), row_number=pa.array(rejects["line"] - 1, pa.int64()))
+                nulls.update(
+                    source=pa.array([path] * len(rejects)), row_number=pa.array(rejects["line"] - 1, pa.int64())
+                )
                 part = pa.concat_tables([part, pa.table(nulls, schema=part.schema)])
             parts.append(part)
             malformed += [pd.NA] * (part.num_rows - len(rejects)) + rejects["detail"].tolist()
@@ -309,16 +331,23 @@ def learned_raw_pins(conn: duckdb.DuckDBPyConnection, raw: RawPins | None, day: 
         n = len(ids)
         none = pd.Series([pd.NA] * n, dtype="object")
         return RawPins(
-            source=f"pins learned from the log (pin_embeddings of {day})", row_number=np.arange(1, n + 1),
-            pin_id=pd.Series(ids, dtype="Int64"), raw_pin_id=pd.Series(ids.astype(str)), embedding=vectors,
-            quality=pd.Series([pd.NA] * n, dtype="Float64"), raw_quality=none,
-            created_at=pd.Series(pd.NaT, index=range(n), dtype="datetime64[us]"), raw_created_at=none,
+            source=f"pins learned from the log (pin_embeddings of {day})",
+            row_number=np.arange(1, n + 1),
+            pin_id=pd.Series(ids, dtype="Int64"),
+            raw_pin_id=pd.Series(ids.astype(str)),
+            embedding=vectors,
+            quality=pd.Series([pd.NA] * n, dtype="Float64"),
+            raw_quality=none,
+            created_at=pd.Series(pd.NaT, index=range(n), dtype="datetime64[us]"),
+            raw_created_at=none,
         )
     wanted = raw.pin_id.fillna(-1).to_numpy(np.int64)
     at = np.clip(np.searchsorted(ids, wanted), 0, max(len(ids) - 1, 0))
     found = (len(ids) > 0) & (ids[at] == wanted) if len(ids) else np.zeros(len(wanted), bool)
     take = pa.array(np.where(found, at, 0), mask=~found)
-    return dataclasses.replace(raw, embedding=vectors.take(take) if len(ids) else pa.nulls(len(wanted), pa.list_(pa.float32())))
+    return dataclasses.replace(
+        raw, embedding=vectors.take(take) if len(ids) else pa.nulls(len(wanted), pa.list_(pa.float32()))
+    )
 
 
 def synthetic_raw_pins(world: SyntheticWorld, catalog: PinCatalog) -> RawPins:
@@ -360,7 +389,9 @@ def synthetic_raw_actions(world: SyntheticWorld, day: date) -> pd.DataFrame:
 def partition_file(pattern: str, day: date) -> str:
     """The action file pattern of one day: ``{date}`` is replaced by ``YYYY-MM-DD``."""
     if "{date}" not in pattern:
-        raise ContractError(f"actions path {pattern!r} must contain '{{date}}', e.g. data/input/actions/{{date}}.parquet")
+        raise ContractError(
+            f"actions path {pattern!r} must contain '{{date}}', e.g. data/input/actions/{{date}}.parquet"
+        )
     return pattern.replace("{date}", day.isoformat())
 
 

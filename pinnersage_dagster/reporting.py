@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+
 import dagster as dg
 import numpy as np
 import pandas as pd
 
+from .warehouse import Table
 
-def column_schema(**columns: str) -> dg.TableSchema:
-    """A table's columns for the UI: ``name="type: what it holds"``."""
+
+def table_schema(table: Table) -> dg.TableSchema:
+    """A warehouse table's columns for the UI, from its one declaration (``warehouse.TABLES``)."""
     return dg.TableSchema(
-        columns=[dg.TableColumn(name, *(part.strip() for part in text.split(":", 1))) for name, text in columns.items()]
+        columns=[
+            dg.TableColumn(
+                c.name, c.type.lower(), c.description, constraints=dg.TableColumnConstraints(nullable=not c.required)
+            )
+            for c in table.columns
+        ]
     )
 
 
@@ -20,8 +29,14 @@ def distribution(values: np.ndarray | pd.Series) -> dict[str, float]:
     if v.size == 0:
         return {k: 0.0 for k in ("min", "p50", "p90", "p99", "max", "mean")}
     p50, p90, p99 = np.percentile(v, [50, 90, 99])
-    return {"min": float(v.min()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
-            "max": float(v.max()), "mean": round(float(v.mean()), 3)}
+    return {
+        "min": float(v.min()),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "max": float(v.max()),
+        "mean": round(float(v.mean()), 3),
+    }
 
 
 def distribution_of_counts(values: np.ndarray, counts: np.ndarray) -> dict[str, float]:
@@ -39,8 +54,14 @@ def distribution_of_counts(values: np.ndarray, counts: np.ndarray) -> dict[str, 
     position = np.array([0.5, 0.9, 0.99]) * (total - 1)  # numpy's default 'linear' percentile
     low, high = np.floor(position).astype(np.int64), np.ceil(position).astype(np.int64)
     p50, p90, p99 = at(low) + (at(high) - at(low)) * (position - low)
-    return {"min": float(values[0]), "p50": float(p50), "p90": float(p90), "p99": float(p99),
-            "max": float(values[-1]), "mean": round(float((values * counts).sum() / total), 3)}
+    return {
+        "min": float(values[0]),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "max": float(values[-1]),
+        "mean": round(float((values * counts).sum() / total), 3),
+    }
 
 
 def histogram_markdown_of_counts(values: np.ndarray, counts: np.ndarray, edges: list[int], label: str) -> str:
@@ -48,7 +69,7 @@ def histogram_markdown_of_counts(values: np.ndarray, counts: np.ndarray, edges: 
     v, c = np.asarray(values), np.asarray(counts)
     rows = [f"| {label} | users |", "|---|---|"]
     bounds = list(edges) + [np.inf]
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         count = int(c[(v >= lo) & (v < hi)].sum())
         name = f"{lo}" if hi == lo + 1 else (f"{lo}+" if hi == np.inf else f"{lo}-{int(hi) - 1}")
         rows.append(f"| {name} | {count} |")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import os
 from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,21 +17,29 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from .action_log import ActionLog, Span
 from .config import PinnerSageParams
 from .core.contract import RawPins
 from .core.synthetic import SyntheticWorld, generate_pins, generate_population
-from .partitions import START_DATE
-from .action_log import ActionLog, Span
+from .engines import PassRunner, pass_runner
 from .readers import (
-    parse_column_names, partition_file, pin_files_have_embeddings, read_action_files, read_pin_files, read_pin_ids, synthetic_raw_actions,
+    parse_column_names,
+    partition_file,
+    pin_files_have_embeddings,
+    read_action_files,
+    read_pin_files,
+    read_pin_ids,
+    synthetic_raw_actions,
     synthetic_raw_pins,
 )
+from .settings import Settings
 
-DEFAULT_DATABASE = "data/pinnersage.duckdb"
-DEFAULT_INDEX_ROOT = "data/pin_index"
-DEFAULT_SERVING_ROOT = "data/serving"
-DEFAULT_EXCHANGE_ROOT = "data/exchange"
-DEFAULT_EVENTS_ROOT = "data/events"  # the service's durable event log, one JSON Lines file per UTC day
+_DEFAULTS = Settings()
+DEFAULT_DATABASE = _DEFAULTS.duckdb_path
+DEFAULT_INDEX_ROOT = _DEFAULTS.index_root
+DEFAULT_SERVING_ROOT = _DEFAULTS.serving_root
+DEFAULT_EXCHANGE_ROOT = _DEFAULTS.exchange_root
+DEFAULT_EVENTS_ROOT = _DEFAULTS.events_root  # the service's durable event log, one JSON Lines file per UTC day
 
 
 class Warehouse(DuckDBResource):
@@ -42,6 +49,8 @@ class Warehouse(DuckDBResource):
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self.database != ":memory:":
+            Path(self.database).parent.mkdir(parents=True, exist_ok=True)  # DuckDB creates the file, not its folder
         with super().get_connection() as conn:
             try:
                 yield conn
@@ -93,7 +102,7 @@ class SyntheticSource(DataSource):
     n_pins: int = Field(default=20_000, ge=1_000)
     dim: int = Field(default=256, ge=8)
     dirty_share: float = Field(default=0.001, ge=0, le=0.5, description="Share of planted faulty action rows.")
-    epoch: str = Field(default=START_DATE, description="Day 0 of the synthetic timeline (YYYY-MM-DD).")
+    epoch: str = Field(default="2026-01-01", description="Day 0 of the synthetic timeline (YYYY-MM-DD).")
     preset: Literal["realistic", "clean"] = Field(
         default="realistic",
         description="'realistic' (overlapping topics, accidental actions, skewed popularity, heavy users with many "
@@ -103,8 +112,13 @@ class SyntheticSource(DataSource):
     @property
     def world(self) -> SyntheticWorld:
         return SyntheticWorld(
-            seed=self.seed, n_users=self.n_users, n_pins=self.n_pins, dim=self.dim,
-            dirty_share=self.dirty_share, epoch=date.fromisoformat(self.epoch), preset=self.preset,
+            seed=self.seed,
+            n_users=self.n_users,
+            n_pins=self.n_pins,
+            dim=self.dim,
+            dirty_share=self.dirty_share,
+            epoch=date.fromisoformat(self.epoch),
+            preset=self.preset,
         )
 
     def read_pins(self) -> RawPins:
@@ -134,7 +148,7 @@ class SyntheticSource(DataSource):
 
 
 class FileSource(DataSource):
-    """Your own data, per the data contract (README, 'Your own data')."""
+    """Your own data, per the data contract (docs/own-data.md)."""
 
     pins_path: str | None = Field(
         default=None,
@@ -146,7 +160,8 @@ class FileSource(DataSource):
         "span of days, or per-day files where '{date}' is replaced by YYYY-MM-DD."
     )
     actions_columns: str = Field(
-        default="", description="Your names for the action columns, e.g. 'pin_id=item_id,ts=timestamp'.",
+        default="",
+        description="Your names for the action columns, e.g. 'pin_id=item_id,ts=timestamp'.",
     )
     embedding_dim: int | None = Field(default=None, description="Expected dimension; default: the most common one.")
 
@@ -241,6 +256,27 @@ class ExchangeStore(dg.ConfigurableResource):
         return "://" not in self.root or self.root.startswith("file://")
 
 
+class ClusteringEngine(dg.ConfigurableResource):
+    """Where the per-user pass runs (``engines``): ``local`` worker processes sharing the day's
+    embeddings, or ``spark`` (needs the 'spark' extra and Java; docs/performance.md, 'Spark')."""
+
+    kind: Literal["local", "spark"] = Field(default="local", description="'local' or 'spark'.")
+    spark_master: str = Field(default="local[2]", description="Spark master URL when kind is 'spark'.")
+    workers: int = Field(default=0, ge=0, description="Local worker processes; 0: one per core, 1: in-process.")
+    batch_rows: int = Field(
+        default=200_000,
+        ge=1,
+        description="Distinct (user, pin) rows read and clustered at once; bounds memory whatever the number of users.",
+    )
+
+    @contextmanager
+    def runner(self) -> Iterator[PassRunner]:
+        with pass_runner(
+            self.kind, spark_master=self.spark_master, workers=self.workers, batch_rows=self.batch_rows
+        ) as run:
+            yield run
+
+
 class EventLogStore(dg.ConfigurableResource):
     """The recommendation service's durable event log (``serving.event_log``): one JSON Lines
     file per UTC day, which ``raw_actions`` claims into the warehouse exactly once
@@ -250,34 +286,31 @@ class EventLogStore(dg.ConfigurableResource):
     ingest: bool = True
 
 
-def build_resources() -> dict[str, dg.ConfigurableResource]:
-    """Resources for this deployment, chosen by environment variables (README, 'Configuration')."""
-    if os.getenv("PINNERSAGE_SOURCE", "synthetic") == "files":
+def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
+    """Resources for a deployment's settings (default: read from the environment now)."""
+    settings = settings or Settings.from_environ()
+    if settings.source == "files":
         # no pins file: the catalog is the pins seen in actions, with embeddings learned from the log
-        pins = {"pins_path": dg.EnvVar("PINNERSAGE_PINS_PATH")} if os.getenv("PINNERSAGE_PINS_PATH") else {}
         source: DataSource = FileSource(
-            actions_path=dg.EnvVar("PINNERSAGE_ACTIONS_PATH"),
-            actions_columns=os.getenv("PINNERSAGE_ACTIONS_COLUMNS", ""),
-            **pins,
+            actions_path=settings.actions_path or "",
+            actions_columns=settings.actions_columns,
+            pins_path=settings.pins_path,
         )
     else:
         source = SyntheticSource(
-            n_users=int(os.getenv("PINNERSAGE_SYNTHETIC_USERS", "2000")),
-            n_pins=int(os.getenv("PINNERSAGE_SYNTHETIC_PINS", "20000")),
-            seed=int(os.getenv("PINNERSAGE_SYNTHETIC_SEED", "7")),
-            preset=os.getenv("PINNERSAGE_SYNTHETIC_PRESET", "realistic"),
+            n_users=settings.synthetic_users,
+            n_pins=settings.synthetic_pins,
+            seed=settings.synthetic_seed,
+            preset=settings.synthetic_preset,
+            epoch=settings.start_date.isoformat(),
         )
-    database = os.getenv("PINNERSAGE_DUCKDB_PATH", DEFAULT_DATABASE)
-    Path(database).parent.mkdir(parents=True, exist_ok=True)  # DuckDB creates the file, not its folder
     return {
-        "duckdb": Warehouse(database=database),
-        "index_store": IndexStore(root=os.getenv("PINNERSAGE_INDEX_ROOT", DEFAULT_INDEX_ROOT)),
-        "serving_store": ServingStore(root=os.getenv("PINNERSAGE_SERVING_ROOT", DEFAULT_SERVING_ROOT)),
-        "exchange": ExchangeStore(root=os.getenv("PINNERSAGE_EXCHANGE_ROOT", DEFAULT_EXCHANGE_ROOT)),
-        "event_log": EventLogStore(
-            root=os.getenv("PINNERSAGE_EVENTS_ROOT", DEFAULT_EVENTS_ROOT),
-            ingest=os.getenv("PINNERSAGE_INGEST_SERVICE_EVENTS", "true").lower() not in ("0", "false", "no"),
-        ),
+        "duckdb": Warehouse(database=settings.duckdb_path),
+        "index_store": IndexStore(root=settings.index_root),
+        "serving_store": ServingStore(root=settings.serving_root),
+        "exchange": ExchangeStore(root=settings.exchange_root),
+        "event_log": EventLogStore(root=settings.events_root, ingest=settings.ingest_service_events),
         "source": source,
-        "params": PinnerSageParams(),
+        "engine": ClusteringEngine(),
+        "params": PinnerSageParams(**settings.params),
     }

@@ -103,19 +103,21 @@ def record_claims(conn: duckdb.DuckDBPyConnection, day: date, claims: list[Claim
     """Record the claims of ``day`` and their lines (inside the caller's transaction)."""
     if not claims:
         return
-    ranges = pd.DataFrame({"file": [c.file for c in claims], "start_byte": [c.start for c in claims],
-                           "end_byte": [c.end for c in claims]})
+    ranges = pd.DataFrame(
+        {"file": [c.file for c in claims], "start_byte": [c.start for c in claims], "end_byte": [c.end for c in claims]}
+    )
     conn.register("incoming_claims", ranges)
     try:
         overlap = conn.execute(OVERLAP_SQL).fetchall()
         if overlap:  # a concurrent run got there first (the duckdb pool normally prevents this)
             file, start, end, other = overlap[0]
             raise RuntimeError(f"{file} bytes {start}..{end} were claimed meanwhile by raw_actions of {other}: re-run")
-        conn.execute("INSERT INTO event_log_ingestions SELECT ?, file, start_byte, end_byte, false FROM incoming_claims",
-                     [day])
+        conn.execute(
+            "INSERT INTO event_log_ingestions SELECT ?, file, start_byte, end_byte, false FROM incoming_claims", [day]
+        )
     finally:
         conn.unregister("incoming_claims")
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for claim in claims:
         for number, line in enumerate(claim.lines, claim.first_line):
             event = decode(line)
@@ -129,8 +131,10 @@ def record_claims(conn: duckdb.DuckDBPyConnection, day: date, claims: list[Claim
     frame["ts"] = pd.to_datetime(frame["ts"]).astype("datetime64[us]")
     conn.register("incoming_events", frame)
     try:
-        conn.execute("INSERT INTO service_events SELECT ?, file, line, user_id, pin_id, action, ts, raw FROM incoming_events",
-                     [day])
+        conn.execute(
+            "INSERT INTO service_events SELECT ?, file, line, user_id, pin_id, action, ts, raw FROM incoming_events",
+            [day],
+        )
     finally:
         conn.unregister("incoming_events")
 
@@ -144,17 +148,31 @@ def claimed_events(conn: duckdb.DuckDBPyConnection, day: date, root: Path) -> tu
     ).df()
     source = frame["file"].map(lambda name: str(Path(root) / name))
     bad = frame["raw"].notna()
-    unreadable = pd.DataFrame({
-        "source": source[bad], "row_number": frame["line"][bad], "reason": "unreadable_event_line",
-        "detail": frame["raw"][bad], "user_id": None, "pin_id": None, "action": None, "ts": None,
-    }, columns=QUARANTINE_COLUMNS + ["user_id", "pin_id", "action", "ts"]).reset_index(drop=True)
+    unreadable = pd.DataFrame(
+        {
+            "source": source[bad],
+            "row_number": frame["line"][bad],
+            "reason": "unreadable_event_line",
+            "detail": frame["raw"][bad],
+            "user_id": None,
+            "pin_id": None,
+            "action": None,
+            "ts": None,
+        },
+        columns=QUARANTINE_COLUMNS + ["user_id", "pin_id", "action", "ts"],
+    ).reset_index(drop=True)
     good = frame[~bad].reset_index(drop=True)
-    rows = pd.DataFrame({
-        "source": source[~bad].reset_index(drop=True), "row_number": good["line"],
-        "user_id": good["user_id"].astype("Int64"), "pin_id": good["pin_id"].astype("Int64"),
-        "action": good["action"], "ts": pd.to_datetime(good["ts"]).astype("datetime64[us]"),
-        "log_day": good["file"].map(log_day),
-    })
+    rows = pd.DataFrame(
+        {
+            "source": source[~bad].reset_index(drop=True),
+            "row_number": good["line"],
+            "user_id": good["user_id"].astype("Int64"),
+            "pin_id": good["pin_id"].astype("Int64"),
+            "action": good["action"],
+            "ts": pd.to_datetime(good["ts"]).astype("datetime64[us]"),
+            "log_day": good["file"].map(log_day),
+        }
+    )
     for column in ("user_id", "pin_id", "action", "ts"):
         rows[f"raw_{column}"] = rows[column].astype(str) if len(rows) else pd.Series(dtype="object")
     return rows, unreadable
@@ -216,16 +234,22 @@ def migrate_legacy_ledger(conn: duckdb.DuckDBPyConnection, root: Path) -> int:
     """Warehouses from before claims recorded one ``bytes`` size per (day, file), and kept no copy
     of the events. Turn each into the claim [0, bytes) and copy its lines into ``service_events``
     from the file if it is still there (retire it if not). Returns the claims migrated."""
-    columns = {r[0] for r in conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'event_log_ingestions'").fetchall()}
+    columns = {
+        r[0]
+        for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'event_log_ingestions'"
+        ).fetchall()
+    }
     if "bytes" not in columns:
         return 0
     legacy = conn.execute("SELECT partition_date, file, bytes FROM event_log_ingestions").fetchall()
     conn.execute("BEGIN TRANSACTION")
     try:
         conn.execute("DROP TABLE event_log_ingestions")
-        conn.execute("CREATE TABLE event_log_ingestions (partition_date DATE NOT NULL, file VARCHAR NOT NULL, "
-                     "start_byte BIGINT NOT NULL, end_byte BIGINT NOT NULL, retired BOOLEAN NOT NULL)")
+        conn.execute(
+            "CREATE TABLE event_log_ingestions (partition_date DATE NOT NULL, file VARCHAR NOT NULL, "
+            "start_byte BIGINT NOT NULL, end_byte BIGINT NOT NULL, retired BOOLEAN NOT NULL)"
+        )
         for day, file, size in legacy:
             path = Path(root) / file
             if not path.exists() or path.stat().st_size < size:

@@ -8,63 +8,245 @@ re-run replaces a partition and a reader sees either the old rows or the new one
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-PARTITIONED_TABLES: dict[str, str] = {
-    "raw_actions": "partition_date DATE NOT NULL, user_id BIGINT NOT NULL, pin_id BIGINT NOT NULL, "
-    "action VARCHAR NOT NULL, ts TIMESTAMP NOT NULL",
-    "raw_actions_quarantine": "partition_date DATE NOT NULL, source VARCHAR, row_number BIGINT, "
-    "reason VARCHAR NOT NULL, detail VARCHAR, user_id VARCHAR, pin_id VARCHAR, action VARCHAR, ts VARCHAR",
-    "action_windows": "partition_date DATE NOT NULL, user_id BIGINT NOT NULL, pin_id BIGINT NOT NULL, "
-    "action VARCHAR NOT NULL, ts TIMESTAMP NOT NULL",
-    "user_clusters": "partition_date DATE NOT NULL, user_id BIGINT NOT NULL, cluster_id BIGINT NOT NULL, "
-    "kind VARCHAR NOT NULL, merge_cost DOUBLE, n_pins BIGINT NOT NULL, pin_ids BIGINT[] NOT NULL",
-    "user_medoids": "partition_date DATE NOT NULL, user_id BIGINT NOT NULL, cluster_id BIGINT NOT NULL, "
-    "medoid_pin_id BIGINT NOT NULL, importance DOUBLE NOT NULL, size BIGINT NOT NULL, "
-    "n_actions BIGINT NOT NULL, kind VARCHAR NOT NULL",
-    "pin_embeddings": "partition_date DATE NOT NULL, pin_id BIGINT NOT NULL, embedding FLOAT[] NOT NULL",
-    # claims of the service's event logs (``service_events``): partition = the day that claimed them
-    "event_log_ingestions": "partition_date DATE NOT NULL, file VARCHAR NOT NULL, start_byte BIGINT NOT NULL, "
-    "end_byte BIGINT NOT NULL, retired BOOLEAN NOT NULL",
-    "service_events": "partition_date DATE NOT NULL, file VARCHAR NOT NULL, line BIGINT NOT NULL, user_id BIGINT, "
-    "pin_id BIGINT, action VARCHAR, ts TIMESTAMP, raw VARCHAR",
-    "pin_embeddings_quarantine": "partition_date DATE NOT NULL, pin_id BIGINT NOT NULL, reason VARCHAR NOT NULL, "
-    "detail VARCHAR",
-}
 
-CATALOG_TABLES: dict[str, str] = {
-    "pins_quarantine": "source VARCHAR, row_number BIGINT, reason VARCHAR NOT NULL, detail VARCHAR, pin_id VARCHAR, "
-    "quality VARCHAR, created_at VARCHAR",
-    "candidate_pool": "pin_id BIGINT NOT NULL, quality DOUBLE NOT NULL, created_at TIMESTAMP, n_duplicates BIGINT NOT NULL",
-    "candidate_pool_exclusions": "pin_id BIGINT NOT NULL, reason VARCHAR NOT NULL, representative_pin_id BIGINT, cosine DOUBLE",
-    "synthetic_pin_truth": "pin_id BIGINT NOT NULL, category BIGINT, topic BIGINT, duplicate_of BIGINT, low_quality BOOLEAN",
-    "synthetic_interest_truth": "user_id BIGINT NOT NULL, topic BIGINT, weight DOUBLE, start_date DATE, end_date DATE",
-    # what each asset's partition was built from (``lineage``); partition_date NULL: unpartitioned
-    "lineage": "asset VARCHAR NOT NULL, partition_date DATE, version VARCHAR NOT NULL, inputs VARCHAR NOT NULL, "
-    "rows BIGINT NOT NULL, written_at TIMESTAMP NOT NULL",
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # DuckDB type
+    description: str
+    required: bool = True  # NOT NULL
+
+    @property
+    def ddl(self) -> str:
+        return f"{self.name} {self.type}" + (" NOT NULL" if self.required else "")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A warehouse table, declared once: its DDL, its column list for inserts and the column
+    schema the Dagster UI shows (``reporting.table_schema``) all come from here."""
+
+    name: str
+    columns: tuple[Column, ...]
+    partitioned: bool = True  # carries partition_date and is replaced a partition at a time
+
+    @property
+    def ddl(self) -> str:
+        return ", ".join(c.ddl for c in self.columns)
+
+    @property
+    def column_names(self) -> str:
+        return ", ".join(c.name for c in self.columns)
+
+
+def _c(name: str, type_: str, description: str, required: bool = True) -> Column:
+    return Column(name, type_, description, required)
+
+
+DAY = _c("partition_date", "DATE", "the partition day D")
+_ACTION = (
+    _c("user_id", "BIGINT", "the user"),
+    _c("pin_id", "BIGINT", "the pin acted on"),
+    _c("action", "VARCHAR", "repin or click"),
+    _c("ts", "TIMESTAMP", "when, UTC"),
+)
+_QUARANTINE = (
+    _c("source", "VARCHAR", "the one file (or input) the row came from", False),
+    _c("row_number", "BIGINT", "its data row in that file (1 = after the header), or line of a log", False),
+    _c("reason", "VARCHAR", "the first rule the row breaks"),
+    _c("detail", "VARCHAR", "what exactly (a length, a parse error and the line's text)", False),
+)
+
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        Table(
+            "raw_actions",
+            (
+                _c(
+                    "partition_date",
+                    "DATE",
+                    "the day whose run took it in: the UTC day of ts, or later for a late service event",
+                ),
+                *_ACTION,
+            ),
+        ),
+        Table(
+            "raw_actions_quarantine",
+            (DAY, *_QUARANTINE, *(_c(c.name, "VARCHAR", f"raw {c.name}", False) for c in _ACTION)),
+        ),
+        Table("action_windows", (DAY, *_ACTION)),
+        Table(
+            "user_clusters",
+            (
+                DAY,
+                _c("user_id", "BIGINT", "the user"),
+                _c("cluster_id", "BIGINT", "per user, from 0"),
+                _c("kind", "VARCHAR", "ward, or singleton (no Ward cluster: one per pin)"),
+                _c("merge_cost", "DOUBLE", "the cluster's last Ward merge distance; NULL for singletons", False),
+                _c("n_pins", "BIGINT", "member pins"),
+                _c("pin_ids", "BIGINT[]", "member pins, sorted"),
+            ),
+        ),
+        Table(
+            "user_medoids",
+            (
+                DAY,
+                _c("user_id", "BIGINT", "the user"),
+                _c("cluster_id", "BIGINT", "as in user_clusters"),
+                _c("medoid_pin_id", "BIGINT", "the cluster's medoid (Eq. 2)"),
+                _c("importance", "DOUBLE", "Eq. 3 at T_now = D+1"),
+                _c("size", "BIGINT", "member pins"),
+                _c("n_actions", "BIGINT", "the cluster's actions in the window"),
+                _c("kind", "VARCHAR", "as in user_clusters"),
+            ),
+        ),
+        Table(
+            "pin_embeddings",
+            (
+                _c("partition_date", "DATE", "D (learned from actions before D)"),
+                _c("pin_id", "BIGINT", "the pin"),
+                _c("embedding", "FLOAT[]", "unit vector of embedding_dim"),
+            ),
+        ),
+        Table(
+            "pin_embeddings_quarantine",
+            (
+                DAY,
+                _c("pin_id", "BIGINT", "the pin"),
+                _c("reason", "VARCHAR", "why no embedding"),
+                _c("detail", "VARCHAR", "what exactly", False),
+            ),
+        ),
+        # claims of the service's event logs (``service_events``): partition = the day that claimed them
+        Table(
+            "event_log_ingestions",
+            (
+                _c("partition_date", "DATE", "the day whose run claimed the bytes"),
+                _c("file", "VARCHAR", "the log file's name"),
+                _c("start_byte", "BIGINT", "first byte claimed"),
+                _c("end_byte", "BIGINT", "byte after the last claimed"),
+                _c("retired", "BOOLEAN", "the file was removed by retention"),
+            ),
+        ),
+        Table(
+            "service_events",
+            (
+                _c("partition_date", "DATE", "the day whose run claimed the line"),
+                _c("file", "VARCHAR", "the log file's name"),
+                _c("line", "BIGINT", "its line in the file"),
+                *(_c(c.name, c.type, c.description, False) for c in _ACTION),
+                _c("raw", "VARCHAR", "the line's text when it is not a readable event", False),
+            ),
+        ),
+        Table(
+            "pins_quarantine",
+            (
+                *_QUARANTINE,
+                _c("pin_id", "VARCHAR", "raw pin_id", False),
+                _c("quality", "VARCHAR", "raw quality", False),
+                _c("created_at", "VARCHAR", "raw created_at", False),
+            ),
+            partitioned=False,
+        ),
+        Table(
+            "candidate_pool",
+            (
+                _c("pin_id", "BIGINT", "a pin that may be recommended"),
+                _c("quality", "DOUBLE", ">= quality_threshold"),
+                _c("created_at", "TIMESTAMP", "UTC; NULL = always existed", False),
+                _c("n_duplicates", "BIGINT", "near-duplicates it stands for"),
+            ),
+            partitioned=False,
+        ),
+        Table(
+            "candidate_pool_exclusions",
+            (
+                _c("pin_id", "BIGINT", "a pin left out of the pool"),
+                _c("reason", "VARCHAR", "low_quality or near_duplicate"),
+                _c("representative_pin_id", "BIGINT", "the pin kept instead", False),
+                _c("cosine", "DOUBLE", "to the representative", False),
+            ),
+            partitioned=False,
+        ),
+        Table(
+            "synthetic_pin_truth",
+            (
+                _c("pin_id", "BIGINT", "a synthetic pin"),
+                _c("category", "BIGINT", "", False),
+                _c("topic", "BIGINT", "", False),
+                _c("duplicate_of", "BIGINT", "", False),
+                _c("low_quality", "BOOLEAN", "", False),
+            ),
+            partitioned=False,
+        ),
+        Table(
+            "synthetic_interest_truth",
+            (
+                _c("user_id", "BIGINT", "a synthetic user"),
+                _c("topic", "BIGINT", "", False),
+                _c("weight", "DOUBLE", "", False),
+                _c("start_date", "DATE", "", False),
+                _c("end_date", "DATE", "", False),
+            ),
+            partitioned=False,
+        ),
+        # what each asset's partition was built from (``guards``); partition_date NULL: unpartitioned
+        Table(
+            "lineage",
+            (
+                _c("asset", "VARCHAR", "the asset"),
+                _c("partition_date", "DATE", "its partition; NULL if unpartitioned", False),
+                _c("version", "VARCHAR", "a hash of its content, or its build id"),
+                _c("inputs", "VARCHAR", "JSON: the versions it read, and its figures"),
+                _c("rows", "BIGINT", "its rows"),
+                _c("written_at", "TIMESTAMP", "when, UTC"),
+            ),
+            partitioned=False,
+        ),
+    )
 }
+# the catalog: its embedding column is FLOAT[d] for the data's dimension d (``write_pins``)
+PINS = Table(
+    "pins",
+    (
+        _c("pin_id", "BIGINT", "unique"),
+        _c("embedding", "FLOAT[]", "unit-normalised, of the catalog's dimension"),
+        _c("quality", "DOUBLE", "in [0, 1]; 1.0 when not given"),
+        _c("created_at", "TIMESTAMP", "UTC; NULL = always existed", False),
+    ),
+    partitioned=False,
+)
 
 
 def ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
     """Create the tables, and add the (nullable) columns a newer release declares to older ones."""
-    for name, columns in {**PARTITIONED_TABLES, **CATALOG_TABLES}.items():
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
-        present = {r[0] for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [name]).fetchall()}
-        for column in columns.split(", "):
-            if column.split()[0] not in present and "NOT NULL" not in column:
-                conn.execute(f"ALTER TABLE {name} ADD COLUMN {column}")
+    for table in TABLES.values():
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table.name} ({table.ddl})")
+        present = {
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table.name]
+            ).fetchall()
+        }
+        for column in table.columns:
+            if column.name not in present and not column.required:
+                conn.execute(f"ALTER TABLE {table.name} ADD COLUMN {column.ddl}")
 
 
 def table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchall()[0][0])
+    return bool(
+        conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchall()[0][0]
+    )
 
 
 @contextmanager
@@ -79,10 +261,6 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
     conn.execute("COMMIT")
 
 
-def _column_names(definition: str) -> str:
-    return ", ".join(c.split()[0] for c in definition.split(", "))
-
-
 def _insert(conn: duckdb.DuckDBPyConnection, table: str, columns: str, rows: pd.DataFrame | pa.Table) -> None:
     conn.register("incoming_rows", rows)
     try:
@@ -92,25 +270,31 @@ def _insert(conn: duckdb.DuckDBPyConnection, table: str, columns: str, rows: pd.
 
 
 def replace_partitions(
-    conn: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame | pa.Table, first: date, last: date,
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    rows: pd.DataFrame | pa.Table,
+    first: date,
+    last: date,
     atomic: bool = True,
 ) -> int:
     """Replace partitions [first, last] of ``table`` with ``rows`` (which carry ``partition_date``),
     in a transaction of its own (``atomic``) or in the caller's."""
     if not atomic:
         conn.execute(f"DELETE FROM {table} WHERE partition_date BETWEEN ? AND ?", [first, last])
-        _insert(conn, table, _column_names(PARTITIONED_TABLES[table]), rows)
+        _insert(conn, table, TABLES[table].column_names, rows)
         return len(rows)
     with transaction(conn):
         return replace_partitions(conn, table, rows, first, last, atomic=False)
 
 
-def replace_table(conn: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame | pa.Table, atomic: bool = True) -> int:
+def replace_table(
+    conn: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame | pa.Table, atomic: bool = True
+) -> int:
     """Replace the whole content of an unpartitioned catalog table, in a transaction of its own
     (``atomic``) or in the caller's."""
     if not atomic:
         conn.execute(f"DELETE FROM {table}")
-        _insert(conn, table, _column_names(CATALOG_TABLES[table]), rows)
+        _insert(conn, table, TABLES[table].column_names, rows)
         return len(rows)
     with transaction(conn):
         return replace_table(conn, table, rows, atomic=False)
@@ -128,11 +312,9 @@ def write_pins(conn: duckdb.DuckDBPyConnection, accepted: pd.DataFrame, embeddin
             "created_at": pa.array(pd.to_datetime(accepted["created_at"]).astype("datetime64[us]"), pa.timestamp("us")),
         }
     ).sort_by("pin_id")
-    conn.execute(
-        f"CREATE OR REPLACE TABLE pins (pin_id BIGINT NOT NULL, embedding FLOAT[{dim}] NOT NULL, "
-        "quality DOUBLE NOT NULL, created_at TIMESTAMP)"
-    )
-    _insert(conn, "pins", "pin_id, embedding, quality, created_at", table)
+    ddl = PINS.ddl.replace("FLOAT[]", f"FLOAT[{dim}]")
+    conn.execute(f"CREATE OR REPLACE TABLE pins ({ddl})")
+    _insert(conn, "pins", PINS.column_names, table)
 
 
 def embedding_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
@@ -148,6 +330,20 @@ def query_arrow(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None =
     return conn.sql(sql, params=params or []).to_arrow_table()
 
 
+# the pool as it stood at the end of day D: pins created by then (or of unknown creation time)
+POOL_IDS_AT_SQL = "SELECT pin_id FROM candidate_pool WHERE created_at IS NULL OR created_at < ? ORDER BY pin_id"
+POOL_AT_SQL = """
+    SELECT c.pin_id, p.embedding
+    FROM candidate_pool c JOIN pins p USING (pin_id)
+    WHERE c.created_at IS NULL OR c.created_at < ?
+    ORDER BY c.pin_id
+"""
+# the catalog's embeddings of the pins a day's window acts on
+DAY_PINS_SQL = """
+    SELECT pin_id, embedding FROM pins
+    WHERE pin_id IN (SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ?)
+    ORDER BY pin_id
+"""
 # partitions first .. day, and ts in [first, day + 1): a late event lands in a later partition
 # than its ts (``service_events``) and counts in the windows that cover its ts from then on
 WINDOW_SQL = """
@@ -179,8 +375,10 @@ def held_elsewhere(conn: duckdb.DuckDBPyConnection, rows: pd.DataFrame, day: dat
     first = candidates["ts"].min().normalize()
     conn.register("candidate_rows", candidates)
     try:
-        found = conn.execute(ELSEWHERE_SQL, {"day": day, "first": first.date(),
-                                             "last": candidates["ts"].max().normalize() + pd.Timedelta(days=1)}).fetchall()
+        found = conn.execute(
+            ELSEWHERE_SQL,
+            {"day": day, "first": first.date(), "last": candidates["ts"].max().normalize() + pd.Timedelta(days=1)},
+        ).fetchall()
     finally:
         conn.unregister("candidate_rows")
     for position, partition in found:
@@ -189,7 +387,11 @@ def held_elsewhere(conn: duckdb.DuckDBPyConnection, rows: pd.DataFrame, day: dat
 
 
 def replace_partition_from_query(
-    conn: duckdb.DuckDBPyConnection, table: str, day: date, select_sql: str, params: list | dict,
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    day: date,
+    select_sql: str,
+    params: list | dict,
     before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> None:
     """Replace partition ``day`` of ``table`` with the rows of a SELECT (and ``before_commit``'s
@@ -238,7 +440,9 @@ MEDOIDS_FROM_ROWS_SQL = """
 
 
 def replace_interests(
-    conn: duckdb.DuckDBPyConnection, day: date, rows_glob: str,
+    conn: duckdb.DuckDBPyConnection,
+    day: date,
+    rows_glob: str,
     before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> None:
     """Replace ``day`` of ``user_clusters`` and ``user_medoids`` with the per-user pass's rows
@@ -271,7 +475,9 @@ class WarehouseCatalog:
     """The ``pins`` table as a serving snapshot's catalog source (``serving.catalog``): hashes
     and embeddings computed and streamed by DuckDB, in chunks of ``chunk_rows``."""
 
-    def __init__(self, connect: Callable[[], duckdb.DuckDBPyConnection], chunk_rows: int = 65_536) -> None:
+    def __init__(
+        self, connect: Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]], chunk_rows: int = 65_536
+    ) -> None:
         self.connect, self.chunk_rows = connect, chunk_rows
         self.hash_kind = f"duckdb-{duckdb.__version__}-hash"
         with connect() as conn:
@@ -298,7 +504,9 @@ class WarehouseCatalog:
                 yield batch.column("pin_id").to_numpy(), batch.column("h").to_numpy().astype(np.uint64), x
 
 
-def fill_embeddings(conn: duckdb.DuckDBPyConnection, sql: str, params: list, out: np.ndarray, chunk_rows: int = 65_536) -> np.ndarray:
+def fill_embeddings(
+    conn: duckdb.DuckDBPyConnection, sql: str, params: list, out: np.ndarray, chunk_rows: int = 65_536
+) -> np.ndarray:
     """Stream ``pin_id, embedding`` rows of a query into the preallocated float32 ``out``, chunk by
     chunk (never the whole result as Arrow next to its numpy copy); returns the pin ids."""
     ids = np.empty(len(out), dtype=np.int64)

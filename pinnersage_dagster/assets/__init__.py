@@ -9,12 +9,19 @@ user_medoids + pin_index -> serving_snapshot                             (what i
 from .actions import action_windows, raw_actions
 from .candidates import candidate_pool, pins
 from .embeddings import pin_embeddings
+from .evaluation import offline_evaluation
 from .index import pin_index
 from .interests import user_interests
-from .serving import serving_snapshot
-from .evaluation import offline_evaluation
+from .snapshot import serving_snapshot
 
 all_assets = [
-    pins, candidate_pool, pin_index, raw_actions, pin_embeddings, action_windows, user_interests, serving_snapshot,
+    pins,
+    candidate_pool,
+    pin_index,
+    raw_actions,
+    pin_embeddings,
+    action_windows,
+    user_interests,
+    serving_snapshot,
     offline_evaluation,
 ]

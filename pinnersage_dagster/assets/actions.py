@@ -1,6 +1,5 @@
 """Daily action events and the 90-day window of each day."""
 
-
 from collections import Counter
 from datetime import date, timedelta
 from pathlib import Path
@@ -9,28 +8,36 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from ..config import PinnerSageParams
 from .. import guards
+from ..action_log import Span
+from ..config import PinnerSageParams
 from ..core.contract import Validated, validate_actions
 from ..core.plausibility import day_volume, foreign_rows
 from ..core.retention import served_partitions
 from ..partitions import daily_partitions, partition_days, window_mapping
-from ..action_log import Span
 from ..readers import day_bounds
-from ..reporting import column_schema
+from ..reporting import table_schema
 from ..resources import DataSource, EventLogStore, ServingStore
-from ..service_events import claimed_events, claimed_ranges, migrate_legacy_ledger, new_claims, prune_event_logs, record_claims
+from ..service_events import (
+    claimed_events,
+    claimed_ranges,
+    migrate_legacy_ledger,
+    new_claims,
+    prune_event_logs,
+    record_claims,
+)
 from ..warehouse import (
-    WINDOW_SQL, ensure_tables, held_elsewhere, replace_partition_from_query, replace_partitions, transaction,
+    TABLES,
+    WINDOW_SQL,
+    ensure_tables,
+    held_elsewhere,
+    replace_partition_from_query,
+    replace_partitions,
+    transaction,
 )
 from .candidates import pins
 from .constants import DUCKDB_POOL, GROUP
 
-RAW_ACTIONS_SCHEMA = column_schema(
-    partition_date="date: the day whose run took it in: the UTC day of ts, or later for a late service event",
-    user_id="int64: the user", pin_id="int64: the pin acted on", action="string: repin or click",
-    ts="timestamp: when, UTC",
-)
 IN_WINDOW = "partition_date BETWEEN $first AND $day AND ts >= $first AND ts < $day + INTERVAL 1 DAY"
 WINDOW_STATS_SQL = f"""
     WITH eligible AS (
@@ -68,7 +75,7 @@ def raw_actions(
     own log, and late events that earlier logs gained after their day's run (their ts stays in
     their own day; windows count them from D on). A re-run of D validates all of D's claimed
     events again, from the warehouse's copy (``service_events``), and claims what is new; each
-    event reaches the warehouse exactly once (README, 'Reliability').
+    event reaches the warehouse exactly once (docs/reliability.md).
 
     Rows that break the contract (bad ids or action, bad or out-of-day timestamps, pins the
     source's catalog does not hold, an event already kept, here or in another partition) go to
@@ -82,7 +89,7 @@ def raw_actions(
     span = Span(
         days=partition_days(context),
         first_partition=first,
-        newest_partition=daily_partitions.get_last_partition_window().start.date(),
+        newest_partition=_newest_partition(),
         now=now,
     )
     logs = Path(event_log.root)
@@ -111,48 +118,86 @@ def raw_actions(
                 row_day = combined["log_day"] if "log_day" in combined else pd.Series(pd.NA, index=combined.index)
                 row_start = pd.to_datetime(row_day.fillna(day)).astype("datetime64[us]")
                 validated = validate_actions(
-                    combined, day_start=row_start, day_end=row_start + pd.Timedelta(days=1), now=now,
-                    known_pin_ids=known_ids, pins_created_at=created_at, first_start=day_bounds(first)[0],
+                    combined,
+                    day_start=row_start,
+                    day_end=row_start + pd.Timedelta(days=1),
+                    now=now,
+                    known_pin_ids=known_ids,
+                    pins_created_at=created_at,
+                    first_start=day_bounds(first)[0],
                 )
                 validated = keep_once(conn, validated, day)
-                quarantine = validated.quarantine if unreadable is None or unreadable.empty else pd.concat(
-                    [validated.quarantine, unreadable], ignore_index=True)
+                quarantine = (
+                    validated.quarantine
+                    if unreadable is None or unreadable.empty
+                    else pd.concat([validated.quarantine, unreadable], ignore_index=True)
+                )
                 day_users = int(validated.accepted["user_id"].nunique())
-                accepted_change = guards.plausible(context, _implausible_day(conn, day, rows, validated, day_users, params),
-                                                   params.accept_implausible_inputs)
+                accepted_change = guards.plausible(
+                    context,
+                    _implausible_day(conn, day, rows, validated, day_users, params),
+                    params.accept_implausible_inputs,
+                )
                 if accepted_change:
                     accepted_changes.append(accepted_change)
-                replace_partitions(conn, "raw_actions", validated.accepted.assign(partition_date=day), day, day, atomic=False)
-                replace_partitions(conn, "raw_actions_quarantine", quarantine.assign(partition_date=day), day, day,
-                                   atomic=False)
+                replace_partitions(
+                    conn, "raw_actions", validated.accepted.assign(partition_date=day), day, day, atomic=False
+                )
+                replace_partitions(
+                    conn, "raw_actions_quarantine", quarantine.assign(partition_date=day), day, day, atomic=False
+                )
                 version, _ = guards.table_version(conn, "raw_actions", "user_id, pin_id, action, ts", day)
-                guards.record(conn, "raw_actions", day, version, {
-                    "users": day_users, "source_rows": len(rows), "accepted_implausible": accepted_change}, len(validated.accepted))
+                guards.record(
+                    conn,
+                    "raw_actions",
+                    day,
+                    version,
+                    {"users": day_users, "source_rows": len(rows), "accepted_implausible": accepted_change},
+                    len(validated.accepted),
+                )
                 versions[day] = version
-        n_events = 0 if events is None else len(events) + len(unreadable)
+        n_events = 0 if events is None or unreadable is None else len(events) + len(unreadable)
         log_files = set() if events is None else set(events["source"])
-        totals.update({
-            "read": len(rows) + n_events, "from_source": len(rows), "from_events": n_events,
-            "late": 0 if events is None else int((events["log_day"] < day).sum()),
-            "accepted": len(validated.accepted), "quarantined": len(quarantine),
-            "events_in_source": int((validated.quarantine["reason"].eq("duplicate_event")
-                                     & validated.quarantine["source"].isin(log_files)).sum()),
-            "claimed_lines": sum(len(c.lines) for c in claims),
-        })
+        totals.update(
+            {
+                "read": len(rows) + n_events,
+                "from_source": len(rows),
+                "from_events": n_events,
+                "late": 0 if events is None else int((events["log_day"] < day).sum()),
+                "accepted": len(validated.accepted),
+                "quarantined": len(quarantine),
+                "events_in_source": int(
+                    (
+                        validated.quarantine["reason"].eq("duplicate_event")
+                        & validated.quarantine["source"].isin(log_files)
+                    ).sum()
+                ),
+                "claimed_lines": sum(len(c.lines) for c in claims),
+            }
+        )
         reasons.update(validated.reasons)
         if unreadable is not None and len(unreadable):
             reasons["unreadable_event_line"] += len(unreadable)
-        claimed_now += [f"{c.file} bytes {c.start}..{c.end} (lines {c.first_line}..{c.first_line + len(c.lines) - 1})"
-                        for c in claims]
+        claimed_now += [
+            f"{c.file} bytes {c.start}..{c.end} (lines {c.first_line}..{c.first_line + len(c.lines) - 1})"
+            for c in claims
+        ]
         per_day[str(day)] = len(validated.accepted)
         users.update(validated.accepted["user_id"].unique().tolist())
     if totals["read"] != totals["accepted"] + totals["quarantined"]:  # the accounting identity: nothing is lost
-        raise RuntimeError(f"rows read {totals['read']} != accepted {totals['accepted']} + quarantined {totals['quarantined']}")
+        raise RuntimeError(
+            f"rows read {totals['read']} != accepted {totals['accepted']} + quarantined {totals['quarantined']}"
+        )
     removed_logs = []
     if event_log.ingest:
         with duckdb.get_connection() as conn:
-            removed_logs = prune_event_logs(conn, logs, keep_days=params.retention_days, today=now.date(),
-                                            served=served_partitions(Path(serving_store.root)))
+            removed_logs = prune_event_logs(
+                conn,
+                logs,
+                keep_days=params.retention_days,
+                today=now.date(),
+                served=served_partitions(Path(serving_store.root)),
+            )
     return dg.MaterializeResult(
         data_version=guards.data_version(context, next(iter(versions.values()), "0-0")),
         metadata={
@@ -173,9 +218,16 @@ def raw_actions(
             "users": len(users),
             "empty_days": sum(1 for n in per_day.values() if n == 0),
             "accepted_per_day": per_day if len(per_day) <= 31 else "many",
-            "dagster/column_schema": RAW_ACTIONS_SCHEMA,
-        }
+            "dagster/column_schema": table_schema(TABLES["raw_actions"]),
+        },
     )
+
+
+def _newest_partition() -> date:
+    window = daily_partitions.get_last_partition_window()
+    if window is None:
+        raise dg.Failure(f"the deployment's first partition {daily_partitions.start.date()} is in the future")
+    return window.start.date()
 
 
 PREVIOUS_DAYS_SQL = """
@@ -184,15 +236,21 @@ PREVIOUS_DAYS_SQL = """
 """
 
 
-def _implausible_day(conn, day: date, rows: pd.DataFrame, validated: Validated, users: int,
-                     params: PinnerSageParams) -> str | None:
+def _implausible_day(
+    conn, day: date, rows: pd.DataFrame, validated: Validated, users: int, params: PinnerSageParams
+) -> str | None:
     """A day file of another day, or a day far below the 7 days before it (``core.plausibility``)."""
     from_source = validated.quarantine["source"].isin(set(rows["source"])) if len(rows) else None
-    outside = 0 if from_source is None else int((from_source & validated.quarantine["reason"].eq("ts_outside_partition")).sum())
+    outside = (
+        0
+        if from_source is None
+        else int((from_source & validated.quarantine["reason"].eq("ts_outside_partition")).sum())
+    )
     foreign = foreign_rows(day, outside, len(rows), str(rows["source"].iloc[0]) if len(rows) else "")
     before = conn.execute(PREVIOUS_DAYS_SQL, [day - timedelta(days=7), day - timedelta(days=1)]).fetchall()
-    return foreign or day_volume(day, len(validated.accepted), users, [(int(a), int(u or 0)) for a, u in before],
-                                 params.min_day_share)
+    return foreign or day_volume(
+        day, len(validated.accepted), users, [(int(a), int(u or 0)) for a, u in before], params.min_day_share
+    )
 
 
 def keep_once(conn, validated: Validated, day: date) -> Validated:
@@ -203,14 +261,22 @@ def keep_once(conn, validated: Validated, day: date) -> Validated:
     if not repeated.any():
         return validated
     moved = validated.accepted[repeated]
-    extra = pd.DataFrame({
-        "source": "raw_actions", "row_number": pd.Series(pd.NA, index=moved.index, dtype="Int64"),
-        "reason": "duplicate_event", "detail": "already in raw_actions of " + elsewhere[repeated].astype(str),
-        "user_id": moved["user_id"].astype(str), "pin_id": moved["pin_id"].astype(str),
-        "action": moved["action"], "ts": moved["ts"].astype(str),
-    })
-    return Validated(validated.accepted[~repeated].reset_index(drop=True),
-                     pd.concat([validated.quarantine, extra], ignore_index=True))
+    extra = pd.DataFrame(
+        {
+            "source": "raw_actions",
+            "row_number": pd.Series(pd.NA, index=moved.index, dtype="Int64"),
+            "reason": "duplicate_event",
+            "detail": "already in raw_actions of " + elsewhere[repeated].astype(str),
+            "user_id": moved["user_id"].astype(str),
+            "pin_id": moved["pin_id"].astype(str),
+            "action": moved["action"],
+            "ts": moved["ts"].astype(str),
+        }
+    )
+    return Validated(
+        validated.accepted[~repeated].reset_index(drop=True),
+        pd.concat([validated.quarantine, extra], ignore_index=True),
+    )
 
 
 @dg.asset(
@@ -239,13 +305,24 @@ def action_windows(
 
             def record(conn) -> None:
                 version, rows = guards.table_version(conn, "action_windows", "user_id, pin_id, action, ts", day)
-                guards.record(conn, "action_windows", day, version, {
-                    "raw_actions": guards.digest([f"{d}:{v}" for d, v in sorted(days.items())]),
-                    "pins_ids": catalog.inputs["ids"], "window_days": params.window_days, "cap": cap}, rows)
+                guards.record(
+                    conn,
+                    "action_windows",
+                    day,
+                    version,
+                    {
+                        "raw_actions": guards.digest([f"{d}:{v}" for d, v in sorted(days.items())]),
+                        "pins_ids": catalog.inputs["ids"],
+                        "window_days": params.window_days,
+                        "cap": cap,
+                    },
+                    rows,
+                )
                 versions.append(version)
 
-            replace_partition_from_query(conn, "action_windows", day, WINDOW_SQL, {"day": day, "first": first, "cap": cap},
-                                         before_commit=record)
+            replace_partition_from_query(
+                conn, "action_windows", day, WINDOW_SQL, {"day": day, "first": first, "cap": cap}, before_commit=record
+            )
             stats.append(conn.execute(WINDOW_STATS_SQL, {"day": day, "first": first, "cap": cap}).fetchone())
     in_window, eligible, users, capped_users, dropped_by_cap, kept = map(int, stats[-1])
     return dg.MaterializeResult(
@@ -261,6 +338,6 @@ def action_windows(
             "actions_dropped_by_cap": dropped_by_cap,
             "actions_on_pins_not_in_catalog": in_window - eligible,
             "max_actions_per_user": params.max_actions_per_user,
-            "dagster/column_schema": RAW_ACTIONS_SCHEMA,
-        }
+            "dagster/column_schema": table_schema(TABLES["action_windows"]),
+        },
     )

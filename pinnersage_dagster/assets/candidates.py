@@ -1,26 +1,35 @@
 """The pin catalog and the refined candidate pool (paper, section 4.1.1)."""
 
-
 import time
 from datetime import date
+from typing import Any
 
 import dagster as dg
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
+from .. import guards
 from ..config import PinnerSageParams
-from ..core.artifacts import ArtifactIntegrityError
+from ..core.artifacts import ArtifactIntegrityError, read_manifest
 from ..core.candidates import refine_candidate_pool
 from ..core.contract import validate_pins
 from ..core.metrics import pool_refinement_scores
 from ..core.plausibility import catalog_change
 from ..core.pool_graph import PoolGraph, load_pool_graph, publish_pool_graph
-from .. import guards
 from ..readers import learned_raw_pins
-from ..reporting import column_schema, frame_markdown
+from ..reporting import frame_markdown, table_schema
 from ..resources import DataSource, IndexStore
 from ..warehouse import (
-    embedding_dim, ensure_tables, fill_embeddings, query_arrow, replace_table, table_exists, transaction, write_pins,
+    PINS,
+    TABLES,
+    embedding_dim,
+    ensure_tables,
+    fill_embeddings,
+    query_arrow,
+    replace_table,
+    table_exists,
+    transaction,
+    write_pins,
 )
 from .constants import DUCKDB_POOL, GROUP
 
@@ -58,9 +67,17 @@ def pins(
     with duckdb.get_connection() as conn:
         ensure_tables(conn)
         previous = guards.get(conn, "pins")
-    accepted_change = guards.plausible(context, catalog_change(
-        previous.rows if previous else None, len(validated.accepted), len(raw), validated.reasons,
-        params.max_catalog_shrink), params.accept_implausible_inputs)
+    accepted_change = guards.plausible(
+        context,
+        catalog_change(
+            previous.rows if previous else None,
+            len(validated.accepted),
+            len(raw),
+            validated.reasons,
+            params.max_catalog_shrink,
+        ),
+        params.accept_implausible_inputs,
+    )
     with duckdb.get_connection() as conn, transaction(conn):
         write_pins(conn, validated.accepted, embeddings)
         replace_table(conn, "pins_quarantine", validated.quarantine, atomic=False)
@@ -70,8 +87,14 @@ def pins(
             replace_table(conn, "synthetic_interest_truth", interest_truth, atomic=False)
         version, rows = guards.table_version(conn, "pins", "pin_id, embedding, quality, created_at")
         ids_version, _ = guards.table_version(conn, "pins", "pin_id")
-        guards.record(conn, "pins", None, version, {"ids": ids_version, "dimension": int(embeddings.shape[1]),
-                                                     "source": raw.files[:500]}, rows)
+        guards.record(
+            conn,
+            "pins",
+            None,
+            version,
+            {"ids": ids_version, "dimension": int(embeddings.shape[1]), "source": raw.files[:500]},
+            rows,
+        )
     context.log.info(f"{len(validated.accepted)} pins accepted, {len(validated.quarantine)} quarantined")
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
@@ -80,37 +103,43 @@ def pins(
             "previous_catalog_pins": previous.rows if previous else "none",
             "accepted_implausible": accepted_change or "no",
             "source": raw.files,
-            "embeddings": f"learned from the log before {learned_day} (pin_embeddings)" if learned_day else "from the source",
+            "embeddings": f"learned from the log before {learned_day} (pin_embeddings)"
+            if learned_day
+            else "from the source",
             "rows_read": len(raw),
             "dagster/row_count": len(validated.accepted),
             "rows_quarantined": len(validated.quarantine),
             "quarantine_reasons": validated.reasons,
             "dimension": int(embeddings.shape[1]),
             "ground_truth": "synthetic_pin_truth, synthetic_interest_truth" if pin_truth is not None else "none",
-            "dagster/column_schema": column_schema(
-                pin_id="int64: unique", embedding=f"float[{embeddings.shape[1]}]: unit-normalised",
-                quality="double: in [0, 1]; 1.0 when not given", created_at="timestamp: UTC; NULL = always existed",
-            ),
-        }
+            "dagster/column_schema": table_schema(PINS),
+        },
     )
 
 
 def _embedding_day(context: dg.AssetExecutionContext, conn) -> date:
     tags = context.run.tags
     key = tags.get("dagster/partition") or tags.get("dagster/asset_partition_range_end")
+    day: date | None
     if key:
         day = date.fromisoformat(key)
     else:
-        day = conn.execute("SELECT max(partition_date) FROM pin_embeddings").fetchall()[0][0] if table_exists(
-            conn, "pin_embeddings") else None
-    if day is None or not conn.execute(
-        "SELECT count(*) FROM pin_embeddings WHERE partition_date = ?", [day]
-    ).fetchall()[0][0]:
+        day = (
+            conn.execute("SELECT max(partition_date) FROM pin_embeddings").fetchall()[0][0]
+            if table_exists(conn, "pin_embeddings")
+            else None
+        )
+    if (
+        day is None
+        or not conn.execute("SELECT count(*) FROM pin_embeddings WHERE partition_date = ?", [day]).fetchall()[0][0]
+    ):
         raise RuntimeError(
             f"the source gives no embeddings and pin_embeddings has none for {day or 'any day'}: "
             "materialize pin_embeddings for that partition first (the daily job does)"
         )
     return day
+
+
 @dg.asset(group_name=GROUP, pool=DUCKDB_POOL, kinds={"duckdb"}, deps=[pins])
 def candidate_pool(
     context: dg.AssetExecutionContext, duckdb: DuckDBResource, params: PinnerSageParams, index_store: IndexStore
@@ -132,7 +161,12 @@ def candidate_pool(
         good = np.empty((int((quality >= params.quality_threshold).sum()), embedding_dim(conn)), dtype=np.float32)
         fill_embeddings(conn, GOOD_PINS_SQL, [params.quality_threshold], good)
     catalog_pins = table.num_rows
-    columns = (table.column("pin_id").to_numpy(), good, quality, table.column("created_at").to_numpy(zero_copy_only=False))
+    columns = (
+        table.column("pin_id").to_numpy(),
+        good,
+        quality,
+        table.column("created_at").to_numpy(zero_copy_only=False),
+    )
     del table, good
     previous = _previous_graph(context, index_store)
     started = time.perf_counter()
@@ -148,24 +182,36 @@ def candidate_pool(
     )
     seconds = time.perf_counter() - started
     del columns
-    # the graph goes first: pin_index refuses a graph that does not cover the pool it reads
-    graph_manifest = publish_pool_graph(index_store.pool_graph_dir(), refined.graph)
     update = refined.update
+    if previous is not None and update.mode == "incremental" and update.inserted == update.retired == 0:
+        graph_manifest = read_manifest(index_store.pool_graph_dir())  # unchanged: the published build stands
+    else:  # the graph goes first: pin_index refuses a graph that does not cover the pool it reads
+        graph_manifest = publish_pool_graph(index_store.pool_graph_dir(), refined.graph)
     with duckdb.get_connection() as conn:
         ensure_tables(conn)
         with transaction(conn):
-            if guards.get(conn, "pins").version != catalog.version:
+            now_pins = guards.get(conn, "pins")
+            if now_pins is None or now_pins.version != catalog.version:
                 raise guards.StaleInputError("pins was re-materialized while candidate_pool ran: re-run candidate_pool")
             replace_table(conn, "candidate_pool", refined.kept, atomic=False)
             replace_table(conn, "candidate_pool_exclusions", refined.excluded, atomic=False)
             pool_version, _ = guards.table_version(conn, "candidate_pool", "pin_id, quality, created_at, n_duplicates")
             version = f"{pool_version}-{graph_manifest['build_id']}"
-            guards.record(conn, "candidate_pool", None, version, {
-                "pins": catalog.version, "graph_build": graph_manifest["build_id"],
-                "dimension": catalog.inputs["dimension"]}, len(refined.kept))
+            guards.record(
+                conn,
+                "candidate_pool",
+                None,
+                version,
+                {
+                    "pins": catalog.version,
+                    "graph_build": graph_manifest["build_id"],
+                    "dimension": catalog.inputs["dimension"],
+                },
+                len(refined.kept),
+            )
         truth = conn.execute("SELECT * FROM synthetic_pin_truth").df()
     reasons = refined.excluded["reason"].value_counts().to_dict()
-    metadata: dict[str, object] = {
+    metadata: dict[str, Any] = {
         "version": version,
         "catalog_version": catalog.version,
         "catalog_pins": catalog_pins,
@@ -183,10 +229,7 @@ def candidate_pool(
         "graph_insert_seconds": round(update.insert_seconds, 2),
         "duplicate_self_join_seconds": round(update.self_join_seconds, 2),
         "graph_build_id": graph_manifest["build_id"],
-        "dagster/column_schema": column_schema(
-            pin_id="int64: a pin that may be recommended", quality="double: >= quality_threshold",
-            created_at="timestamp: UTC; NULL = always existed", n_duplicates="int64: near-duplicates it stands for",
-        ),
+        "dagster/column_schema": table_schema(TABLES["candidate_pool"]),
         "duplicate_examples": dg.MetadataValue.md(
             frame_markdown(refined.excluded[refined.excluded["reason"] == "near_duplicate"].head(8))
         ),

@@ -8,14 +8,13 @@ import pandas as pd
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
-from .. import pictures
+from .. import guards, pictures
 from ..config import PinnerSageParams
 from ..core.embeddings import TooFewPins, learn_embeddings, minimum_pins, nearest_neighbours
 from ..partitions import WINDOW_DAYS, daily_partitions, partition_days
-from ..reporting import column_schema, frame_markdown
+from ..reporting import frame_markdown, table_schema
 from ..resources import DataSource
-from .. import guards
-from ..warehouse import ensure_tables, replace_partitions, transaction
+from ..warehouse import TABLES, ensure_tables, replace_partitions, transaction
 from .actions import raw_actions
 from .constants import DUCKDB_POOL, GROUP
 
@@ -29,8 +28,14 @@ HISTORY_PAIRS_SQL = """
     group_name=GROUP,
     partitions_def=daily_partitions,
     # strictly before D: an evaluation split on D never sees its test actions in the embeddings
-    deps=[dg.AssetDep(raw_actions, partition_mapping=dg.TimeWindowPartitionMapping(
-        start_offset=-WINDOW_DAYS, end_offset=-1, allow_nonexistent_upstream_partitions=True))],
+    deps=[
+        dg.AssetDep(
+            raw_actions,
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=-WINDOW_DAYS, end_offset=-1, allow_nonexistent_upstream_partitions=True
+            ),
+        )
+    ],
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
     pool=DUCKDB_POOL,
     kinds={"duckdb", "scipy"},
@@ -48,8 +53,13 @@ def pin_embeddings(
         with duckdb.get_connection() as conn:
             ensure_tables(conn)
             with transaction(conn):
-                _replace(conn, day, pd.DataFrame(columns=["pin_id"]), np.empty((0, 1), np.float32),
-                         pd.DataFrame(columns=["pin_id", "reason", "detail"]))
+                _replace(
+                    conn,
+                    day,
+                    pd.DataFrame(columns=["pin_id"]),
+                    np.empty((0, 1), np.float32),
+                    pd.DataFrame(columns=["pin_id", "reason", "detail"]),
+                )
         return dg.MaterializeResult(metadata={"embeddings": "supplied by the source: nothing to learn"})
     first, last = day - timedelta(days=params.window_days), day - timedelta(days=1)
     with duckdb.get_connection() as conn:
@@ -57,14 +67,27 @@ def pin_embeddings(
         history = guards.require_days(conn, "raw_actions", first, last, needed_by=f"pin_embeddings of {day}")
         pairs = conn.execute(HISTORY_PAIRS_SQL, {"first": first, "last": last}).fetchnumpy()
     if len(pairs["user_id"]) == 0:
-        raise TooFewPins(f"no actions in raw_actions of {first} .. {last}: materialize raw_actions for these days first")
-    learned = learn_embeddings(pairs["user_id"], pairs["pin_id"], dim=params.embedding_dim, min_users=params.embedding_min_users)
+        raise TooFewPins(
+            f"no actions in raw_actions of {first} .. {last}: materialize raw_actions for these days first"
+        )
+    learned = learn_embeddings(
+        pairs["user_id"], pairs["pin_id"], dim=params.embedding_dim, min_users=params.embedding_min_users
+    )
     with duckdb.get_connection() as conn, transaction(conn):
         _replace(conn, day, pd.DataFrame({"pin_id": learned.pin_id}), learned.embedding, learned.excluded)
         version, _ = guards.table_version(conn, "pin_embeddings", "pin_id, embedding", day)
-        guards.record(conn, "pin_embeddings", day, version, {
-            "raw_actions": guards.digest([f"{d}:{v}" for d, v in sorted(history.items())]),
-            "dim": params.embedding_dim, "min_users": params.embedding_min_users}, len(learned.pin_id))
+        guards.record(
+            conn,
+            "pin_embeddings",
+            day,
+            version,
+            {
+                "raw_actions": guards.digest([f"{d}:{v}" for d, v in sorted(history.items())]),
+                "dim": params.embedding_dim,
+                "min_users": params.embedding_min_users,
+            },
+            len(learned.pin_id),
+        )
     reasons = learned.excluded["reason"].value_counts().sort_index()
     energy = float((learned.singular_values**2).sum())
     context.log.info(f"{day}: learned {len(learned.pin_id)} pins x {params.embedding_dim} from {learned.users} users")
@@ -84,19 +107,20 @@ def pin_embeddings(
             "top_component_share_of_spectrum": round(float(learned.singular_values[0] ** 2) / energy, 4),
             "spectrum": pictures.markdown_image(pictures.spectrum(learned.singular_values), "singular values"),
             "nearest_neighbours_of_popular_pins": dg.MetadataValue.md(frame_markdown(nearest_neighbours(learned))),
-            "dagster/column_schema": column_schema(
-                partition_date="date: D (learned from actions before D)", pin_id="int64: the pin",
-                embedding="float[]: unit vector of embedding_dim",
-            ),
-        }
+            "dagster/column_schema": table_schema(TABLES["pin_embeddings"]),
+        },
     )
 
 
 def _replace(conn, day, ids: pd.DataFrame, embedding: np.ndarray, excluded: pd.DataFrame) -> None:
-    rows = pa.table({
-        "partition_date": pa.array([day] * len(ids), pa.date32()),
-        "pin_id": pa.array(ids["pin_id"].to_numpy(np.int64), pa.int64()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embedding.ravel(), pa.float32()), embedding.shape[1]),
-    })
+    rows = pa.table(
+        {
+            "partition_date": pa.array([day] * len(ids), pa.date32()),
+            "pin_id": pa.array(ids["pin_id"].to_numpy(np.int64), pa.int64()),
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(embedding.ravel(), pa.float32()), embedding.shape[1]
+            ),
+        }
+    )
     replace_partitions(conn, "pin_embeddings", rows, day, day, atomic=False)
     replace_partitions(conn, "pin_embeddings_quarantine", excluded.assign(partition_date=day), day, day, atomic=False)

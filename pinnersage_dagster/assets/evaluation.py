@@ -2,9 +2,9 @@
 
 import base64
 import json
-from typing import Literal
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import duckdb as duckdb_lib
@@ -18,29 +18,37 @@ from ..core.offline import BASELINE, PINNERSAGE, run_offline
 from ..evaluation_report import curve_png, index_search, load_split, render_markdown, report_json
 from ..partitions import daily_partitions, partition_days
 from ..resources import DataSource, IndexStore
+from ..settings import settings
 from .actions import action_windows, raw_actions
 from .constants import DUCKDB_POOL
 from .index import pin_index
 
 HORIZON_DAYS = 7  # test days from the split day on; the partition mapping below is built from it
-REPORT_ROOT = "data/reports/offline_evaluation"
+
+
+def report_root() -> str:
+    """Where evaluation reports go: ``offline_evaluation/<split day>/`` under the reports setting."""
+    return str(Path(settings().reports_root) / "offline_evaluation")
 
 
 class EvaluationConfig(dg.Config):
     horizon_days: int = Field(
-        default=HORIZON_DAYS, ge=0, le=3660,
+        default=HORIZON_DAYS,
+        ge=0,
+        le=3660,
         description="Test days from the split day on; 0 = every day up to the newest the source holds. The "
         "partition mapping declares the default horizon; a longer one reads raw_actions days it does not declare.",
     )
     alphas: list[float] = Field(default=[0.6, 1.0, 1.4, 1.8, 2.4, 3.0], description="The alpha sweep's values.")
     search: Literal["index", "exact"] = Field(
-        default="index", description="Retrieve through the product's HNSW index of d-1, or exactly over the whole catalog.",
+        default="index",
+        description="Retrieve through the product's HNSW index of d-1, or exactly over the whole catalog.",
     )
     min_train_actions: int = Field(default=5, ge=1, description="History actions a user needs to be evaluated.")
     max_users: int = Field(default=1000, ge=1, description="Evaluate at most this many users (seeded sample).")
     seeds: int = Field(default=5, ge=1, description="Runs of every sampling model; tables give mean and spread.")
     relevance_threshold: float = Field(default=0.8, gt=0, le=1, description="Cosine for 'relevant' (paper: 0.8).")
-    report_root: str = Field(default=REPORT_ROOT, description="Where report.md and curve.png are written.")
+    report_root: str = Field(default_factory=report_root, description="Where report.md and curve.png are written.")
 
 
 @dg.asset(
@@ -49,7 +57,9 @@ class EvaluationConfig(dg.Config):
     deps=[
         dg.AssetDep(action_windows, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)),
         dg.AssetDep(pin_index, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)),
-        dg.AssetDep(raw_actions, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=0, end_offset=HORIZON_DAYS - 1)),
+        dg.AssetDep(
+            raw_actions, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=0, end_offset=HORIZON_DAYS - 1)
+        ),
     ],
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
     pool=DUCKDB_POOL,
@@ -71,8 +81,11 @@ def offline_evaluation(
         with duckdb.get_connection() as conn:
             users = load_split(conn, day, horizon, config.min_train_actions, config.max_users, seed=0)
             topic_of = _planted_topics(conn)
-        search = (exact_search(users.catalog_ids, users.catalog_x) if config.search == "exact"
-                  else index_search(index_store.partition_dir((day - timedelta(days=1)).isoformat())))
+        search = (
+            exact_search(users.catalog_ids, users.catalog_x)
+            if config.search == "exact"
+            else index_search(index_store.partition_dir((day - timedelta(days=1)).isoformat()))
+        )
         report = run_offline(
             users,
             search,
@@ -98,7 +111,9 @@ def offline_evaluation(
         metadata={
             "horizon_days": horizon,
             "search": config.search,
-            "recall_lift_of_proportional_over_sampled": round(float(report.policy.iloc[0]["recall_lift"]), 4),
+            "recall_lift_of_proportional_over_sampled": round(float(report.policy.iloc[0]["recall_lift"]), 4)
+            if report.policy is not None
+            else "n/a",
             "alpha": params.alpha,
             "decay_lambda": params.decay_lambda,
             "users": report.users,
@@ -108,8 +123,12 @@ def offline_evaluation(
             "pinnersage_relevance": round(float(main["relevance"]), 4),
             "last_pin_relevance": round(float(base["relevance"]), 4),
             "calibrated_threshold": round(report.calibrated, 4),
-            "report": dg.MetadataValue.md(markdown.replace("![diversity-relevance curve](curve.png)",
-                                                           f"![diversity-relevance curve](data:image/png;base64,{image})")),
+            "report": dg.MetadataValue.md(
+                markdown.replace(
+                    "![diversity-relevance curve](curve.png)",
+                    f"![diversity-relevance curve](data:image/png;base64,{image})",
+                )
+            ),
             "path": dg.MetadataValue.path(str(out / "report.md")),
             "report_json": dg.MetadataValue.path(str(out / "report.json")),
         }

@@ -1,9 +1,8 @@
 """The HNSW index over the candidate pool, one published artifact per day (paper, section 4.1)."""
 
-
 import time
-from pathlib import Path
 from datetime import timedelta
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -13,22 +12,14 @@ from .. import guards
 from ..config import PinnerSageParams
 from ..core.artifacts import ArtifactIntegrityError, read_manifest as read_artifact_manifest
 from ..core.hnsw import build_index, publish_index
-from ..core.retention import days, prune_artifacts
 from ..core.pool_graph import load_pool_graph
+from ..core.retention import days, prune_artifacts
 from ..partitions import daily_partitions, partition_days
 from ..resources import IndexStore
-from ..warehouse import embedding_matrix, query_arrow, transaction
+from ..warehouse import POOL_AT_SQL, POOL_IDS_AT_SQL, embedding_matrix, query_arrow, transaction
 from .candidates import candidate_pool
 from .constants import DUCKDB_POOL, GROUP
 
-# the pool as it stood at the end of day D: pins created by then (or of unknown creation time)
-POOL_IDS_AT_SQL = "SELECT pin_id FROM candidate_pool WHERE created_at IS NULL OR created_at < ? ORDER BY pin_id"
-POOL_AT_SQL = """
-    SELECT c.pin_id, p.embedding
-    FROM candidate_pool c JOIN pins p USING (pin_id)
-    WHERE c.created_at IS NULL OR c.created_at < ?
-    ORDER BY c.pin_id
-"""
 # below this share of live labels, a day's index is built compact instead of from the pool
 # graph: queries walk through tombstones, so a graph that is mostly tombstones is slow
 MIN_LIVE_SHARE = 0.5
@@ -71,12 +62,13 @@ def pin_index(
                 f"{int((labels < 0).sum())} candidate_pool pins are missing from the pool graph in "
                 f"{index_store.pool_graph_dir()}: re-materialize candidate_pool"
             )
-        live = np.zeros(graph.elements, dtype=bool)
-        live[labels] = True
-        if live.sum() >= MIN_LIVE_SHARE * graph.elements:
-            for label in np.flatnonzero(graph.live & ~live).tolist():
+        in_pool = np.zeros(graph.elements, dtype=bool)
+        in_pool[labels] = True
+        live: np.ndarray | None = None  # a compact build has no tombstones
+        if in_pool.sum() >= MIN_LIVE_SHARE * graph.elements:
+            for label in np.flatnonzero(graph.live & ~in_pool).tolist():
                 graph.index.mark_deleted(label)
-            index, pin_ids, mode = graph.index, graph.pin_ids, "pool graph with tombstones"
+            index, pin_ids, live, mode = graph.index, graph.pin_ids, in_pool, "pool graph with tombstones"
             built_with = graph.params.M, graph.params.ef_construction
         else:
             del graph
@@ -85,7 +77,7 @@ def pin_index(
             index = build_index(
                 embedding_matrix(table), M=params.hnsw_m, ef_construction=params.hnsw_ef_construction, ef=params.hnsw_ef
             )
-            pin_ids, live, mode = table.column("pin_id").to_numpy(), None, "compact build"
+            pin_ids, mode = table.column("pin_id").to_numpy(), "compact build"
             built_with = params.hnsw_m, params.hnsw_ef_construction
             del table
         directory = index_store.partition_dir(day.isoformat())
@@ -105,8 +97,10 @@ def pin_index(
         seconds = time.perf_counter() - started
         size = sum(f.stat().st_size for f in (directory / "builds" / manifest.build_id).iterdir())
         removed = prune_artifacts(Path(index_store.root), keep_days=params.retention_days, protect={day.isoformat()})
-        context.log.info(f"{day}: indexed {manifest.count} pins ({mode}) in {seconds:.1f}s at {directory}"
-                         + (f"; retention removed {removed}" if removed else ""))
+        context.log.info(
+            f"{day}: indexed {manifest.count} pins ({mode}) in {seconds:.1f}s at {directory}"
+            + (f"; retention removed {removed}" if removed else "")
+        )
     return dg.MaterializeResult(
         data_version=guards.data_version(context, versions[-1]),
         metadata={
@@ -129,7 +123,7 @@ def pin_index(
             "days_on_disk": len(days(Path(index_store.root))),
             "pin_ids_sha256": manifest.pin_ids_sha256,
             "build_id": manifest.build_id,
-        }
+        },
     )
 
 
@@ -138,15 +132,27 @@ def checked_index_inputs(conn, index_store: IndexStore, *, needed_by: str) -> di
     graph. Fails if the pool predates the catalog, or the graph on disk is not the pool's."""
     catalog = guards.require(conn, "pins", needed_by=needed_by)
     pool = guards.require(conn, "candidate_pool", needed_by=needed_by)
-    guards.same(catalog.version, pool.inputs.get("pins"),
-                what="candidate_pool was built from another version of the catalog (pins)",
-                rematerialize="candidate_pool")
+    guards.same(
+        catalog.version,
+        pool.inputs.get("pins"),
+        what="candidate_pool was built from another version of the catalog (pins)",
+        rematerialize="candidate_pool",
+    )
     try:
         graph_build = read_artifact_manifest(index_store.pool_graph_dir())["build_id"]
     except (ArtifactIntegrityError, KeyError) as exc:
-        raise guards.StaleInputError(f"{needed_by}: no published pool graph ({exc}): materialize candidate_pool first") from exc
-    guards.same(pool.inputs.get("graph_build"), graph_build,
-                what=f"the pool graph in {index_store.pool_graph_dir()} is not the one candidate_pool published",
-                rematerialize="candidate_pool")
-    return {"candidate_pool": pool.version, "pins": catalog.version, "graph_build": graph_build,
-            "dimension": pool.inputs.get("dimension")}
+        raise guards.StaleInputError(
+            f"{needed_by}: no published pool graph ({exc}): materialize candidate_pool first"
+        ) from exc
+    guards.same(
+        pool.inputs.get("graph_build"),
+        graph_build,
+        what=f"the pool graph in {index_store.pool_graph_dir()} is not the one candidate_pool published",
+        rematerialize="candidate_pool",
+    )
+    return {
+        "candidate_pool": pool.version,
+        "pins": catalog.version,
+        "graph_build": graph_build,
+        "dimension": pool.inputs.get("dimension"),
+    }

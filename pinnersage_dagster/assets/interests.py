@@ -1,8 +1,6 @@
 """Each user's interests of the day: Ward clusters and their medoids, in one per-user pass
 (paper, Algorithm 2; sections 3.1.1-3.1.3)."""
 
-
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -14,18 +12,13 @@ import duckdb
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from .. import guards
+from .. import guards, pictures
 from ..config import PinnerSageParams
-from ..core.spark_engine import spark_session
-from ..core.workers import UserPool
-from ..engines.local import run_local_pass
-from ..engines.spark import run_spark_pass
 from ..partitions import daily_partitions, partition_days
 from ..readers import day_bounds
-from .. import pictures
-from ..reporting import column_schema, distribution_of_counts, frame_markdown, histogram_markdown_of_counts
-from ..resources import ExchangeStore
-from ..warehouse import embedding_matrix, ensure_tables, replace_interests
+from ..reporting import distribution_of_counts, frame_markdown, histogram_markdown_of_counts, table_schema
+from ..resources import ClusteringEngine, ExchangeStore
+from ..warehouse import TABLES, embedding_matrix, ensure_tables, replace_interests
 from .actions import action_windows
 from .constants import DUCKDB_POOL, GROUP
 
@@ -57,7 +50,11 @@ user_medoids = dg.AssetSpec(
     can_subset=False,
 )
 def user_interests(
-    context: dg.AssetExecutionContext, duckdb: DuckDBResource, params: PinnerSageParams, exchange: ExchangeStore
+    context: dg.AssetExecutionContext,
+    duckdb: DuckDBResource,
+    params: PinnerSageParams,
+    exchange: ExchangeStore,
+    engine: ClusteringEngine,
 ) -> Iterator[dg.MaterializeResult]:
     """For day D: ``user_clusters`` and ``user_medoids`` from one pass over each user's window.
 
@@ -65,13 +62,10 @@ def user_interests(
     summarised (medoid, importance) in the same pass; both tables are replaced in one transaction.
     """
     versions: dict[str, str] = {}
-    spark = spark_session(params.spark_master) if params.clustering_engine == "spark" else None
-    workers = 1 if spark is not None else params.clustering_workers or os.cpu_count() or 1
-    with UserPool(workers) as pool:
+    with engine.runner() as run_pass:
         for day in partition_days(context):
             _, now = day_bounds(day)
-            now_us = int(now.value // 1000)
-            settings = {"alpha": params.alpha, "decay_lambda": params.decay_lambda, "now_us": now_us}
+            settings = {"alpha": params.alpha, "decay_lambda": params.decay_lambda, "now_us": int(now.value // 1000)}
             with duckdb.get_connection() as conn:
                 inputs = _checked_inputs(conn, day, params)
             run_uri = exchange.run_uri(day.isoformat(), context.run_id)
@@ -79,23 +73,14 @@ def user_interests(
             if exchange.is_local:
                 Path(run_uri, "inputs").mkdir(parents=True)
             started = time.perf_counter()
-            if spark is None:
-                if not exchange.is_local:
-                    raise dg.Failure(f"the local engine writes to a local exchange root, not {exchange.root}")
-                stats = run_local_pass(duckdb.get_connection, day, Path(run_uri) / "rows", pool,
-                                       batch_rows=params.batch_rows, **settings)
-                engine = {"batches": stats.batches, "largest_batch_rows": stats.largest_batch_rows,
-                          "day_pins": stats.day_pins, "actions_on_pins_left_catalog": stats.actions_on_pins_left_catalog,
-                          "clustering_workers": workers, "clustering_engine": "local"}
-            else:
-                _, counts = run_spark_pass(spark, duckdb.get_connection, day, run_uri, **settings)
-                engine = {"exported_actions": counts["window"], "day_pins": counts["pins"],
-                          "actions_on_pins_left_catalog": counts["left_catalog"],
-                          "clustering_engine": f"spark ({params.spark_master})"}
+            figures = run_pass(day, duckdb.get_connection, run_uri, settings)
             seconds = time.perf_counter() - started
+
             def record(conn, day: date = day) -> None:
-                for asset, columns in (("user_clusters", "user_id, cluster_id, kind, pin_ids"),
-                                       ("user_medoids", "user_id, cluster_id, medoid_pin_id, importance, size, kind")):
+                for asset, columns in (
+                    ("user_clusters", "user_id, cluster_id, kind, pin_ids"),
+                    ("user_medoids", "user_id, cluster_id, medoid_pin_id, importance, size, kind"),
+                ):
                     version, rows = guards.table_version(conn, asset, columns, day)
                     guards.record(conn, asset, day, version, inputs, rows)
                     versions[asset] = version
@@ -105,14 +90,20 @@ def user_interests(
                 replace_interests(conn, day, f"{run_uri}/rows/*.parquet", before_commit=record)
             if exchange.is_local:
                 shutil.rmtree(run_uri, ignore_errors=True)
-            context.log.info(f"{day}: per-user pass in {seconds:.1f}s ({engine['clustering_engine']})")
+            context.log.info(f"{day}: per-user pass in {seconds:.1f}s ({figures['clustering_engine']})")
     with duckdb.get_connection() as conn:
         clusters_meta, medoids_meta = interest_metadata(conn, day, params)
-    clusters_meta.update({"alpha": params.alpha, "pass_seconds": round(seconds, 2), **engine})
-    yield dg.MaterializeResult(asset_key="user_clusters", metadata=clusters_meta,
-                               data_version=guards.data_version(context, versions["user_clusters"]))
-    yield dg.MaterializeResult(asset_key="user_medoids", metadata=medoids_meta,
-                               data_version=guards.data_version(context, versions["user_medoids"]))
+    clusters_meta.update({"alpha": params.alpha, "pass_seconds": round(seconds, 2), **figures})
+    yield dg.MaterializeResult(
+        asset_key="user_clusters",
+        metadata=clusters_meta,
+        data_version=guards.data_version(context, versions["user_clusters"]),
+    )
+    yield dg.MaterializeResult(
+        asset_key="user_medoids",
+        metadata=medoids_meta,
+        data_version=guards.data_version(context, versions["user_medoids"]),
+    )
 
 
 def _checked_inputs(conn: duckdb.DuckDBPyConnection, day: date, params: PinnerSageParams) -> dict:
@@ -121,11 +112,19 @@ def _checked_inputs(conn: duckdb.DuckDBPyConnection, day: date, params: PinnerSa
     needed_by = f"user_clusters/user_medoids of {day}"
     window = guards.require(conn, "action_windows", day, needed_by=needed_by)
     catalog = guards.require(conn, "pins", needed_by=needed_by)
-    guards.same(catalog.inputs["ids"], window.inputs.get("pins_ids"),
-                what=f"action_windows of {day} was built against another catalog's pins",
-                rematerialize=f"action_windows for {day}")
-    return {"action_windows": window.version, "pins": catalog.version, "alpha": params.alpha,
-            "decay_lambda": params.decay_lambda, "max_actions_per_user": params.max_actions_per_user}
+    guards.same(
+        catalog.inputs["ids"],
+        window.inputs.get("pins_ids"),
+        what=f"action_windows of {day} was built against another catalog's pins",
+        rematerialize=f"action_windows for {day}",
+    )
+    return {
+        "action_windows": window.version,
+        "pins": catalog.version,
+        "alpha": params.alpha,
+        "decay_lambda": params.decay_lambda,
+        "max_actions_per_user": params.max_actions_per_user,
+    }
 
 
 def _remove_stale_runs(exchange: ExchangeStore, day: date) -> None:
@@ -156,10 +155,11 @@ IMPORTANCE_SQL = """
 def interest_metadata(conn: duckdb.DuckDBPyConnection, day: date, params: PinnerSageParams) -> tuple[dict, dict]:
     """Metadata of both tables, aggregated in SQL: its size does not grow with the number of users."""
     counts = conn.execute(CLUSTER_COUNTS_SQL, [day]).fetchnumpy()
-    clusters, ward, ward_pins, member_pins = conn.execute(CLUSTER_TOTALS_SQL, [day]).fetchone()
+    ((clusters, ward, ward_pins, member_pins),) = conn.execute(CLUSTER_TOTALS_SQL, [day]).fetchall()
     sizes = conn.execute(SIZE_COUNTS_SQL, [day]).fetchnumpy()
-    low, (p50, p90, p99), high, mean, distinct_medoids = conn.execute(IMPORTANCE_SQL, [day]).fetchone() if clusters else (
-        0.0, (0.0, 0.0, 0.0), 0.0, 0.0, 0)
+    low, (p50, p90, p99), high, mean, distinct_medoids = (
+        conn.execute(IMPORTANCE_SQL, [day]).fetchall()[0] if clusters else (0.0, (0.0, 0.0, 0.0), 0.0, 0.0, 0)
+    )
     per_user = distribution_of_counts(counts["n"], counts["users"])
     user = _example_user(conn, day, per_user["p90"]) if clusters else None
     users = int(counts["users"].sum())
@@ -183,37 +183,48 @@ def interest_metadata(conn: duckdb.DuckDBPyConnection, day: date, params: Pinner
         "dagster/row_count": int(clusters),
         "distinct_medoid_pins": int(distinct_medoids),
         "medoids_per_user": per_user,
-        "importance": {"min": float(low), "p50": float(p50), "p90": float(p90), "p99": float(p99),
-                       "max": float(high), "mean": round(float(mean), 3)},
+        "importance": {
+            "min": float(low),
+            "p50": float(p50),
+            "p90": float(p90),
+            "p99": float(p99),
+            "max": float(high),
+            "mean": round(float(mean), 3),
+        },
     }
     if user is not None:
         preview = conn.execute(
             "SELECT cluster_id, kind, n_pins, merge_cost, pin_ids FROM user_clusters "
-            "WHERE partition_date = ? AND user_id = ? ORDER BY cluster_id", [day, user]).df()
+            "WHERE partition_date = ? AND user_id = ? ORDER BY cluster_id",
+            [day, user],
+        ).df()
         interests = conn.execute(
             "SELECT cluster_id, medoid_pin_id, importance, size, n_actions, kind FROM user_medoids "
-            "WHERE partition_date = ? AND user_id = ? ORDER BY importance DESC, cluster_id", [day, user]).df()
+            "WHERE partition_date = ? AND user_id = ? ORDER BY importance DESC, cluster_id",
+            [day, user],
+        ).df()
         clusters_meta["example_user"] = dg.MetadataValue.md(f"user **{user}**\n\n" + frame_markdown(preview))
         medoids_meta["example_user_interests"] = dg.MetadataValue.md(f"user **{user}**\n\n" + frame_markdown(interests))
         clusters_meta["example_user_map"] = _user_map(conn, day, user)
     if clusters:
-        clusters_meta["clusters_per_user_plot"] = pictures.markdown_image(pictures.bars(
-            counts["n"], counts["users"], title="clusters per user", xlabel="clusters", ylabel="users", log=True),
-            "clusters per user")
+        clusters_meta["clusters_per_user_plot"] = pictures.markdown_image(
+            pictures.bars(
+                counts["n"], counts["users"], title="clusters per user", xlabel="clusters", ylabel="users", log=True
+            ),
+            "clusters per user",
+        )
         sample = conn.execute(IMPORTANCE_SAMPLE_SQL, [day]).fetchnumpy()["importance"]
-        medoids_meta["importance_plot"] = pictures.markdown_image(pictures.histogram(
-            np.log10(sample), title=f"importance of interests ({len(sample)} sampled)", xlabel="log10 importance",
-            log=True), "importance distribution")
-    clusters_meta["dagster/column_schema"] = column_schema(
-        partition_date="date: D", user_id="int64: the user", cluster_id="int64: per user, from 0",
-        kind="string: ward, or singleton (no Ward cluster: one per pin)", merge_cost="double: NULL for singletons",
-        n_pins="int64: member pins", pin_ids="int64[]: member pins, sorted",
-    )
-    medoids_meta["dagster/column_schema"] = column_schema(
-        partition_date="date: D", user_id="int64: the user", cluster_id="int64: as in user_clusters",
-        medoid_pin_id="int64: the cluster's medoid (Eq. 2)", importance="double: Eq. 3 at T_now = D+1",
-        size="int64: member pins", n_actions="int64: the cluster's actions in the window", kind="string: as in user_clusters",
-    )
+        medoids_meta["importance_plot"] = pictures.markdown_image(
+            pictures.histogram(
+                np.log10(sample),
+                title=f"importance of interests ({len(sample)} sampled)",
+                xlabel="log10 importance",
+                log=True,
+            ),
+            "importance distribution",
+        )
+    clusters_meta["dagster/column_schema"] = table_schema(TABLES["user_clusters"])
+    medoids_meta["dagster/column_schema"] = table_schema(TABLES["user_medoids"])
     return clusters_meta, medoids_meta
 
 
@@ -236,7 +247,9 @@ def _user_map(conn: duckdb.DuckDBPyConnection, day: date, user: int) -> dg.Metad
     if rows.num_rows == 0:
         return dg.MetadataValue.md("(the user's pins have left the catalog)")
     png = pictures.clusters_2d(
-        embedding_matrix(rows), rows.column("cluster_id").to_numpy(), np.flatnonzero(rows.column("is_medoid").to_numpy()),
+        embedding_matrix(rows),
+        rows.column("cluster_id").to_numpy(),
+        np.flatnonzero(rows.column("is_medoid").to_numpy()),
         title=f"user {user}: pins by cluster, medoids starred",
     )
     return pictures.markdown_image(png, f"user {user}'s clusters")
@@ -246,5 +259,7 @@ def _example_user(conn: duckdb.DuckDBPyConnection, day: date, clusters: float) -
     """The lowest user id among users whose cluster count is nearest the 90th percentile."""
     row = conn.execute(
         "SELECT user_id FROM user_clusters WHERE partition_date = ? GROUP BY user_id "
-        "ORDER BY abs(count(*) - ?), user_id LIMIT 1", [day, clusters]).fetchone()
+        "ORDER BY abs(count(*) - ?), user_id LIMIT 1",
+        [day, clusters],
+    ).fetchone()
     return None if row is None else int(row[0])

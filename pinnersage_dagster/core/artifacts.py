@@ -17,9 +17,10 @@ import json
 import os
 import shutil
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 MANIFEST = "manifest.json"
 
@@ -39,7 +40,7 @@ def publish(
     other published builds, hard-linked into this one with the checksum they were published
     with, so each file is hashed once in its life, not once per build that shares it.
     """
-    build_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    build_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     build_dir = partition_dir / "builds" / build_id
     build_dir.mkdir(parents=True)
     written = write(build_dir)
@@ -56,7 +57,7 @@ def publish(
         **fields,
         "build_id": build_id,
         "files": files,
-        "built_at": datetime.now(timezone.utc).isoformat(),
+        "built_at": datetime.now(UTC).isoformat(),
     }
     if verify is not None:
         verify(build_dir, manifest)  # refuse to publish what cannot be read back

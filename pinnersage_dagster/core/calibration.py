@@ -7,9 +7,9 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 
-from .clustering import SINGLETON, cluster_users
 from .metrics import per_user_recovery
 from .synthetic import UNKNOWN_PIN_ID, SyntheticWorld, generate_day_actions, generate_pins
+from .user_pass import SINGLETON, represent_history
 
 
 def alpha_sweep(
@@ -28,11 +28,19 @@ def alpha_sweep(
     where each pin outside every Ward cluster counts as its own cluster.
     """
     rows = []
+    # the daily pass itself, on one action per distinct pin (Ward sees distinct pins either way)
+    history = pd.DataFrame({"user_id": user_ids, "pin_id": pin_ids, "ts": pd.Timestamp("2000-01-01")})
+    order = np.argsort(pin_ids, kind="stable")
+    catalog_ids, catalog_x = pin_ids[order], embeddings[order]
+    unique = np.r_[True, catalog_ids[1:] != catalog_ids[:-1]]
+    catalog_ids, catalog_x = catalog_ids[unique], catalog_x[unique]
     pins_per_user = pd.Series(user_ids).value_counts()
     median_users = pins_per_user[pins_per_user.between(pins_per_user.quantile(0.4), pins_per_user.quantile(0.6))].index
     heavy_users = pins_per_user[pins_per_user >= pins_per_user.quantile(0.99)].index
     for alpha in alphas:
-        members = cluster_users(user_ids, pin_ids, embeddings, alpha)
+        members = represent_history(
+            history, catalog_ids, catalog_x, alpha=alpha, decay_lambda=0.0, now=pd.Timestamp("2000-01-02")
+        )
         ward = members[members["kind"] != SINGLETON]
         per_user = members.groupby("user_id")["cluster_id"].nunique()
         ward_per_user = ward.groupby("user_id")["cluster_id"].nunique()
@@ -50,10 +58,12 @@ def alpha_sweep(
         }
         if labels is not None:
             scores = per_user_recovery(user_ids, pin_ids, labels, ward)
-            row.update({
-                "mean_adjusted_rand_index": round(scores["adjusted_rand_index"], 4),
-                "mean_purity": round(scores["purity"], 4),
-            })
+            row.update(
+                {
+                    "mean_adjusted_rand_index": round(scores["adjusted_rand_index"], 4),
+                    "mean_purity": round(scores["purity"], 4),
+                }
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -67,7 +77,9 @@ def synthetic_window(
     frames = [generate_day_actions(world, day - timedelta(days=i)) for i in range(window_days)]
     actions = pd.concat(frames, ignore_index=True)
     actions = actions[actions["pin_id"] != UNKNOWN_PIN_ID].drop_duplicates()
-    actions = actions.sort_values(["user_id", "ts"], ascending=[True, False]).groupby("user_id").head(max_actions_per_user)
+    actions = (
+        actions.sort_values(["user_id", "ts"], ascending=[True, False]).groupby("user_id").head(max_actions_per_user)
+    )
     distinct = actions[["user_id", "pin_id"]].drop_duplicates().sort_values(["user_id", "pin_id"])
     row_of = pd.Series(np.arange(len(pins.pin_id)), index=pins.pin_id)
     rows = row_of.reindex(distinct["pin_id"].to_numpy()).to_numpy()

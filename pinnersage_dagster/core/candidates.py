@@ -103,4 +103,3 @@ def refine_candidate_pool(
     )
     excluded = pd.concat([low, dups], ignore_index=True)
     return RefinedPool(kept=kept.reset_index(drop=True), excluded=excluded, graph=graph, update=update)
-

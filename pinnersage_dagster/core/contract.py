@@ -156,7 +156,11 @@ def validate_pins(raw: RawPins, *, expected_dim: int | None) -> tuple[Validated,
     ``expected_dim`` if given, else the most common length. A missing quality means 1.0;
     a missing ``created_at`` means "always existed".
     """
-    pin_id, raw_pin_id, embedding = raw.pin_id.reset_index(drop=True), raw.raw_pin_id.reset_index(drop=True), raw.embedding
+    pin_id, raw_pin_id, embedding = (
+        raw.pin_id.reset_index(drop=True),
+        raw.raw_pin_id.reset_index(drop=True),
+        raw.embedding,
+    )
     quality, raw_quality = raw.quality.reset_index(drop=True), raw.raw_quality.reset_index(drop=True)
     created_at, raw_created_at = raw.created_at.reset_index(drop=True), raw.raw_created_at.reset_index(drop=True)
     source = raw.source.reset_index(drop=True) if isinstance(raw.source, pd.Series) else raw.source
@@ -179,7 +183,9 @@ def validate_pins(raw: RawPins, *, expected_dim: int | None) -> tuple[Validated,
         present = lengths[lengths > 0]
         dim = int(np.bincount(present).argmax()) if present.size else 0
     wrong = (lengths >= 0) & (lengths != dim)
-    detail[wrong & reason.isna().to_numpy()] = [f"length {k}, expected {dim}" for k in lengths[wrong & reason.isna().to_numpy()]]
+    detail[wrong & reason.isna().to_numpy()] = [
+        f"length {k}, expected {dim}" for k in lengths[wrong & reason.isna().to_numpy()]
+    ]
     _assign_reason(reason, wrong, "wrong_dimension")
 
     # float32 throughout, one working matrix: at 1M x 256 every extra copy is 1 GiB

@@ -49,8 +49,13 @@ def learn_embeddings(user_ids: np.ndarray, pin_ids: np.ndarray, *, dim: int, min
     users, user_row = np.unique(pairs[:, 0], return_inverse=True)
     pins, pin_col = np.unique(pairs[:, 1], return_inverse=True)
     per_pin = np.bincount(pin_col, minlength=len(pins))
-    excluded = [_excluded(pins[per_pin < min_users], "too_few_users",
-                          [f"acted on by {n} user(s); needs {min_users}" for n in per_pin[per_pin < min_users]])]
+    excluded = [
+        _excluded(
+            pins[per_pin < min_users],
+            "too_few_users",
+            [f"acted on by {n} user(s); needs {min_users}" for n in per_pin[per_pin < min_users]],
+        )
+    ]
 
     kept = per_pin >= min_users
     X = sp.csr_matrix((np.ones(len(pairs), np.float64), (user_row, pin_col)), shape=(len(users), len(pins)))[:, kept]
@@ -60,7 +65,9 @@ def learn_embeddings(user_ids: np.ndarray, pin_ids: np.ndarray, *, dim: int, min
     ppmi = _positive_pmi(C)
     related = np.diff(ppmi.indptr) > 0
     lonely = pins[kept][~related]
-    excluded.append(_excluded(lonely, "no_cooccurrence", ["its users act on no other embedded pin with positive PMI"] * len(lonely)))
+    excluded.append(
+        _excluded(lonely, "no_cooccurrence", ["its users act on no other embedded pin with positive PMI"] * len(lonely))
+    )
     ppmi = ppmi[related][:, related]
     ids, popularity = pins[kept][related], per_pin[kept][related]
     if len(ids) < minimum_pins(dim):
@@ -70,8 +77,12 @@ def learn_embeddings(user_ids: np.ndarray, pin_ids: np.ndarray, *, dim: int, min
         )
     embedding, singular = _factorise(ppmi, dim)
     return LearnedEmbeddings(
-        pin_id=ids, embedding=embedding, singular_values=singular, popularity=popularity,
-        excluded=pd.concat(excluded, ignore_index=True), users=len(users),
+        pin_id=ids,
+        embedding=embedding,
+        singular_values=singular,
+        popularity=popularity,
+        excluded=pd.concat(excluded, ignore_index=True),
+        users=len(users),
     )
 
 
@@ -108,6 +119,11 @@ def nearest_neighbours(learned: LearnedEmbeddings, pins: int = 5, k: int = 5) ->
     for i, row in zip(top, scores):
         row[i] = -np.inf
         best = np.argsort(-row, kind="stable")[:k]
-        rows.append({"pin_id": int(learned.pin_id[i]), "users": int(learned.popularity[i]),
-                     "nearest (cosine)": ", ".join(f"{learned.pin_id[j]} ({row[j]:.2f})" for j in best)})
+        rows.append(
+            {
+                "pin_id": int(learned.pin_id[i]),
+                "users": int(learned.popularity[i]),
+                "nearest (cosine)": ", ".join(f"{learned.pin_id[j]} ({row[j]:.2f})" for j in best),
+            }
+        )
     return pd.DataFrame(rows)

@@ -27,18 +27,20 @@ Choices the paper leaves open, made here:
 
 from __future__ import annotations
 
+import itertools
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.cluster.vq import kmeans2
 
-from .clustering import cluster_users, summarize_clusters
 from .metrics import per_user_recovery
 from .retrieval import per_medoid_budget, proportional_budget
+from .user_pass import WARD, Clusterer, fixed_clusters, represent_history
+from .ward import UNCLUSTERED, WardClusters
 
 BUDGET = 400
 IMPRESSIONS_PER_ACTION = 20
@@ -104,7 +106,9 @@ def exact_search(catalog_ids: np.ndarray, catalog_x: np.ndarray) -> Callable[[np
     return search
 
 
-def calibrated_threshold(x: np.ndarray, rng: np.random.Generator, quantile: float = 0.99, pairs: int = 200_000) -> float:
+def calibrated_threshold(
+    x: np.ndarray, rng: np.random.Generator, quantile: float = 0.99, pairs: int = 200_000
+) -> float:
     """The cosine that only (1 - quantile) of random pin pairs exceed."""
     i, j = rng.integers(0, len(x), pairs), rng.integers(0, len(x), pairs)
     keep = i != j
@@ -129,7 +133,7 @@ class Users:
     def __post_init__(self) -> None:
         self.user_ids = np.unique(self.test["user_id"].to_numpy())
 
-    def x(self, pin_ids: np.ndarray) -> np.ndarray:
+    def x(self, pin_ids: np.ndarray | list[int]) -> np.ndarray:
         return self.catalog_x[np.searchsorted(self.catalog_ids, np.asarray(pin_ids))]
 
 
@@ -159,21 +163,48 @@ def distinct_pins(users: Users) -> pd.DataFrame:
 
 
 def ward_members(users: Users, alpha: float) -> pd.DataFrame:
-    """The product's clustering (``core.clustering.cluster_users``, Algorithm 1 at alpha)."""
-    d = distinct_pins(users)
-    return cluster_users(d["user_id"].to_numpy(), d["pin_id"].to_numpy(), users.x(d["pin_id"].to_numpy()), alpha)
+    """The product's clustering: the daily per-user pass (``core.user_pass``), Ward at alpha."""
+    return _pass(users, alpha=alpha)
 
 
 def complete_linkage_members(users: Users, alpha: float) -> pd.DataFrame:
     """Complete linkage cut where every pair in a cluster has squared distance <= alpha;
     pins in no cluster are dropped, with the product's singleton fallback."""
-    return _members_by(users, lambda x: _complete_labels(x, alpha))
+    return _pass(users, cluster=lambda _u, _p, x: _as_clusters(_complete_labels(x, alpha)), kind="cluster")
 
 
 def kmeans_members(users: Users, k: int, seed: int) -> pd.DataFrame:
     """K-means on each user's distinct pins, k = min(k, pins), seeded ++ initialisation."""
     rng = np.random.default_rng(seed)
-    return _members_by(users, lambda x: _kmeans_labels(x, k, rng))
+    return _pass(users, cluster=lambda _u, _p, x: _as_clusters(_kmeans_labels(x, k, rng)), kind="cluster")
+
+
+def _pass(
+    users: Users, *, alpha: float = 1.0, decay_lambda: float = 0.0, cluster: Clusterer | None = None, kind: str = WARD
+) -> pd.DataFrame:
+    """The pass's rows (one per cluster member) over the users' history, sorted by (user, cluster, pin)."""
+    rows = represent_history(
+        users.history,
+        users.catalog_ids,
+        users.catalog_x,
+        alpha=alpha,
+        decay_lambda=decay_lambda,
+        now=users.now,
+        cluster=cluster,
+        kind=kind,
+    )
+    return rows.sort_values(["user_id", "cluster_id", "pin_id"], kind="stable").reset_index(drop=True)
+
+
+def _as_clusters(labels: np.ndarray) -> WardClusters:
+    """A baseline's labels (-1: in no cluster) as the pass takes them, clusters numbered from 0."""
+    labels = np.asarray(labels, dtype=np.int64)
+    out = np.full(len(labels), UNCLUSTERED, dtype=np.int64)
+    keep = labels >= 0
+    if not keep.any():
+        return WardClusters(out, np.empty(0))
+    _, out[keep] = np.unique(labels[keep], return_inverse=True)
+    return WardClusters(out, np.full(int(out.max()) + 1, np.nan))
 
 
 def _complete_labels(x: np.ndarray, alpha: float) -> np.ndarray:
@@ -194,41 +225,31 @@ def _kmeans_labels(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarra
     return labels
 
 
-def _members_by(users: Users, labels_of: Callable[[np.ndarray], np.ndarray]) -> pd.DataFrame:
-    d = distinct_pins(users)
-    frames = []
-    for user, block in d.groupby("user_id", sort=True):
-        pins = block["pin_id"].to_numpy()
-        labels = labels_of(users.x(pins))
-        kind = "cluster"
-        if np.all(labels < 0):  # the product's fallback: one singleton per pin
-            labels, kind = np.arange(len(pins)), "singleton"
-        keep = labels >= 0
-        _, cluster_id = np.unique(labels[keep], return_inverse=True)
-        frames.append(pd.DataFrame({"user_id": user, "cluster_id": cluster_id, "pin_id": pins[keep], "kind": kind}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["user_id", "cluster_id", "pin_id", "kind"])
-
-
 def cluster_representation(users: Users, members: pd.DataFrame, decay_lambda: float, embedding: str) -> Representation:
-    """Each cluster as its medoid (Eq. 2, the product's code) or its normalised centroid,
-    weighted by importance (Eq. 3, the product's code) with ``decay_lambda``."""
-    members = members.sort_values(["user_id", "cluster_id", "pin_id"], kind="stable").reset_index(drop=True)
-    member_x = users.x(members["pin_id"].to_numpy())
-    summary = summarize_clusters(members, member_x, users.history, now=users.now, decay_lambda=decay_lambda)
+    """Each cluster as its medoid (Eq. 2) or its normalised centroid, weighted by importance
+    (Eq. 3) with ``decay_lambda``: both computed by the daily pass on ``members``' clusters."""
+    rows = _pass(users, decay_lambda=decay_lambda, cluster=fixed_clusters(members))
+    first = np.flatnonzero(
+        np.r_[
+            True,
+            np.any(
+                rows[["user_id", "cluster_id"]].to_numpy()[1:] != rows[["user_id", "cluster_id"]].to_numpy()[:-1],
+                axis=1,
+            ),
+        ]
+    )
     if embedding == "medoid":
-        vectors = users.x(summary["medoid_pin_id"].to_numpy())
+        vectors = users.x(rows["medoid_pin_id"].to_numpy()[first])
     elif embedding == "centroid":
-        keys = members[["user_id", "cluster_id"]].to_numpy()
-        starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
-        sums = np.add.reduceat(member_x.astype(np.float64), starts, axis=0)
+        sums = np.add.reduceat(users.x(rows["pin_id"].to_numpy()).astype(np.float64), first, axis=0)
         vectors = (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
     else:
         raise ValueError(f"unknown cluster embedding {embedding!r}")
     out: Representation = {}
-    user_col = summary["user_id"].to_numpy()
+    user_col = rows["user_id"].to_numpy()[first]
+    importance = rows["importance"].to_numpy()[first]
     bounds = np.flatnonzero(np.r_[True, user_col[1:] != user_col[:-1], True])
-    importance = summary["importance"].to_numpy()
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in itertools.pairwise(bounds):
         out[int(user_col[start])] = (vectors[start:end], importance[start:end])
     return out
 
@@ -261,8 +282,15 @@ class ModelResult:
         raise AttributeError(name)
 
 
-USER_METRICS = ["relevance", "relevance_calibrated", "recall", "r_precision", "reciprocal_rank", "reciprocal_rank_all",
-                "diversity"]
+USER_METRICS = [
+    "relevance",
+    "relevance_calibrated",
+    "recall",
+    "r_precision",
+    "reciprocal_rank",
+    "reciprocal_rank_all",
+    "diversity",
+]
 
 
 def evaluate_representation(
@@ -293,7 +321,9 @@ def evaluate_representation(
             shares = proportional_budget(weights, BUDGET)
             used = np.flatnonzero(shares)
             vectors = vectors[used]
-            recs = np.unique(np.concatenate([search(vectors[i : i + 1], int(shares[j]))[0] for i, j in enumerate(used)]))
+            recs = np.unique(
+                np.concatenate([search(vectors[i : i + 1], int(shares[j]))[0] for i, j in enumerate(used)])
+            )
         else:
             if sampled is not None and len(vectors) > sampled:
                 chosen = rng.choice(len(vectors), size=sampled, replace=False, p=weights / weights.sum())
@@ -305,12 +335,23 @@ def evaluate_representation(
         impression_scores = (users.x(negatives[user]) @ vectors.T).max(axis=1)
         r_prec, rr_first, rr_all = ranking_metrics(action_scores, impression_scores)
         ids.append(user)
-        rows.append((relevance(test_x, rec_x, threshold), relevance(test_x, rec_x, calibrated), recall(test_pins, recs),
-                     r_prec, rr_first, rr_all, diversity(rec_x)))
+        rows.append(
+            (
+                relevance(test_x, rec_x, threshold),
+                relevance(test_x, rec_x, calibrated),
+                recall(test_pins, recs),
+                r_prec,
+                rr_first,
+                rr_all,
+                diversity(rec_x),
+            )
+        )
         actions.append(len(test_pins))
         queries.append(len(vectors))
     per_user = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(USER_METRICS))
-    return ModelResult(np.asarray(ids, np.int64), per_user, np.asarray(actions, np.float64), np.asarray(queries, np.float64))
+    return ModelResult(
+        np.asarray(ids, np.int64), per_user, np.asarray(actions, np.float64), np.asarray(queries, np.float64)
+    )
 
 
 def sample_negatives(users: Users, rng: np.random.Generator) -> dict[int, np.ndarray]:

@@ -19,7 +19,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -59,7 +59,7 @@ def parse_ts(text: str) -> pd.Timestamp | None:
     try:
         parsed = datetime.fromisoformat(text)
         if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
         ts = pd.Timestamp(parsed).as_unit("ns")
     except (ValueError, OverflowError):  # OutOfBoundsDatetime is a ValueError
         return None
@@ -75,9 +75,9 @@ def decode(line: bytes) -> OnlineEvent | None:
     if type(raw) is not dict:
         return None
     user_id, pin_id, action, ts = raw.get("user_id"), raw.get("pin_id"), raw.get("action"), raw.get("ts")
-    if not (_is_int64(user_id) and _is_int64(pin_id)) or type(action) is not str or action not in ACTIONS:
+    if not (isinstance(user_id, int) and isinstance(pin_id, int) and _is_int64(user_id) and _is_int64(pin_id)):
         return None
-    if type(ts) is not str or (parsed := parse_ts(ts)) is None:
+    if type(action) is not str or action not in ACTIONS or type(ts) is not str or (parsed := parse_ts(ts)) is None:
         return None
     return OnlineEvent(ts=parsed, user_id=user_id, pin_id=pin_id, action=action)
 

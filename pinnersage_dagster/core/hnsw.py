@@ -14,19 +14,17 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import hnswlib
 import numpy as np
 
-from .artifacts import ArtifactIntegrityError, check_file, publish
-from .artifacts import read_manifest as read_artifact_manifest
+from .artifacts import ArtifactIntegrityError, check_file, publish, read_manifest as read_artifact_manifest
 
 INDEX_FILE = "index.bin"
 IDS_FILE = "pin_ids.npy"
 LIVE_FILE = "live.npy"
 SPACE = "ip"  # inner product on unit vectors = cosine; hnswlib distance is 1 - cosine
-
-IndexIntegrityError = ArtifactIntegrityError
 
 
 @dataclass(frozen=True)
@@ -110,17 +108,25 @@ def publish_index(
         }
 
     manifest = publish(
-        partition_dir, write,
-        verify=lambda d, m: open_index_files(d / INDEX_FILE, d / IDS_FILE, d / LIVE_FILE, IndexManifest(**m), checksums=False),
+        partition_dir,
+        write,
+        verify=_readable,
     )
     return IndexManifest(**manifest)
 
 
-def read_manifest(partition_dir: Path) -> IndexManifest:
+def _readable(build: Path, manifest: dict[str, Any]) -> None:
+    """Refuse to publish an index that cannot be opened as its manifest describes."""
+    open_index_files(
+        build / INDEX_FILE, build / IDS_FILE, build / LIVE_FILE, IndexManifest(**manifest), checksums=False
+    )
+
+
+def read_index_manifest(partition_dir: Path) -> IndexManifest:
     try:
         return IndexManifest(**read_artifact_manifest(partition_dir))
     except TypeError as exc:
-        raise IndexIntegrityError(f"unreadable index manifest in {partition_dir}: {exc}") from exc
+        raise ArtifactIntegrityError(f"unreadable index manifest in {partition_dir}: {exc}") from exc
 
 
 def load_index(partition_dir: Path) -> tuple[hnswlib.Index, np.ndarray, IndexManifest]:
@@ -128,7 +134,7 @@ def load_index(partition_dir: Path) -> tuple[hnswlib.Index, np.ndarray, IndexMan
 
     Returns the pin id of every label (query results index it) and the manifest.
     """
-    manifest = read_manifest(partition_dir)
+    manifest = read_index_manifest(partition_dir)
     build_dir = partition_dir / "builds" / manifest.build_id
     index, pin_ids = open_index_files(build_dir / INDEX_FILE, build_dir / IDS_FILE, build_dir / LIVE_FILE, manifest)
     return index, pin_ids, manifest
@@ -136,7 +142,7 @@ def load_index(partition_dir: Path) -> tuple[hnswlib.Index, np.ndarray, IndexMan
 
 def live_pin_ids(partition_dir: Path) -> np.ndarray:
     """The pins a partition's published index can return, after verifying the build."""
-    manifest = read_manifest(partition_dir)
+    manifest = read_index_manifest(partition_dir)
     build_dir = partition_dir / "builds" / manifest.build_id
     pin_ids, live = verified_index_ids(build_dir / INDEX_FILE, build_dir / IDS_FILE, build_dir / LIVE_FILE, manifest)
     return pin_ids[live]
@@ -151,7 +157,9 @@ def open_index_files(
     index = hnswlib.Index(space=manifest.space, dim=manifest.dimension)
     index.load_index(str(index_path), max_elements=max(manifest.elements, 1))
     if index.get_current_count() != manifest.elements:
-        raise IndexIntegrityError(f"{index_path} holds {index.get_current_count()} items, manifest says {manifest.elements}")
+        raise ArtifactIntegrityError(
+            f"{index_path} holds {index.get_current_count()} items, manifest says {manifest.elements}"
+        )
     index.set_ef(manifest.ef)
     return index, pin_ids
 
@@ -164,10 +172,10 @@ def verified_index_ids(
         if checksums:
             check_file(path, manifest.files.get(name))
         elif not path.is_file():
-            raise IndexIntegrityError(f"{path} is missing")
+            raise ArtifactIntegrityError(f"{path} is missing")
     pin_ids, live = np.load(ids_path), np.load(live_path)
     if len(pin_ids) != manifest.elements or len(live) != manifest.elements or int(live.sum()) != manifest.count:
-        raise IndexIntegrityError(f"{ids_path} does not hold the {manifest.elements} labels of its manifest")
+        raise ArtifactIntegrityError(f"{ids_path} does not hold the {manifest.elements} labels of its manifest")
     if pin_ids_checksum(pin_ids[live]) != manifest.pin_ids_sha256:
-        raise IndexIntegrityError(f"{ids_path} does not hold the {manifest.count} live pins of its manifest")
+        raise ArtifactIntegrityError(f"{ids_path} does not hold the {manifest.count} live pins of its manifest")
     return pin_ids, live

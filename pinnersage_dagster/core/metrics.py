@@ -68,7 +68,9 @@ def pool_refinement_scores(truth: pd.DataFrame, excluded: pd.DataFrame) -> dict[
     planted group (an original and its copies); each planted group should lose all but one
     of its good-quality members.
     """
-    group = np.where(truth["duplicate_of"].to_numpy() >= 0, truth["duplicate_of"].to_numpy(), truth["pin_id"].to_numpy())
+    group = np.where(
+        truth["duplicate_of"].to_numpy() >= 0, truth["duplicate_of"].to_numpy(), truth["pin_id"].to_numpy()
+    )
     group_of = pd.Series(group, index=truth["pin_id"].to_numpy())
     low = truth.loc[truth["low_quality"].astype(bool), "pin_id"]
     group_size = group_of.value_counts()
@@ -78,9 +80,10 @@ def pool_refinement_scores(truth: pd.DataFrame, excluded: pd.DataFrame) -> dict[
 
     removed_low = excluded.loc[excluded["reason"] == "low_quality", "pin_id"]
     dups = excluded[excluded["reason"] == "near_duplicate"]
-    same_group = group_of.reindex(dups["pin_id"].to_numpy()).to_numpy() == group_of.reindex(
-        dups["representative_pin_id"].astype("int64").to_numpy()
-    ).to_numpy()
+    same_group = (
+        group_of.reindex(dups["pin_id"].to_numpy()).to_numpy()
+        == group_of.reindex(dups["representative_pin_id"].astype("int64").to_numpy()).to_numpy()
+    )
     planted = set(low) | set(group_of[group_of.map(group_size) > 1].index)
     return {
         "low_quality_precision": _ratio(removed_low.isin(low).sum(), len(removed_low)),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -72,10 +72,17 @@ def run_offline(
     # (name, representation factory per seed, embeddings sampled per user, retrieval policy)
     models: list[tuple[str, Callable[[int], dict], int | None, str]] = [
         (BASELINE, lambda s: last_pin(users), None, "sampled"),
-        *[(f"Decay average (λ={lam:g})", (lambda s, lam=lam: decay_average(users, lam)), None, "sampled")
-          for lam in (0, 0.01, 0.1, 0.25)],
+        *[
+            (f"Decay average (λ={lam:g})", (lambda s, lam=lam: decay_average(users, lam)), None, "sampled")
+            for lam in (0, 0.01, 0.1, 0.25)
+        ],
         ("PinnerSage (sample 1 embedding)", lambda s: ward_medoid, 1, "sampled"),
-        ("PinnerSage (K-means, k=5)", lambda s: cluster_representation(users, kmeans_members(users, 5, s), decay_lambda, "medoid"), 3, "sampled"),
+        (
+            "PinnerSage (K-means, k=5)",
+            lambda s: cluster_representation(users, kmeans_members(users, 5, s), decay_lambda, "medoid"),
+            3,
+            "sampled",
+        ),
         ("PinnerSage (complete linkage)", lambda s: complete, 3, "sampled"),
         ("PinnerSage (embedding = centroid)", lambda s: centroid, 3, "sampled"),
         ("PinnerSage (importance λ=0)", lambda s: lam0, 3, "sampled"),
@@ -93,12 +100,21 @@ def run_offline(
             negatives = sample_negatives(users, np.random.default_rng([seed, 2]))
             runs.append(
                 evaluate_representation(
-                    users, factory(seed), search, sampled=sampled, rng=rng, threshold=threshold,
-                    calibrated=calibrated, negatives=negatives, policy=policy,
+                    users,
+                    factory(seed),
+                    search,
+                    sampled=sampled,
+                    rng=rng,
+                    threshold=threshold,
+                    calibrated=calibrated,
+                    negatives=negatives,
+                    policy=policy,
                 )
             )
         results[name] = runs
-    table = pd.DataFrame([_summarize(name, runs, results[BASELINE]) for name, runs in results.items()]).set_index("model")
+    table = pd.DataFrame([_summarize(name, runs, results[BASELINE]) for name, runs in results.items()]).set_index(
+        "model"
+    )
     policy = pd.DataFrame([_summarize(PROPORTIONAL, results[PROPORTIONAL], results[PINNERSAGE])]).set_index("model")
 
     curve_rows = []
@@ -106,14 +122,27 @@ def run_offline(
     for e in range(1, max_embeddings + 1):
         runs = [
             evaluate_representation(
-                users, ward_medoid, search, sampled=e, rng=np.random.default_rng([seed, 1]), threshold=threshold,
-                calibrated=calibrated, negatives=sample_negatives(users, np.random.default_rng([seed, 2])),
+                users,
+                ward_medoid,
+                search,
+                sampled=e,
+                rng=np.random.default_rng([seed, 1]),
+                threshold=threshold,
+                calibrated=calibrated,
+                negatives=sample_negatives(users, np.random.default_rng([seed, 2])),
             )
             for seed in range(seeds)
         ]
         rel, div = np.mean([r.relevance for r in runs]), np.mean([r.diversity for r in runs])
-        curve_rows.append({"e": e, "relevance": rel, "diversity": div,
-                           "relevance_lift": rel / baseline["relevance"] - 1, "diversity_lift": div / baseline["diversity"] - 1})
+        curve_rows.append(
+            {
+                "e": e,
+                "relevance": rel,
+                "diversity": div,
+                "relevance_lift": rel / baseline["relevance"] - 1,
+                "diversity_lift": div / baseline["diversity"] - 1,
+            }
+        )
 
     sweep_rows = []
     for a in alphas:
@@ -122,13 +151,26 @@ def run_offline(
         rep = cluster_representation(users, members, decay_lambda, "medoid")
         runs = [
             evaluate_representation(
-                users, rep, search, sampled=3, rng=np.random.default_rng([seed, 1]), threshold=threshold,
-                calibrated=calibrated, negatives=sample_negatives(users, np.random.default_rng([seed, 2])),
+                users,
+                rep,
+                search,
+                sampled=3,
+                rng=np.random.default_rng([seed, 1]),
+                threshold=threshold,
+                calibrated=calibrated,
+                negatives=sample_negatives(users, np.random.default_rng([seed, 2])),
             )
             for seed in range(seeds)
         ]
-        row = {"alpha": a, "clusters_per_user_mean": per_user.mean(), "clusters_per_user_p90": per_user.quantile(0.9),
-               **{m: float(np.mean([getattr(r, m) for r in runs])) for m in ("relevance", "relevance_calibrated", "recall")}}
+        row = {
+            "alpha": a,
+            "clusters_per_user_mean": per_user.mean(),
+            "clusters_per_user_p90": per_user.quantile(0.9),
+            **{
+                m: float(np.mean([getattr(r, m) for r in runs]))
+                for m in ("relevance", "relevance_calibrated", "recall")
+            },
+        }
         if topic_of is not None:
             row.update(recovery(users, members, topic_of))
         sweep_rows.append(row)
@@ -151,7 +193,11 @@ def run_offline(
 def _summarize(name: str, runs: list[ModelResult], baseline: list[ModelResult]) -> dict:
     """Mean and seeds' standard deviation of each metric, macro and micro, and each lift over
     the baseline with a 95% paired-bootstrap interval over users."""
-    row: dict[str, object] = {"model": name, "seeds": len(runs), "ann_queries": float(np.mean([r.queries.mean() for r in runs]))}
+    row: dict[str, object] = {
+        "model": name,
+        "seeds": len(runs),
+        "ann_queries": float(np.mean([r.queries.mean() for r in runs])),
+    }
     for metric in METRICS:
         for reading in ("macro", "micro"):
             key = metric if reading == "macro" else f"{metric}_micro"
@@ -159,7 +205,7 @@ def _summarize(name: str, runs: list[ModelResult], baseline: list[ModelResult]) 
             base = float(np.mean([getattr(r, reading)(metric) for r in baseline]))
             row[key] = float(values.mean())
             row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            row[f"{key}_lift"] = row[key] / base - 1 if base else float("nan")
+            row[f"{key}_lift"] = float(values.mean()) / base - 1 if base else float("nan")
     lows, highs = bootstrap_lift_intervals(runs, baseline)
     for key in lows:
         row[f"{key}_lift_lo"], row[f"{key}_lift_hi"] = lows[key], highs[key]
@@ -187,8 +233,11 @@ def bootstrap_lift_intervals(
         for j, metric in enumerate(METRICS):
             key = metric if reading == "macro" else f"{metric}_micro"
             finite = lift[:, j][np.isfinite(lift[:, j])]
-            lows[key], highs[key] = (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))) if finite.size else (
-                float("nan"), float("nan"))
+            lows[key], highs[key] = (
+                (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5)))
+                if finite.size
+                else (float("nan"), float("nan"))
+            )
     return lows, highs
 
 

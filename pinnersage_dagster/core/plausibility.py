@@ -12,13 +12,17 @@ from statistics import median
 DAY_VOLUME_FLOOR = 1_000
 
 
-def catalog_change(previous: int | None, accepted: int, read: int, reasons: dict[str, int], max_shrink: float) -> str | None:
+def catalog_change(
+    previous: int | None, accepted: int, read: int, reasons: dict[str, int], max_shrink: float
+) -> str | None:
     if accepted == 0:
         why = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "no rows"
         return f"the new catalog would be empty: 0 valid pins of {read} rows read ({why})"
     if previous and accepted < (1 - max_shrink) * previous:
-        return (f"the new catalog has {accepted} pins, {1 - accepted / previous:.0%} fewer than the current {previous} "
-                f"(max_catalog_shrink {max_shrink:.0%})")
+        return (
+            f"the new catalog has {accepted} pins, {1 - accepted / previous:.0%} fewer than the current {previous} "
+            f"(max_catalog_shrink {max_shrink:.0%})"
+        )
     return None
 
 
@@ -30,9 +34,11 @@ def day_volume(day: date, actions: int, users: int, before: list[tuple[int, int]
     typical_actions, typical_users = median(a for a, _ in before), median(u for _, u in before)
     if typical_actions < DAY_VOLUME_FLOOR:
         return None
-    low = [f"{name} {value} < {min_share:.0%} of the median {typical:g} of the {len(before)} days before"
-           for name, value, typical in (("actions", actions, typical_actions), ("users", users, typical_users))
-           if value < min_share * typical]
+    low = [
+        f"{name} {value} < {min_share:.0%} of the median {typical:g} of the {len(before)} days before"
+        for name, value, typical in (("actions", actions, typical_actions), ("users", users, typical_users))
+        if value < min_share * typical
+    ]
     return f"{day} has too few " + " and ".join(low) if low else None
 
 

@@ -123,9 +123,12 @@ def update_pool_graph(
             reason = f"{tombstones} tombstones would exceed {MAX_TOMBSTONE_SHARE:.0%} of the graph"
     if reason is not None:
         graph, seconds = _build(pin_ids, np.ascontiguousarray(x, dtype=np.float32), fp, params, num_threads, seed)
-        update = GraphUpdate("rebuild", reason, len(pin_ids), 0, graph.elements, len(pin_ids), len(graph.edges), *seconds)
+        update = GraphUpdate(
+            "rebuild", reason, len(pin_ids), 0, graph.elements, len(pin_ids), len(graph.edges), *seconds
+        )
         return graph, update
 
+    assert previous is not None  # reason is None only when there is a previous graph to update
     graph = previous
     for label_ in retire.tolist():
         graph.index.mark_deleted(label_)
@@ -150,9 +153,15 @@ def update_pool_graph(
     )
     graph.edges = _unique_edges(np.vstack([graph.edges, _duplicate_edges(graph, x[new], new_labels)]))
     update = GraphUpdate(
-        "incremental", "catalog changed by inserts/retirements only", len(new), len(retire),
-        graph.elements, int(graph.live.sum()), len(graph.edges),
-        inserted - started, time.perf_counter() - inserted,
+        "incremental",
+        "catalog changed by inserts/retirements only",
+        len(new),
+        len(retire),
+        graph.elements,
+        int(graph.live.sum()),
+        len(graph.edges),
+        inserted - started,
+        time.perf_counter() - inserted,
     )
     return graph, update
 
@@ -223,8 +232,13 @@ def publish_pool_graph(directory: Path, graph: PoolGraph) -> dict:
         np.save(build / "fingerprints.npy", graph.fingerprints)
         np.save(build / "live.npy", graph.live)
         np.save(build / "edges.npy", graph.edges)
-        return {"params": asdict(graph.params), "elements": graph.elements, "live": int(graph.live.sum()),
-                "edges": len(graph.edges), "space": SPACE}
+        return {
+            "params": asdict(graph.params),
+            "elements": graph.elements,
+            "live": int(graph.live.sum()),
+            "edges": len(graph.edges),
+            "space": SPACE,
+        }
 
     return publish(directory, write)
 
@@ -243,5 +257,7 @@ def load_pool_graph(directory: Path) -> PoolGraph:
     index = hnswlib.Index(space=SPACE, dim=params.dimension)
     index.load_index(str(build / "index.bin"), max_elements=max(len(pin_ids), 1))
     if index.get_current_count() != len(pin_ids):
-        raise ArtifactIntegrityError(f"{build}/index.bin holds {index.get_current_count()} items, expected {len(pin_ids)}")
+        raise ArtifactIntegrityError(
+            f"{build}/index.bin holds {index.get_current_count()} items, expected {len(pin_ids)}"
+        )
     return PoolGraph(index, pin_ids, fp, live, edges, params)

@@ -41,8 +41,9 @@ def _block_medoids(block: np.ndarray, starts: np.ndarray) -> np.ndarray:
     sizes = np.diff(np.r_[starts, len(x)])
     segment_index = np.repeat(np.arange(len(starts)), sizes)
     # segment means as a sparse (segments x rows) product: much faster than np.add.reduceat
-    weights = csr_matrix((np.repeat(1.0 / sizes, sizes), np.arange(len(x)), np.r_[0, np.cumsum(sizes)]),
-                         shape=(len(starts), len(x)))
+    weights = csr_matrix(
+        (np.repeat(1.0 / sizes, sizes), np.arange(len(x)), np.r_[0, np.cumsum(sizes)]), shape=(len(starts), len(x))
+    )
     centred = x - (weights @ x)[segment_index]
     spread = np.einsum("ij,ij->i", centred, centred)
     # equal Eq. 2 costs can differ in the last bits; treat them as ties and take the lowest row

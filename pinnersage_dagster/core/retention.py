@@ -19,7 +19,7 @@ import os
 import shutil
 import socket
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 IN_USE = ".in_use"
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def utc_today() -> date:
-    return datetime.now(timezone.utc).date()
+    return datetime.now(UTC).date()
 
 
 def days(root: Path, today: date | None = None, ignored: dict[str, str] | None = None) -> dict[date, Path]:

@@ -64,7 +64,7 @@ class SyntheticWorld:
         return self.n_categories * self.topics_per_category
 
     @property
-    def realism(self) -> "Realism":
+    def realism(self) -> Realism:
         return PRESETS[self.preset]
 
 
@@ -81,10 +81,22 @@ class Realism:
 
 
 PRESETS = {
-    "clean": Realism(noise_range=(0.2, 0.2), neighbour_cosine=0.0, accident_share=0.0, pin_skew=1.0,
-                     interests_per_activity=0.0, max_interests=60),
-    "realistic": Realism(noise_range=(0.15, 0.6), neighbour_cosine=0.6, accident_share=0.08, pin_skew=2.5,
-                         interests_per_activity=0.9, max_interests=150),
+    "clean": Realism(
+        noise_range=(0.2, 0.2),
+        neighbour_cosine=0.0,
+        accident_share=0.0,
+        pin_skew=1.0,
+        interests_per_activity=0.0,
+        max_interests=60,
+    ),
+    "realistic": Realism(
+        noise_range=(0.15, 0.6),
+        neighbour_cosine=0.6,
+        accident_share=0.08,
+        pin_skew=2.5,
+        interests_per_activity=0.9,
+        max_interests=150,
+    ),
 }
 MEDIAN_RATE = 0.45  # actions per day of the median user
 
@@ -159,7 +171,7 @@ def generate_pins(world: SyntheticWorld) -> PinCatalog:
         for t in range(world.n_topics):
             if t % world.topics_per_category:
                 topics[t] = _unit((c * topics[t - 1] + np.sqrt(1 - c * c) * topics[t])[None])[0]
-    n_dup = int(round(world.duplicate_share * world.n_pins))
+    n_dup = round(world.duplicate_share * world.n_pins)
     n_base = world.n_pins - n_dup
 
     topic = rng.choice(world.n_topics, size=n_base, p=topic_popularity(world))
@@ -199,7 +211,7 @@ def generate_pins(world: SyntheticWorld) -> PinCatalog:
     duplicate_of = np.r_[np.full(n_base, -1, dtype=np.int64), pin_id[original]]
 
     low_quality = np.zeros(world.n_pins, dtype=bool)
-    low_quality[rng.choice(world.n_pins, size=int(round(world.low_quality_share * world.n_pins)), replace=False)] = True
+    low_quality[rng.choice(world.n_pins, size=round(world.low_quality_share * world.n_pins), replace=False)] = True
     quality = np.where(low_quality, rng.uniform(0.0, 0.2, world.n_pins), 0.3 + 0.7 * rng.beta(4, 2, world.n_pins))
 
     origin = np.datetime64(world.epoch, "us")
@@ -311,13 +323,13 @@ def generate_day_actions(world: SyntheticWorld, day: date) -> pd.DataFrame:
     at = k + seconds / 86_400
     late = np.flatnonzero(created_sorted[np.minimum(pick, len(order) - 1)] > at)
     for i in late:
-        before = int(np.searchsorted(created_sorted[offsets[topic[i]] : offsets[topic[i] + 1]], at[i]))
-        if before:
-            pick[i] = offsets[topic[i]] + int(u[i] * before)
+        created_by_then = int(np.searchsorted(created_sorted[offsets[topic[i]] : offsets[topic[i] + 1]], at[i]))
+        if created_by_then:
+            pick[i] = offsets[topic[i]] + int(u[i] * created_by_then)
         else:
             has_pin[i] = False
     pin_id = pins.pin_id[order[np.minimum(pick, len(order) - 1)]]
-    if drawn is not None:
+    if drawn is not None and created is not None and accident is not None:
         chosen = created[drawn]
         for i in np.flatnonzero(accident & (created_sorted[chosen] > at)):
             eligible = created[created_sorted[created] < at[i]]

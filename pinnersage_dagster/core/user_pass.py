@@ -5,7 +5,10 @@ embedding matrix that is shared (shared memory, a memory-mapped file, or a Spark
 rows), never per-user copies of embeddings: the matrix is read once per run.
 
 Input rows are *actions* sorted by (user_id, pin_id, ts). Ward runs on each user's distinct
-pins (``core.clustering`` explains why); the medoid (Eq. 2) reuses the member embeddings the
+pins: acting twice on one pin adds no new point to cluster, only weight to the cluster's
+importance, which sums over actions (Eq. 3). A user for whom Algorithm 1 yields no cluster
+(every pin too far from every other under ``alpha``, or a single distinct pin) is not dropped:
+each distinct pin becomes a ``singleton`` cluster. The medoid (Eq. 2) reuses the member embeddings the
 clustering just gathered, and the importance (Eq. 3) sums each cluster's actions in
 (pin_id, ts) order, so the result does not depend on how users are batched or which engine
 ran them (bit for bit).
@@ -13,16 +16,27 @@ ran them (bit for bit).
 Output: one row per cluster member (``ROW_SCHEMA``), carrying its cluster's medoid,
 importance, size and action count; ``user_clusters`` and ``user_medoids`` are both
 aggregations of these rows.
+
+The offline evaluation and the alpha calibration run this same pass (``represent_history``),
+with Ward at alpha as the daily job does, or with a baseline's clustering in its place
+(``cluster``), so what they measure is the code that serves.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
-from .clustering import SINGLETON, WARD
 from .representatives import segment_importance, segment_medoids
-from .ward import UNCLUSTERED, ward_clusters
+from .ward import UNCLUSTERED, WardClusters, ward_clusters
+
+WARD = "ward"
+SINGLETON = "singleton"
+# how one user's distinct pins are clustered: (user_id, pin_ids, unit embeddings) -> clusters
+Clusterer = Callable[[int, np.ndarray, np.ndarray], WardClusters]
 
 US_PER_DAY = 86_400 * 1_000_000
 
@@ -51,13 +65,18 @@ def represent_users(
     alpha: float,
     decay_lambda: float,
     now_us: int,
+    cluster: Clusterer | None = None,
+    kind: str = WARD,
 ) -> pa.Table:
     """Clusters, medoids and importances of every user in a batch of actions.
 
     ``user_ids, pin_ids, ts_us`` (timestamps in microseconds since the epoch, UTC) are one
     entry per action, sorted by (user_id, pin_id, ts); ``pin_rows[i]`` is the row of action
-    i's pin in ``embeddings``. ``now_us`` is T_now of Eq. 3.
+    i's pin in ``embeddings``. ``now_us`` is T_now of Eq. 3. ``cluster`` replaces Ward at
+    ``alpha`` (Algorithm 1) by another clustering of each user's distinct pins, whose clusters
+    are then of ``kind``; a user it leaves without a cluster falls back to singletons.
     """
+    cluster = cluster or (lambda _user, _pins, x: ward_clusters(x, alpha))
     n = len(user_ids)
     if not (n == len(pin_ids) == len(ts_us) == len(pin_rows)):
         raise ValueError("user_ids, pin_ids, ts_us and pin_rows must have the same length")
@@ -80,7 +99,7 @@ def represent_users(
     user_first_cluster = np.empty(len(starts), dtype=np.int64)
     for user, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
         user_first_cluster[user] = clusters
-        result = ward_clusters(embeddings[d_row[s:e]], alpha)
+        result = cluster(int(d_user[s]), d_pin[s:e], embeddings[d_row[s:e]])
         if result.n_clusters == 0:  # Algorithm 1 found no cluster: every distinct pin is a singleton
             label[s:e] = clusters + np.arange(e - s)
             costs.append(np.full(e - s, np.nan))
@@ -89,9 +108,9 @@ def represent_users(
             clustered = result.labels != UNCLUSTERED
             label[s:e][clustered] = clusters + result.labels[clustered]
             costs.append(result.merge_costs)
-            kinds.append(np.full(result.n_clusters, WARD, dtype=object))
+            kinds.append(np.full(result.n_clusters, kind, dtype=object))
         clusters += len(costs[-1])
-    cost, kind = np.concatenate(costs), np.concatenate(kinds)
+    cost, cluster_kind = np.concatenate(costs), np.concatenate(kinds)
 
     # members in (user, cluster, pin) order: clusters are numbered in user order, pins are sorted
     members = np.flatnonzero(label != UNCLUSTERED)
@@ -101,7 +120,9 @@ def represent_users(
     # each action counts for the cluster of its pin, summed in (pin, ts) order within the cluster
     action_cluster = label[action_pin]
     counted = action_cluster != UNCLUSTERED
-    age_days = ((now_us - np.asarray(ts_us[counted], dtype=np.int64)) / 1e6) / 86400.0  # as pandas' total_seconds / 86400
+    age_days = (
+        (now_us - np.asarray(ts_us[counted], dtype=np.int64)) / 1e6
+    ) / 86400.0  # as pandas' total_seconds / 86400
     importance = segment_importance(action_cluster[counted], age_days, clusters, decay_lambda)
     n_actions = np.bincount(action_cluster[counted], minlength=clusters)
     size = np.bincount(member_cluster, minlength=clusters)
@@ -110,7 +131,7 @@ def represent_users(
         d_user[members],
         member_cluster - user_first_cluster[user_of_member],  # cluster ids count from 0 per user
         d_pin[members],
-        kind[member_cluster],
+        cluster_kind[member_cluster],
         cost[member_cluster],
         medoid[member_cluster],
         importance[member_cluster],
@@ -120,3 +141,53 @@ def represent_users(
     # from_pandas: a singleton's merge_cost NaN is stored as NULL (no merge), as the warehouse always had it
     arrays = [pa.array(c, type=f.type, from_pandas=True) for c, f in zip(columns, ROW_SCHEMA)]
     return pa.Table.from_arrays(arrays, schema=ROW_SCHEMA)
+
+
+def represent_history(
+    history: pd.DataFrame,
+    catalog_ids: np.ndarray,
+    catalog_x: np.ndarray,
+    *,
+    alpha: float,
+    decay_lambda: float,
+    now: pd.Timestamp,
+    cluster: Clusterer | None = None,
+    kind: str = WARD,
+) -> pd.DataFrame:
+    """``represent_users`` on a window held as a frame (``user_id, pin_id, ts``, any order),
+    embeddings looked up in a sorted catalog: the rows as a DataFrame."""
+    ordered = history.sort_values(["user_id", "pin_id", "ts"], kind="stable")
+    pins = ordered["pin_id"].to_numpy(np.int64)
+    table = represent_users(
+        ordered["user_id"].to_numpy(np.int64),
+        pins,
+        ordered["ts"].to_numpy("datetime64[us]").astype(np.int64),
+        np.searchsorted(catalog_ids, pins),
+        catalog_x,
+        alpha=alpha,
+        decay_lambda=decay_lambda,
+        now_us=int(now.value // 1000),
+        cluster=cluster,
+        kind=kind,
+    )
+    return table.to_pandas()
+
+
+def fixed_clusters(members: pd.DataFrame) -> Clusterer:
+    """A ``Clusterer`` that returns given clusters (``user_id, pin_id, cluster_id[, kind]``;
+    singletons are the pass's own fallback): the pass then computes their medoids and
+    importances (e.g. with another ``decay_lambda``)."""
+    clustered = members[members["kind"] != SINGLETON] if "kind" in members else members
+    label = {
+        (int(u), int(p)): int(c) for u, p, c in clustered[["user_id", "pin_id", "cluster_id"]].itertuples(index=False)
+    }
+
+    def cluster(user: int, pins: np.ndarray, _x: np.ndarray) -> WardClusters:
+        labels = np.array([label.get((user, int(p)), UNCLUSTERED) for p in pins], dtype=np.int64)
+        if not (labels >= 0).any():
+            return WardClusters(np.full(len(pins), UNCLUSTERED, dtype=np.int64), np.empty(0))
+        _, dense = np.unique(labels[labels >= 0], return_inverse=True)
+        labels[labels >= 0] = dense
+        return WardClusters(labels, np.full(int(dense.max()) + 1, np.nan))
+
+    return cluster

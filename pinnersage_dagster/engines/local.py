@@ -9,10 +9,10 @@ embedding matrix plus a batch, whatever the number of users.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Callable
 
 import duckdb
 import numpy as np
@@ -20,14 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core.user_pass import ROW_SCHEMA
-from ..core.workers import SharedMatrix, UserPool
-from ..warehouse import embedding_dim, fill_embeddings, user_batches
+from ..warehouse import DAY_PINS_SQL, embedding_dim, fill_embeddings, user_batches
+from .workers import SharedMatrix, UserPool
 
-DAY_PINS_SQL = """
-    SELECT pin_id, embedding FROM pins
-    WHERE pin_id IN (SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ?)
-    ORDER BY pin_id
-"""
 BATCH_SQL = """
     SELECT user_id, pin_id, epoch_us(ts) AS ts_us FROM action_windows
     WHERE partition_date = ? AND user_id BETWEEN ? AND ?
@@ -53,7 +48,8 @@ def day_embeddings(connect: Callable[[], duckdb.DuckDBPyConnection], day: date) 
         dim = embedding_dim(conn)
         ((rows,),) = conn.execute(
             "SELECT count(*) FROM pins WHERE pin_id IN "
-            "(SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ?)", [day]
+            "(SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ?)",
+            [day],
         ).fetchall()
         matrix = SharedMatrix(int(rows), dim)
         try:
@@ -83,7 +79,6 @@ def run_local_pass(
     ids, matrix = day_embeddings(connect, day)
     stats.day_pins, stats.batches = len(ids), len(batches)
     stats.largest_batch_rows = max((b[2] for b in batches), default=0)
-    settings = {"alpha": alpha, "decay_lambda": decay_lambda, "now_us": now_us}
     with matrix:
         pending: Callable[[], pa.Table] | None = None
         for number, (first, last, _) in enumerate(batches):
@@ -95,7 +90,9 @@ def run_local_pass(
             if not known.all():  # the catalog lost pins since the window was built
                 stats.actions_on_pins_left_catalog += int((~known).sum())
                 user_ids, pin_ids, ts_us, pin_rows = user_ids[known], pin_ids[known], ts_us[known], pin_rows[known]
-            started = pool.represent(user_ids, pin_ids, ts_us, pin_rows, matrix, **settings)
+            started = pool.represent(
+                user_ids, pin_ids, ts_us, pin_rows, matrix, alpha=alpha, decay_lambda=decay_lambda, now_us=now_us
+            )
             if pending is not None:  # the previous batch finished while this one was read
                 pq.write_table(pending(), out_dir / f"part-{number - 1:06d}.parquet")
             pending = started

@@ -11,7 +11,7 @@ from datetime import date
 
 import duckdb
 
-from ..core.spark_engine import run_user_pass_spark
+from .spark_job import run_user_pass_spark
 
 WINDOW_EXPORT = "SELECT user_id, pin_id, epoch_us(ts) AS ts_us FROM action_windows WHERE partition_date = DATE '{day}'"
 PINS_EXPORT = (
@@ -23,15 +23,16 @@ PINS_EXPORT = (
 def export_day_inputs(conn: duckdb.DuckDBPyConnection, day: date, inputs_uri: str) -> dict[str, int]:
     """Write ``day``'s window actions and the embeddings of their pins under ``inputs_uri``; returns
     the rows written and ``left_catalog``, the actions on pins no longer in the catalog (not passed on)."""
-    counts = {}
+    counts: dict[str, int] = {}
     for name, query in (("window", WINDOW_EXPORT), ("pins", PINS_EXPORT)):
         target = f"{inputs_uri}/{name}".replace("'", "''")
-        (counts[name],) = conn.execute(
+        ((counts[name],),) = conn.execute(
             f"COPY ({query.format(day=day.isoformat())}) TO '{target}' (FORMAT parquet, PER_THREAD_OUTPUT true)"
-        ).fetchone()
+        ).fetchall()
     # the join on the executors keeps only actions whose pin is in the catalog: count the rest
     ((counts["left_catalog"],),) = conn.execute(
-        "SELECT count(*) FROM action_windows WHERE partition_date = ? AND pin_id NOT IN (SELECT pin_id FROM pins)", [day]
+        "SELECT count(*) FROM action_windows WHERE partition_date = ? AND pin_id NOT IN (SELECT pin_id FROM pins)",
+        [day],
     ).fetchall()
     return counts
 

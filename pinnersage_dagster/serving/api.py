@@ -16,10 +16,10 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-import orjson
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
@@ -29,7 +29,7 @@ from .event_log import DEDUP_BYTES_PER_EVENT, EventLogError
 from .server import SERVER_ANSWERS
 from .service import NoSnapshotError, RecommenderService
 
-INT64 = {"ge": -(2**63), "le": 2**63 - 1}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_EVENTS = 1_000
 
 
@@ -44,7 +44,7 @@ def _json_integer(value: Any) -> Any:
     return value
 
 
-JsonInt64 = Annotated[int, BeforeValidator(_json_integer), Field(**INT64)]
+JsonInt64 = Annotated[int, BeforeValidator(_json_integer), Field(ge=INT64_MIN, le=INT64_MAX)]
 
 
 class Event(BaseModel):
@@ -121,7 +121,8 @@ class OfflineOnly(BaseModel):
     index: int
     reason: Literal["older_than_kept_online_events"] = Field(
         description="older than every event kept online for the user (the most recent 20): durable, counted by the "
-        "next batch, no effect on today's recommendations")
+        "next batch, no effect on today's recommendations"
+    )
 
 
 class EventsResult(BaseModel):
@@ -143,9 +144,11 @@ class Health(BaseModel):
     pid: int = Field(description="the worker process that answered")
     online_users_evicted: int = Field(description="users whose online state was dropped past the LRU bound")
     event_log: dict[str, Any] | None = Field(
-        None, description="appended, duplicates, read (replayed or followed), unreadable_lines (torn or garbage, "
+        None,
+        description="appended, duplicates, read (replayed or followed), unreadable_lines (torn or garbage, "
         "skipped), rejected_on_replay (by reason), covered_by_batch (read, or held online, before the served "
-        "batch's end: the batch has them, or gets them from its next run), dedup_keys held and their bytes")
+        "batch's end: the batch has them, or gets them from its next run), dedup_keys held and their bytes",
+    )
 
 
 class Problem(BaseModel):
@@ -164,13 +167,18 @@ class _ServiceCollector:
         self.service = service
 
     def collect(self):
-        answers = CounterMetricFamily("pinnersage_server_answers", "Answers the server gave before the application "
-                                      "(slow clients: 408; past the concurrency limit: 503)", labels=["status", "reason"])
+        answers = CounterMetricFamily(
+            "pinnersage_server_answers",
+            "Answers the server gave before the application (slow clients: 408; past the concurrency limit: 503)",
+            labels=["status", "reason"],
+        )
         for (status, reason), count in sorted(SERVER_ANSWERS.items()):
             answers.add_metric([status, reason], count)
         yield answers
         cache = self.service.cache
-        hit_rate = GaugeMetricFamily("pinnersage_medoid_cache_hit_rate", "Share of medoid ANN lookups served from cache")
+        hit_rate = GaugeMetricFamily(
+            "pinnersage_medoid_cache_hit_rate", "Share of medoid ANN lookups served from cache"
+        )
         hit_rate.add_metric([], cache.hit_rate)
         entries = GaugeMetricFamily("pinnersage_medoid_cache_entries", "Medoids held in the cache")
         entries.add_metric([], len(cache))
@@ -183,13 +191,20 @@ class _ServiceCollector:
         yield from (hit_rate, entries, online, info)
 
 
-def create_app(service: RecommenderService, *, refresh_seconds: float | None = 30.0, max_body_bytes: int = 1 << 20) -> FastAPI:
+def create_app(
+    service: RecommenderService, *, refresh_seconds: float | None = 30.0, max_body_bytes: int = 1 << 20
+) -> FastAPI:
     registry = CollectorRegistry()
     latency = Histogram(
-        "pinnersage_request_seconds", "Request latency by endpoint", ["endpoint"], registry=registry,
+        "pinnersage_request_seconds",
+        "Request latency by endpoint",
+        ["endpoint"],
+        registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
     )
-    responses = Counter("pinnersage_responses", "Responses by endpoint and status", ["endpoint", "status"], registry=registry)
+    responses = Counter(
+        "pinnersage_responses", "Responses by endpoint and status", ["endpoint", "status"], registry=registry
+    )
     registry.register(_ServiceCollector(service))
 
     @asynccontextmanager
@@ -225,33 +240,41 @@ def create_app(service: RecommenderService, *, refresh_seconds: float | None = 3
 
     # handlers are async on purpose: each request is ~0.3 ms of CPU-bound work, cheaper inline on the
     # event loop than with a thread-pool hop; one process serves one core's worth of requests
-    errors = {503: {"model": Problem, "description": "No snapshot published yet"}, 422: {"model": Problem}}
-    body_errors = {
+    errors: dict[int | str, dict[str, Any]] = {
+        503: {"model": Problem, "description": "No snapshot published yet"},
+        422: {"model": Problem},
+    }
+    body_errors: dict[int | str, dict[str, Any]] = {
         **errors,
         400: {"model": Problem, "description": "The body is not JSON (or not UTF-8)"},
         411: {"model": Problem, "description": "No Content-Length: bodies are never streamed in unbounded"},
         413: {"model": Problem, "description": "Body over the size limit (1 MiB by default)"},
     }
 
-    @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=errors,
-             name="recommendations")
+    @app.get(
+        "/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=errors, name="recommendations"
+    )
     async def recommendations(
-        user_id: int = Path(**INT64),
+        user_id: int = Path(ge=INT64_MIN, le=INT64_MAX),
         seed: int | None = Query(None, ge=0, le=2**63 - 1, description="fix the medoid sampling (tests, replays)"),
         exclude_seen: bool = Query(True, description="leave out pins the user already acted on"),
-        budget: int | None = Query(None, ge=1, le=service.settings.retrieval_budget, description="at most this many items"),
+        budget: int | None = Query(None, ge=1, le=service.settings.max_budget, description="at most this many items"),
         policy: Literal["sampled", "proportional"] | None = Query(
-            None, description="'sampled' (the paper, the default): up to 3 medoids drawn by importance, floor(budget / e) "
-            "neighbours each; 'proportional': every medoid, a share of the budget proportional to its importance"),
+            None,
+            description="'sampled' (the paper, the default): up to 3 medoids drawn by importance, floor(budget / e) "
+            "neighbours each; 'proportional': every medoid, a share of the budget proportional to its importance",
+        ),
     ):
         """Spend the budget across the user's medoids (by ``policy``), fetch their neighbours, merge."""
         try:
-            return answer(service.recommend(user_id, seed=seed, exclude_seen=exclude_seen, budget=budget, policy=policy))
+            return answer(
+                service.recommend(user_id, seed=seed, exclude_seen=exclude_seen, budget=budget, policy=policy)
+            )
         except NoSnapshotError as exc:
             return unavailable(exc)
 
     @app.get("/v1/users/{user_id}/interests", response_model=Interests, responses=errors, name="interests")
-    async def interests(user_id: int = Path(**INT64)):
+    async def interests(user_id: int = Path(ge=INT64_MIN, le=INT64_MAX)):
         """The user's clusters: medoid pin, importance now, size, and whether today's events updated it."""
         try:
             return answer(service.interests(user_id))
@@ -259,9 +282,19 @@ def create_app(service: RecommenderService, *, refresh_seconds: float | None = 3
             return unavailable(exc)
 
     # a plain def: FastAPI runs it in a worker thread, so the log's fsync never stalls the event loop
-    @app.post("/v1/events", response_model=EventsResult, responses={
-        **body_errors, 503: {"model": Problem, "description": "No snapshot yet, or the event log cannot be written: "
-                             "nothing of the request was accepted"}}, name="events")
+    @app.post(
+        "/v1/events",
+        response_model=EventsResult,
+        responses={
+            **body_errors,
+            503: {
+                "model": Problem,
+                "description": "No snapshot yet, or the event log cannot be written: "
+                "nothing of the request was accepted",
+            },
+        },
+        name="events",
+    )
     def post_events(batch: EventBatch):
         """Same-day actions. Each is accepted or rejected with a reason; accepted ones are on disk
         (fsynced) before the answer, count at once on every worker (unless listed in
@@ -276,8 +309,13 @@ def create_app(service: RecommenderService, *, refresh_seconds: float | None = 3
         snapshot = service.manager.current
         return {
             "status": "ok" if snapshot else "no_snapshot",
-            "snapshot": {"partition": snapshot.partition, "version": snapshot.version,
-                         "index_build": snapshot.index_manifest.build_id} if snapshot else None,
+            "snapshot": {
+                "partition": snapshot.partition,
+                "version": snapshot.version,
+                "index_build": snapshot.index_manifest.build_id,
+            }
+            if snapshot
+            else None,
             "refused_snapshots": [vars(r) for r in service.manager.refusals.values()],
             "cache_entries": len(service.cache),
             "cache_hits": service.cache.hits,
@@ -286,9 +324,13 @@ def create_app(service: RecommenderService, *, refresh_seconds: float | None = 3
             "online_users": service.events.users,
             "online_users_evicted": service.events.evicted_users,
             "pid": os.getpid(),
-            "event_log": None if service.event_log is None else {
-                "root": str(service.event_log.root), "appended": service.event_log.stats.appended,
-                "duplicates": service.event_log.stats.duplicates, "read": service.event_log.stats.read,
+            "event_log": None
+            if service.event_log is None
+            else {
+                "root": str(service.event_log.root),
+                "appended": service.event_log.stats.appended,
+                "duplicates": service.event_log.stats.duplicates,
+                "read": service.event_log.stats.read,
                 "unreadable_lines": service.event_log.stats.unreadable_lines,
                 "rejected_on_replay": dict(service.replay_rejected),
                 "covered_by_batch": service.covered_by_batch,
@@ -364,4 +406,3 @@ class BodyLimit:
                 await JSONResponse({"detail": problem[1]}, status_code=problem[0])(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-

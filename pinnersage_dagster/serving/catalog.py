@@ -29,7 +29,11 @@ from ..core.pool_graph import fingerprints
 
 REBASE_SHARE = 0.10
 BASE_FILES = ("catalog_base_ids.npy", "catalog_base_hashes.npy", "catalog_base_embeddings.npy")
-LIVE_FILE, DELTA_IDS, DELTA_EMBEDDINGS = "catalog_base_live.npy", "catalog_delta_ids.npy", "catalog_delta_embeddings.npy"
+LIVE_FILE, DELTA_IDS, DELTA_EMBEDDINGS = (
+    "catalog_base_live.npy",
+    "catalog_delta_ids.npy",
+    "catalog_delta_embeddings.npy",
+)
 
 
 class CatalogSource(Protocol):
@@ -89,13 +93,17 @@ def find_base(snapshots_root: Path, hash_kind: str, dimension: int) -> Base | No
                 check_file(build / name, checksums[name])
             if not (build / BASE_FILES[2]).is_file():
                 continue
-            return Base(build, np.load(build / BASE_FILES[0]), np.load(build / BASE_FILES[1]), checksums, catalog["base_origin"])
+            return Base(
+                build, np.load(build / BASE_FILES[0]), np.load(build / BASE_FILES[1]), checksums, catalog["base_origin"]
+            )
         except (ArtifactIntegrityError, KeyError, TypeError, OSError, ValueError):
             continue
     return None
 
 
-def write_catalog(build: Path, source: CatalogSource, base: Base | None, origin: str) -> tuple[dict, dict[str, tuple[Path, str]]]:
+def write_catalog(
+    build: Path, source: CatalogSource, base: Base | None, origin: str
+) -> tuple[dict, dict[str, tuple[Path, str]]]:
     """Write the catalog files of a new build; returns the manifest section and the base files
     to hard-link into the build with their known checksums."""
     ids, hashes = source.fingerprints()
@@ -125,9 +133,9 @@ def write_catalog(build: Path, source: CatalogSource, base: Base | None, origin:
         "pins": len(ids),
         "base_origin": origin_of_base,
         "base_reused": bool(linked),
-        "base_pins": int(len(live)),
+        "base_pins": len(live),
         "dead_base_pins": int((~live).sum()),
-        "delta_pins": int(len(delta_ids)),
+        "delta_pins": len(delta_ids),
     }
     return section, linked
 
@@ -160,6 +168,7 @@ class CatalogView:
 
     def __init__(self, build: Path, elsewhere: dict[str, tuple[Path, str]] | None = None) -> None:
         """``elsewhere``: base files not linked into ``build`` yet (while it is being written)."""
+
         def path(name: str) -> Path:
             return (elsewhere or {}).get(name, (build / name, ""))[0]
 
@@ -168,8 +177,11 @@ class CatalogView:
         self.base_embeddings = np.load(path(BASE_FILES[2]), mmap_mode="r")
         self.delta_ids = np.load(build / DELTA_IDS)
         self.delta_embeddings = np.load(build / DELTA_EMBEDDINGS, mmap_mode="r")
-        if len(self.base_live) != len(self.base_ids) or len(self.base_embeddings) != len(self.base_ids) or len(
-            self.delta_embeddings) != len(self.delta_ids):
+        if (
+            len(self.base_live) != len(self.base_ids)
+            or len(self.base_embeddings) != len(self.base_ids)
+            or len(self.delta_embeddings) != len(self.delta_ids)
+        ):
             raise ArtifactIntegrityError(f"{build}: catalog files do not line up")
 
     @staticmethod

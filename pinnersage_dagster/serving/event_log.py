@@ -26,7 +26,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from ..core.events import OnlineEvent, decode, encode, identity, log_path, read_lines
@@ -92,7 +92,9 @@ class EventLog:
         self.stats.duplicates += len(events) - sum(kept)
         return kept, others
 
-    def _append_day(self, day: date, events: list[OnlineEvent], positions: list[int], kept: list[bool]) -> list[OnlineEvent]:
+    def _append_day(
+        self, day: date, events: list[OnlineEvent], positions: list[int], kept: list[bool]
+    ) -> list[OnlineEvent]:
         path = self.path(day)
         fd = self._open_locked(path)
         state = self._days.setdefault(day, _DayState())
@@ -148,7 +150,7 @@ class EventLog:
         """Events appended (by anyone) to the files of days ``since`` .. ``until`` (default: tomorrow,
         UTC) since the last call. Cheap when nothing changed: one stat per day. Days before
         ``since`` are forgotten (their dedup keys freed)."""
-        until = until or datetime.now(timezone.utc).date() + ONE_DAY
+        until = until or datetime.now(UTC).date() + ONE_DAY
         out: list[OnlineEvent] = []
         with self._lock:
             for old in [d for d in self._days if d < since]:

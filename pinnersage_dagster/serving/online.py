@@ -43,7 +43,7 @@ class Interest:
     kind: str
     online_updated: bool = False
     online_actions: int = 0
-    centroid: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    centroid: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)  # set when events need it
     members: list[int] = field(default_factory=list, repr=False)
 
 
@@ -97,8 +97,11 @@ class OnlineEvents:
         if packed is None:
             return []
         cutoff = after.value
-        return [OnlineEvent(ts=pd.Timestamp(ts), user_id=user_id, pin_id=pin, action=ACTIONS[action])
-                for ts, pin, action in _RECORD.iter_unpack(packed) if ts >= cutoff]
+        return [
+            OnlineEvent(ts=pd.Timestamp(ts), user_id=user_id, pin_id=pin, action=ACTIONS[action])
+            for ts, pin, action in _RECORD.iter_unpack(packed)
+            if ts >= cutoff
+        ]
 
     def prune(self, before: pd.Timestamp) -> int:
         """Drop events a newer batch covers; returns how many were dropped."""

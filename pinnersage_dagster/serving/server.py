@@ -20,35 +20,22 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .settings import ServerLimits
 
 # (status, reason) -> count, for this process: answers the application never saw
 SERVER_ANSWERS: Counter[tuple[str, str]] = Counter()
 
 
-@dataclass(frozen=True)
-class ServerLimits:
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    keep_alive_timeout: float = 5.0
-    limit_concurrency: int = 1_000
-
-    def validate(self) -> str | None:
-        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
-            if not getattr(self, name) > 0:
-                return f"--{name.replace('_', '-')}: must be > 0 seconds, got {getattr(self, name)}"
-        if self.limit_concurrency < 1:
-            return f"--limit-concurrency: must be at least 1, got {self.limit_concurrency}"
-        return None
-
-
 def _plain(status: int, reason: str, message: str) -> bytes:
-    body = ('{"detail":"%s"}' % message).encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n")
+    body = (f'{{"detail":"{message}"}}').encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -56,8 +43,17 @@ async def _over_limit(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The answer to a request past the concurrency limit."""
     SERVER_ANSWERS[("503", "over_concurrency_limit")] += 1
     body = b'{"detail":"over the concurrency limit: retry later"}'
-    await send({"type": "http.response.start", "status": 503, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -2,38 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..core.events import ACTIONS
+from ..core.retrieval import per_medoid_budget, proportional_budget, sample_medoids
 from .cache import MedoidCache, Neighbours
 from .event_log import EventLog
+from .merge import merge_candidates
 from .online import ADDED, OLDER_THAN_KEPT, OnlineEvent, OnlineEvents, user_interests
-from ..core.retrieval import per_medoid_budget, proportional_budget, sample_medoids
-from .retrieval import merge_candidates
+from .settings import ServiceSettings, ServingParams
 from .snapshot import ServingSnapshot
 from .store import SnapshotManager
 
 
-
 class NoSnapshotError(RuntimeError):
     """Nothing has been published yet (or nothing loadable)."""
-
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    sampled_medoids: int = 3
-    retrieval_budget: int = 400
-    policy: str = "sampled"  # the default until the numbers say otherwise (README, 'Retrieval policies')
-    online_recent_actions: int = 20
-    online_max_users: int = 1_000_000  # LRU bound of the online state (serving.online.OnlineEvents)
-    exclusion_margin: int = 64  # extra neighbours fetched per medoid so exclusion rarely shortens lists
-    cache_entries: int = 200_000
-    cold_start_size: int = 400
-    future_tolerance_seconds: float = 300.0
 
 
 def utc_now() -> pd.Timestamp:
@@ -51,7 +38,7 @@ class RecommenderService:
         self.settings = settings or ServiceSettings()
         self.manager = manager
         self.cache = MedoidCache(self.settings.cache_entries)
-        self.events = OnlineEvents(keep=self.settings.online_recent_actions, max_users=self.settings.online_max_users)
+        self.events = OnlineEvents(keep=ServingParams().online_recent_actions, max_users=self.settings.online_max_users)
         self.event_log = event_log
         self.replay_rejected: dict[str, int] = {}
         # events read from the log (or held online) that a served batch covers: not rejections,
@@ -60,8 +47,9 @@ class RecommenderService:
         previous = manager.on_swap
 
         def on_swap(snapshot: ServingSnapshot) -> None:
+            self.events.keep = snapshot.serving.online_recent_actions  # as the batch was published
             # the new batch supersedes what it covers (events of its day accepted after its
-            # raw_actions ran reach the batch with the next day's run: README, 'Reliability')
+            # raw_actions ran reach the batch with the next day's run: docs/reliability.md)
             self.covered_by_batch += self.events.prune(before=snapshot.batch_time)
             if self.event_log is not None:
                 self.event_log.retire_before(snapshot.batch_time.date())
@@ -128,13 +116,13 @@ class RecommenderService:
         'proportional' (every medoid, a share of the budget by importance; ``core.retrieval``)."""
         snapshot = self.snapshot()
         now = now or utc_now()
-        budget = budget or self.settings.retrieval_budget
+        budget = budget or min(snapshot.serving.retrieval_budget, self.settings.max_budget)
         events = self.events.for_user(user_id, snapshot.batch_time)
         interests = user_interests(snapshot, user_id, events, now)
         seen = np.union1d(snapshot.seen(user_id), [e.pin_id for e in events]) if exclude_seen else np.empty(0, np.int64)
         if not interests:
             return self._cold_start(snapshot, user_id, budget, seen)
-        policy = policy or self.settings.policy
+        policy = policy or self.settings.policy or snapshot.serving.retrieval_policy
         importance = np.array([c.importance for c in interests])
         if policy == "proportional":
             shares = proportional_budget(importance, budget)
@@ -142,7 +130,10 @@ class RecommenderService:
             picked = picked[np.argsort(-importance[picked], kind="stable")]
             chosen, ks = [interests[i] for i in picked], shares[picked].tolist()
         elif policy == "sampled":
-            chosen = [interests[i] for i in sample_medoids(importance, self.settings.sampled_medoids, np.random.default_rng(seed))]
+            chosen = [
+                interests[i]
+                for i in sample_medoids(importance, snapshot.serving.sampled_medoids, np.random.default_rng(seed))
+            ]
             ks = [per_medoid_budget(budget, len(chosen))] * len(chosen)
         else:
             raise ValueError(f"unknown retrieval policy {policy!r}")
@@ -151,7 +142,7 @@ class RecommenderService:
         for c, k in zip(chosen, ks):
             depth = min(k + margin, snapshot.index_manifest.count)
             pin_ids, scores = self.cache.get(
-                snapshot.version, c.medoid_pin_id, depth, lambda d, pin=c.medoid_pin_id: self._ann(snapshot, pin, d)
+                snapshot.version, c.medoid_pin_id, depth, functools.partial(self._ann, snapshot, c.medoid_pin_id)
             )
             neighbours.append((c.cluster_id, c.medoid_pin_id, pin_ids, scores))
         pins, scores, clusters, medoids = merge_candidates(neighbours, ks, budget, seen)
@@ -162,8 +153,13 @@ class RecommenderService:
             "snapshot": _snapshot_info(snapshot),
             "per_medoid": max(ks, default=0),
             "sampled": [
-                {"cluster_id": c.cluster_id, "medoid_pin_id": c.medoid_pin_id, "importance": round(c.importance, 6),
-                 "online_updated": c.online_updated, "share": k}
+                {
+                    "cluster_id": c.cluster_id,
+                    "medoid_pin_id": c.medoid_pin_id,
+                    "importance": round(c.importance, 6),
+                    "online_updated": c.online_updated,
+                    "share": k,
+                }
                 for c, k in zip(chosen, ks)
             ],
             "items": [
@@ -181,7 +177,9 @@ class RecommenderService:
 
     def _cold_start(self, snapshot: ServingSnapshot, user_id: int, budget: int, seen: np.ndarray) -> dict[str, Any]:
         """Users with no interests get the window's most acted-on pool pins, most popular first."""
-        popular = snapshot.popular[~np.isin(snapshot.popular, seen)][:budget] if seen.size else snapshot.popular[:budget]
+        popular = (
+            snapshot.popular[~np.isin(snapshot.popular, seen)][:budget] if seen.size else snapshot.popular[:budget]
+        )
         return {
             "user_id": user_id,
             "source": "popular",
@@ -217,10 +215,16 @@ class RecommenderService:
                 rejected.append({"index": position, "reason": reason})
             else:
                 accepted += 1
-        return {"accepted": accepted, "rejected": rejected, "offline_only": offline_only,
-                "snapshot": _snapshot_info(snapshot)}
+        return {
+            "accepted": accepted,
+            "rejected": rejected,
+            "offline_only": offline_only,
+            "snapshot": _snapshot_info(snapshot),
+        }
 
-    def _validate(self, snapshot: ServingSnapshot, raw: dict[str, Any], now: pd.Timestamp) -> tuple[OnlineEvent | None, str]:
+    def _validate(
+        self, snapshot: ServingSnapshot, raw: dict[str, Any], now: pd.Timestamp
+    ) -> tuple[OnlineEvent | None, str]:
         if raw["action"] not in ACTIONS:
             return None, "invalid_action"
         ts = pd.Timestamp(raw["ts"])
@@ -235,4 +239,8 @@ class RecommenderService:
 
 
 def _snapshot_info(snapshot: ServingSnapshot) -> dict[str, str]:
-    return {"partition": snapshot.partition, "version": snapshot.version, "index_build": snapshot.index_manifest.build_id}
+    return {
+        "partition": snapshot.partition,
+        "version": snapshot.version,
+        "index_build": snapshot.index_manifest.build_id,
+    }

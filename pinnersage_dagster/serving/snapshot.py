@@ -34,10 +34,11 @@ from ..core.hnsw import (
     LIVE_FILE,
     IndexManifest,
     open_index_files,
-    read_manifest,
+    read_index_manifest,
     verified_index_ids,
 )
 from .catalog import CatalogSource, CatalogView, find_base, write_catalog
+from .settings import ServingParams
 
 FORMAT_VERSION = 3  # 2: the index may carry tombstones (index_live.npy); 3: catalog as base + delta
 MEDOID_COLUMNS = ["user_id", "cluster_id", "medoid_pin_id", "importance", "size", "n_actions", "kind"]
@@ -57,22 +58,27 @@ def publish_snapshot(
     alpha: float,
     decay_lambda: float,
     lineage: dict | None = None,
+    serving: dict | None = None,
 ) -> dict:
     """Publish the snapshot of ``partition``; ``index_dir`` is that day's published pin_index;
-    ``lineage``: the versions of what it was built from (``guards``), kept in the manifest.
+    ``lineage``: the versions of what it was built from (``guards``), kept in the manifest;
+    ``serving``: the model's serving parameters (``serving.settings.ServingParams``).
 
     Immutable files of other builds (the day's index, the catalog base of an earlier snapshot)
     are hard-linked with their recorded checksums; every file written here is hashed once.
     """
-    index_manifest = read_manifest(index_dir)
+    index_manifest = read_index_manifest(index_dir)
     if index_manifest.source_partition != partition:
         raise ArtifactIntegrityError(f"index in {index_dir} is for {index_manifest.source_partition}, not {partition}")
     if index_manifest.dimension != catalog.dimension:
-        raise ArtifactIntegrityError(f"index in {index_dir} has dimension {index_manifest.dimension}, the catalog "
-                                     f"{catalog.dimension}: materialize candidate_pool and pin_index again")
+        raise ArtifactIntegrityError(
+            f"index in {index_dir} has dimension {index_manifest.dimension}, the catalog "
+            f"{catalog.dimension}: materialize candidate_pool and pin_index again"
+        )
     if lineage is not None and lineage.get("pin_index") not in (None, index_manifest.build_id):
-        raise ArtifactIntegrityError(f"index in {index_dir} is build {index_manifest.build_id}, not the recorded "
-                                     f"{lineage['pin_index']}")
+        raise ArtifactIntegrityError(
+            f"index in {index_dir} is build {index_manifest.build_id}, not the recorded {lineage['pin_index']}"
+        )
     medoids = _sorted(medoids, ["user_id", "cluster_id"])[MEDOID_COLUMNS]
     members = _sorted(members, ["user_id", "cluster_id", "pin_id"])
     seen = _sorted(seen, ["user_id", "pin_id"])
@@ -82,7 +88,11 @@ def publish_snapshot(
         index_build = index_dir / "builds" / index_manifest.build_id
         linked = {
             target: (index_build / name, index_manifest.files[name])
-            for target, name in ((INDEX_FILE, INDEX_FILE), ("index_pin_ids.npy", IDS_FILE), ("index_live.npy", LIVE_FILE))
+            for target, name in (
+                (INDEX_FILE, INDEX_FILE),
+                ("index_pin_ids.npy", IDS_FILE),
+                ("index_live.npy", LIVE_FILE),
+            )
         }
         catalog_section, base_files = write_catalog(build, catalog, base, origin=f"{partition}/{build.name}")
         linked.update(base_files)
@@ -103,6 +113,7 @@ def publish_snapshot(
             "index": index_manifest.to_dict(),
             "catalog": catalog_section,
             "lineage": lineage or {},
+            "serving": serving or {},
         }
         return fields, linked
 
@@ -114,8 +125,9 @@ def _readable(build: Path, manifest: dict) -> None:
     without loading the HNSW graph: it is the pin_index build, verified when that was published."""
     try:
         index_manifest = IndexManifest(**manifest["index"])
-        pin_ids, _ = verified_index_ids(build / INDEX_FILE, build / "index_pin_ids.npy", build / "index_live.npy",
-                                        index_manifest, checksums=False)
+        pin_ids, _ = verified_index_ids(
+            build / INDEX_FILE, build / "index_pin_ids.npy", build / "index_live.npy", index_manifest, checksums=False
+        )
         clusters = pq.read_metadata(build / "medoids.parquet").num_rows
         if np.load(build / "centroids.npy", mmap_mode="r").shape[0] != clusters:
             raise ArtifactIntegrityError(f"{build}: centroids do not line up with medoids")
@@ -144,7 +156,9 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return frame.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
-def _centroids(medoids: pd.DataFrame, members: pd.DataFrame, catalog: "CatalogView", chunk_rows: int = 200_000) -> np.ndarray:
+def _centroids(
+    medoids: pd.DataFrame, members: pd.DataFrame, catalog: CatalogView, chunk_rows: int = 200_000
+) -> np.ndarray:
     """Mean member embedding of each cluster, in chunks of whole clusters: memory stays at
     ``chunk_rows`` embeddings, not one per member (5M members x 256 would be 10 GB in float64)."""
     dim = catalog.dimension
@@ -165,8 +179,10 @@ def _centroids(medoids: pd.DataFrame, members: pd.DataFrame, catalog: "CatalogVi
         sizes = ends[first:last] - starts[first:last]
         # the mean as a sparse (clusters x members) product: one pass, ~20x faster than np.add.reduceat
         # float32 throughout: converting every gathered member to float64 cost more than the product
-        weights = csr_matrix((np.repeat(1.0 / sizes, sizes).astype(np.float32), np.arange(hi - lo),
-                              np.r_[0, np.cumsum(sizes)]), shape=(last - first, hi - lo))
+        weights = csr_matrix(
+            (np.repeat(1.0 / sizes, sizes).astype(np.float32), np.arange(hi - lo), np.r_[0, np.cumsum(sizes)]),
+            shape=(last - first, hi - lo),
+        )
         out[first:last] = weights @ catalog.embeddings(pins[lo:hi])
         first = last
     return out
@@ -191,6 +207,7 @@ class ServingSnapshot:
     index: hnswlib.Index
     index_pin_ids: np.ndarray
     index_manifest: IndexManifest
+    serving: ServingParams = field(default_factory=ServingParams)
     _medoid_users: np.ndarray = field(init=False, repr=False)
     _member_users: np.ndarray = field(init=False, repr=False)
 
@@ -237,7 +254,9 @@ def load_snapshot(partition_dir: Path) -> ServingSnapshot:
     """Load and verify the published snapshot of one partition; raises ArtifactIntegrityError."""
     build, manifest = verified_build(partition_dir)
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactIntegrityError(f"{partition_dir}: snapshot format {manifest.get('format_version')} is not {FORMAT_VERSION}")
+        raise ArtifactIntegrityError(
+            f"{partition_dir}: snapshot format {manifest.get('format_version')} is not {FORMAT_VERSION}"
+        )
     return _open(build, manifest)
 
 
@@ -245,13 +264,16 @@ def _open(build: Path, manifest: dict) -> ServingSnapshot:
     try:
         index_manifest = IndexManifest(**manifest["index"])
         if index_manifest.source_partition != manifest["partition"]:
-            raise ArtifactIntegrityError(f"{build}: index of {index_manifest.source_partition} in a snapshot of {manifest['partition']}")
+            raise ArtifactIntegrityError(
+                f"{build}: index of {index_manifest.source_partition} in a snapshot of {manifest['partition']}"
+            )
         if build.parent.parent.name != manifest["partition"]:
             raise ArtifactIntegrityError(f"{build}: a snapshot of {manifest['partition']} in the folder of another day")
         lineage = manifest.get("lineage") or {}
         if lineage.get("pin_index") not in (None, index_manifest.build_id):
-            raise ArtifactIntegrityError(f"{build}: paired with index build {index_manifest.build_id}, "
-                                         f"built from {lineage['pin_index']}")
+            raise ArtifactIntegrityError(
+                f"{build}: paired with index build {index_manifest.build_id}, built from {lineage['pin_index']}"
+            )
         # the linked files are verified against the index manifest the snapshot was paired with
         index, index_pin_ids = open_index_files(
             build / INDEX_FILE, build / "index_pin_ids.npy", build / "index_live.npy", index_manifest
@@ -281,9 +303,9 @@ def _open(build: Path, manifest: dict) -> ServingSnapshot:
             index=index,
             index_pin_ids=index_pin_ids,
             index_manifest=index_manifest,
+            serving=ServingParams.from_manifest(manifest.get("serving")),
         )
     except ArtifactIntegrityError:
         raise
     except Exception as exc:  # any unreadable part refuses the whole snapshot
         raise ArtifactIntegrityError(f"{build}: cannot be loaded: {type(exc).__name__}: {exc}") from exc
-

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..core.artifacts import ArtifactIntegrityError, read_manifest
 from ..core.retention import clear_in_use, days, mark_in_use
@@ -45,7 +45,8 @@ class SnapshotManager:
         """(partition, build_id) of every published snapshot, newest partition first: only real
         days (``core.retention.days``: named as a day, not after today, with a manifest) whose
         manifest names that day; anything else is logged and ignored."""
-        found, ignored = [], {}
+        found: list[tuple[str, str]] = []
+        ignored: dict[str, str] = {}
         real = days(self.root, ignored=ignored)
         for name, why in ignored.items():
             if name not in self._ignored:
