@@ -1,7 +1,8 @@
 """A real Dagster instance (persistent storage, the shipped dagster.yaml, dagster-daemon): the
-schedule's run for the latest day and an overlapping multi-day backfill race each other. Every
-run must succeed, none may hit the DuckDB lock, and the warehouse must end exactly as a
-sequential run leaves it."""
+schedule's run for the latest day, an overlapping multi-day backfill and a run started outside
+the queue (`dagster asset materialize`) race each other. The queue starts one run at a time, the
+pool makes the outside run wait for the warehouse; every run must succeed, none may hit the
+DuckDB lock, and the warehouse must end exactly as a sequential run leaves it."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import dagster as dg
@@ -78,8 +80,8 @@ def test_schedule_run_and_overlapping_backfill_race_without_lock_failures(tmp_pa
         .run_requests
     )
     latest = request.partition_key
-    first = (datetime.fromisoformat(latest) - timedelta(days=2)).date().isoformat()
-    days = [(datetime.fromisoformat(first) + timedelta(days=i)).date().isoformat() for i in range(3)]
+    first = (datetime.fromisoformat(latest) - timedelta(days=1)).date().isoformat()
+    days = [first, latest]
     # yesterday's history is in place, as on any day of a deployment; the runs re-make it
     for target, target_env in ((live, env), (reference, reference_env)):
         target.mkdir(exist_ok=True)
@@ -100,16 +102,35 @@ def test_schedule_run_and_overlapping_backfill_race_without_lock_failures(tmp_pa
         tags = {**request.tags, "dagster/partition": latest}
         cli(env, "job", "launch", "-j", pinnersage_daily_job.name, "--tags", json.dumps(tags))
         cli(env, "job", "backfill", "-j", pinnersage_daily_job.name, "--from", first, "--to", latest, "--noprompt")
-        runs = wait_for_runs(env, expected=1 + len(days), timeout=1200)
+        # an operator's run from the command line, outside the queue, at the same time
+        outside = subprocess.run(
+            [DAGSTER, "asset", "materialize", "-m", "pinnersage_dagster.definitions", "--partition", first]
+            + ["--select", "action_windows,user_clusters,user_medoids"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert outside.returncode == 0, outside.stderr[-3000:]
+        runs = wait_for_runs(env, expected=2 + len(days), timeout=1200)
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
         daemon.wait(timeout=60)
 
     statuses = {r["run_id"]: r["status"] for r in runs}
-    assert list(statuses.values()).count("SUCCESS") == len(runs) == 1 + len(days), runs
-    assert sorted(r["partition"] for r in runs) == sorted([latest, *days])
+    assert list(statuses.values()).count("SUCCESS") == len(runs) == 2 + len(days), runs
+    assert sorted(r["partition"] for r in runs) == sorted([latest, first, *days])
     assert sum(r["lock_errors"] for r in runs) == 0
-    assert sum(r["pool_waits"] for r in runs) > 0  # they really did contend for the warehouse
+    queued = sorted((r["start"], r["end"]) for r in runs if r["queued"])
+    assert len(queued) == 1 + len(days)
+    assert all(end <= start for (_, end), (start, _) in pairwise(queued)), queued  # one at a time
+    outside_run = next(r for r in runs if not r["queued"])
+    overlapped = [
+        r for r in runs if r["queued"] and r["start"] < outside_run["end"] and outside_run["start"] < r["end"]
+    ]
+    assert overlapped and outside_run["pool_waits"] > 0  # it really did wait for the warehouse
 
     for day in days:  # the reference: the same days run one after another, in process
         materialize_in_process(reference_env, ["action_windows", "user_clusters", "user_medoids"], [day])
@@ -125,16 +146,21 @@ def test_schedule_run_and_overlapping_backfill_race_without_lock_failures(tmp_pa
 
 def wait_for_runs(env: dict[str, str], expected: int, timeout: float) -> list[dict]:
     """Poll the instance until ``expected`` runs have finished; each with its status, partition,
-    lock errors and pool waits read from its event log."""
+    whether it went through the queue, its start and end, and the lock errors and pool waits read
+    from its event log."""
     probe = """
 import json, re, dagster as dg
 LOCK = re.compile("could not set lock|conflicting lock|database is locked|lock on file", re.I)
 instance = dg.DagsterInstance.get()
 out = []
-for run in instance.get_runs():
+for record in instance.get_run_records():
+    run = record.dagster_run
     logs = instance.all_logs(run.run_id)
     text = [(e.message or "") + str(e.dagster_event.event_specific_data if e.dagster_event else "") for e in logs]
     out.append({"run_id": run.run_id, "status": run.status.value, "partition": run.tags.get("dagster/partition"),
+                "queued": any(
+                    e.dagster_event and e.dagster_event.event_type_value == "PIPELINE_ENQUEUED" for e in logs),
+                "start": record.start_time or 0.0, "end": record.end_time or 0.0,
                 "lock_errors": sum(bool(LOCK.search(t)) for t in text),
                 "pool_waits": sum("blocked by limit for pool" in t.lower() for t in text)})
 print(json.dumps(out))

@@ -83,7 +83,7 @@ def test_instance_config_serializes_warehouse_steps(tmp_path):
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     try:
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
-        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 4
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 1
     finally:
         instance.dispose()
 
