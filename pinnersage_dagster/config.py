@@ -1,7 +1,8 @@
 """The one typed configuration of the model and the system, with the paper's defaults.
 
 Injected into assets and checks as the ``params`` resource; change any field per run from
-the launchpad (``resources: params: config: {alpha: 1.0}``) or in ``definitions.py``.
+the launchpad (``resources: params: config: {alpha: 1.0}``), or for every run with
+``PINNERSAGE_PARAMS`` (settings.py).
 """
 
 from typing import Literal
@@ -9,7 +10,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from .partitions import WINDOW_DAYS
+WINDOW_DAYS = 90  # the paper's 90-day history; the partition mapping (partitions.py) is built from it
 
 
 class PinnerSageParams(dg.ConfigurableResource):

@@ -11,6 +11,10 @@ or stale input fails the run with a message that names it and what to materializ
 publishing something its inputs do not support. The versions also go to Dagster as data
 versions, so the UI marks what a re-run made stale.
 
+**Source** (``provenance``): the warehouse records the source it was built from the first
+time an asset that reads the source writes it, and each folder records the warehouse's source
+when its first artifact is published; another source is refused before anything is written.
+
 **Plausibility** (``core.plausibility``): a catalog that shrinks past ``max_catalog_shrink``
 or is empty, a day far below the days before it (``min_day_share``), a day file holding
 another day's rows, fail before anything is replaced, unless ``accept_implausible_inputs``.
@@ -27,6 +31,7 @@ import dagster as dg
 import duckdb
 
 from .partitions import daily_partitions
+from .provenance import SourceIdentity, SourceMismatchError, check_folder, stamp_folder, warehouse_source
 from .warehouse import table_exists
 
 
@@ -183,3 +188,46 @@ def data_version(context: dg.AssetExecutionContext, version: str) -> dg.DataVers
     if context.has_partition_key_range and context.partition_key_range.start != context.partition_key_range.end:
         return None
     return dg.DataVersion(version)
+
+
+class SourceMismatchFailure(dg.Failure):
+    """The warehouse or a folder was built from another source: nothing is written."""
+
+    def __init__(self, error: SourceMismatchError) -> None:
+        super().__init__(description=str(error))
+        self.error = error
+
+    def __str__(self) -> str:
+        return str(self.error)
+
+
+def require_source(conn: duckdb.DuckDBPyConnection, current: SourceIdentity, database: str) -> None:
+    """Record ``current`` in a warehouse that records no source; refuse one built from another."""
+    recorded = warehouse_source(conn)
+    if recorded is None:
+        conn.execute(
+            "INSERT INTO warehouse_source VALUES (?, ?, ?, ?)",
+            [current.fingerprint, current.label, json.dumps(current.to_json()), datetime.now(UTC).replace(tzinfo=None)],
+        )
+    elif recorded.fingerprint != current.fingerprint:
+        raise SourceMismatchFailure(SourceMismatchError(database, recorded, current))
+
+
+def publish_into(conn: duckdb.DuckDBPyConnection, root: str, database: str) -> None:
+    """Before publishing into ``root``: the folder must hold the warehouse's source (recorded
+    now if it holds none yet); a warehouse that records no source publishes unstamped."""
+    current = warehouse_source(conn)
+    if current is None:
+        return
+    try:
+        stamp_folder(root, current)
+    except SourceMismatchError as exc:
+        raise SourceMismatchFailure(exc) from None
+
+
+def events_of_source(root: str, current: SourceIdentity) -> None:
+    """The service's event log must be of this source (the service records it when it starts)."""
+    try:
+        check_folder(root, current)
+    except SourceMismatchError as exc:
+        raise SourceMismatchFailure(exc) from None

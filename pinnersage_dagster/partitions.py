@@ -5,21 +5,24 @@ last complete day. ``PINNERSAGE_START_DATE`` moves the first day (a setting, rea
 definitions load, so it is fixed for a deployment).
 """
 
+import warnings
 from datetime import date, timedelta
 
 import dagster as dg
 
+from .config import WINDOW_DAYS
 from .settings import settings
 
 START_DATE = settings().start_date.isoformat()
-WINDOW_DAYS = 90  # the paper's 90-day history; the partition mapping below is built from it
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date=START_DATE)
 
 # partition D of a windowed asset reads raw_actions partitions D-89 .. D (90 days)
-window_mapping = dg.TimeWindowPartitionMapping(
-    start_offset=-(WINDOW_DAYS - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
-)
+with warnings.catch_warnings():  # a beta parameter, used on purpose (definitions.py says why)
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    window_mapping = dg.TimeWindowPartitionMapping(
+        start_offset=-(WINDOW_DAYS - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
+    )
 
 
 def partition_days(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> list[date]:

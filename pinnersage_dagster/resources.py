@@ -22,6 +22,7 @@ from .config import PinnerSageParams
 from .core.contract import RawPins
 from .core.synthetic import SyntheticWorld, generate_pins, generate_population
 from .engines import PassRunner, pass_runner
+from .provenance import SourceIdentity, files_identity, synthetic_identity
 from .readers import (
     parse_column_names,
     partition_file,
@@ -77,6 +78,10 @@ class DataSource(dg.ConfigurableResource):
     @abstractmethod
     def newest_day(self, now: pd.Timestamp) -> date | None:
         """The newest UTC day the source holds actions of (not after ``now``)."""
+
+    @abstractmethod
+    def identity(self) -> SourceIdentity:
+        """What defines this source's data (``provenance``): the warehouse records it."""
 
     @property
     def learns_embeddings(self) -> bool:
@@ -136,6 +141,17 @@ class SyntheticSource(DataSource):
     def newest_day(self, now: pd.Timestamp) -> date:
         return (now - pd.Timedelta(days=1)).date()  # the world has actions on every day
 
+    def identity(self) -> SourceIdentity:
+        return synthetic_identity(
+            seed=self.seed,
+            users=self.n_users,
+            pins=self.n_pins,
+            preset=self.preset,
+            epoch=self.epoch,
+            dim=self.dim,
+            dirty_share=self.dirty_share,
+        )
+
     def pin_truth(self) -> pd.DataFrame:
         return generate_pins(self.world).truth()
 
@@ -185,6 +201,11 @@ class FileSource(DataSource):
 
     def known_pins(self) -> tuple[np.ndarray, np.ndarray] | None:
         return read_pin_ids(self.pins_path) if self.pins_path else None
+
+    def identity(self) -> SourceIdentity:
+        return files_identity(
+            actions_path=self.actions_path, pins_path=self.pins_path, actions_columns=self.actions_columns
+        )
 
     def newest_day(self, now: pd.Timestamp) -> date | None:
         if not self.per_day_files:

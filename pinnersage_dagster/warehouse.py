@@ -200,6 +200,17 @@ TABLES: dict[str, Table] = {
             ),
             partitioned=False,
         ),
+        # the source the warehouse was built from (``provenance``, ``guards.require_source``): one row
+        Table(
+            "warehouse_source",
+            (
+                _c("fingerprint", "VARCHAR", "a hash of what defines the source's data"),
+                _c("label", "VARCHAR", "the source, as a person reads it"),
+                _c("identity", "VARCHAR", "JSON: the source's kind and fields"),
+                _c("stamped_at", "TIMESTAMP", "when, UTC"),
+            ),
+            partitioned=False,
+        ),
         # what each asset's partition was built from (``guards``); partition_date NULL: unpartitioned
         Table(
             "lineage",

@@ -319,6 +319,13 @@ class World:
         self.use(pins=self.pins_path)
 
     def use(self, pins: Path | None = None, actions: str | None = None) -> None:
+        """Point at other files: another source, so a fresh warehouse and folders (as after `clean`)."""
+        for name in ("warehouse.duckdb", "warehouse.duckdb.wal", "pin_index", "serving", "exchange", "events"):
+            target = self.root / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
         self.resources["source"] = FileSource(
             pins_path=str(pins or self.pins_path), actions_path=actions or str(self.root / "actions" / "{date}.csv")
         )

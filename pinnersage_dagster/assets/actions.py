@@ -83,6 +83,11 @@ def raw_actions(
     the first partition also quarantines the log's rows before it or without a usable ts, and
     the newest partition its rows in the future.
     """
+    with duckdb.get_connection() as conn:
+        ensure_tables(conn)
+        guards.require_source(conn, source.identity(), duckdb.database)
+    if event_log.ingest:
+        guards.events_of_source(event_log.root, source.identity())
     known_ids, created_at = source.known_pins() or (None, None)
     now = pd.Timestamp.now(tz="UTC").tz_localize(None)
     first = daily_partitions.start.date()

@@ -55,6 +55,9 @@ def pins(
     partitioned run), and without a pins file the catalog is the pins learned from the log.
     The catalog's version (a hash of its content) is what every downstream artifact records.
     """
+    with duckdb.get_connection() as conn:
+        ensure_tables(conn)
+        guards.require_source(conn, source.identity(), duckdb.database)
     raw, learned_day = source.read_pins(), None
     if raw is None or not raw.has_embeddings:
         with duckdb.get_connection() as conn:
@@ -153,6 +156,7 @@ def candidate_pool(
     """
     with duckdb.get_connection() as conn:
         catalog = guards.require(conn, "pins", needed_by="candidate_pool")
+        guards.publish_into(conn, index_store.root, duckdb.database)
         if catalog.rows == 0:
             raise guards.StaleInputError("the catalog (pins) is empty: there is nothing to put in the candidate pool")
         table = query_arrow(conn, "SELECT pin_id, quality, created_at FROM pins ORDER BY pin_id")

@@ -12,6 +12,7 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from .. import guards
 from ..config import PinnerSageParams
 from ..core.evaluation import exact_search
 from ..core.offline import BASELINE, PINNERSAGE, run_offline
@@ -79,6 +80,7 @@ def offline_evaluation(
     for day in partition_days(context):
         horizon = config.horizon_days or horizon_to_newest(source, day)
         with duckdb.get_connection() as conn:
+            guards.publish_into(conn, config.report_root, duckdb.database)
             users = load_split(conn, day, horizon, config.min_train_actions, config.max_users, seed=0)
             topic_of = _planted_topics(conn)
         search = (
@@ -95,6 +97,7 @@ def offline_evaluation(
             threshold=config.relevance_threshold,
             alphas=tuple(config.alphas),
             topic_of=topic_of,
+            progress=context.log.info,
         )
         out = Path(config.report_root) / day.isoformat()
         out.mkdir(parents=True, exist_ok=True)

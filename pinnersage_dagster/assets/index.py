@@ -50,6 +50,7 @@ def pin_index(
         started = time.perf_counter()
         with duckdb.get_connection() as conn:
             inputs = checked_index_inputs(conn, index_store, needed_by=f"pin_index of {day}")
+            guards.publish_into(conn, index_store.root, duckdb.database)
         try:
             graph = load_pool_graph(index_store.pool_graph_dir())
         except ArtifactIntegrityError as exc:

@@ -60,6 +60,7 @@ def serving_snapshot(
         _, end = day_bounds(day)
         with duckdb.get_connection() as conn:
             lineage = checked_snapshot_inputs(conn, day, index_store)
+            guards.publish_into(conn, serving_store.root, duckdb.database)
             medoids = conn.execute(
                 "SELECT * EXCLUDE (partition_date) FROM user_medoids WHERE partition_date = ? ORDER BY user_id, cluster_id",
                 [day],

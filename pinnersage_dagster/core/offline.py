@@ -58,9 +58,12 @@ def run_offline(
     max_embeddings: int = 10,
     topic_of: pd.Series | None = None,
     decay_lambda: float = 0.01,
+    progress: Callable[[str], None] = lambda message: None,
 ) -> OfflineReport:
     """``alpha`` and ``decay_lambda`` are PinnerSage's (Ward threshold, importance decay per day);
-    the ablations keep the paper's λ of 0 and 0.1 for comparison."""
+    the ablations keep the paper's λ of 0 and 0.1 for comparison. ``progress`` hears one line
+    per model, per point of the curve and per alpha of the sweep."""
+    progress(f"clustering {len(users.user_ids)} users at alpha {alpha:g} (Ward, complete linkage)")
     calibrated = calibrated_threshold(users.catalog_x, np.random.default_rng(0))
     ward = ward_members(users, alpha)
     ward_medoid = cluster_representation(users, ward, decay_lambda, "medoid")
@@ -92,7 +95,8 @@ def run_offline(
     ]
 
     results: dict[str, list[ModelResult]] = {}
-    for name, factory, sampled, policy in models:
+    for number, (name, factory, sampled, policy) in enumerate(models, 1):
+        progress(f"model {number}/{len(models)}: {name}")
         # sampling models run once per seed; the others once (only the impressions' draw would vary)
         runs = []
         for seed in range(seeds if sampled is not None else 1):
@@ -119,6 +123,7 @@ def run_offline(
 
     curve_rows = []
     baseline = table.loc[BASELINE]
+    progress(f"Figure 7's curve: 1 .. {max_embeddings} sampled embeddings")
     for e in range(1, max_embeddings + 1):
         runs = [
             evaluate_representation(
@@ -146,6 +151,7 @@ def run_offline(
 
     sweep_rows = []
     for a in alphas:
+        progress(f"alpha sweep: {a:g} ({alphas.index(a) + 1}/{len(alphas)})")
         members = ward_members(users, a)
         per_user = members.groupby("user_id")["cluster_id"].nunique()
         rep = cluster_representation(users, members, decay_lambda, "medoid")

@@ -24,7 +24,8 @@ from pathlib import Path
 
 IN_USE = ".in_use"
 MARKER_FRESH_SECONDS = 15 * 60
-EXPECTED_OTHERS = {"pool_graph"}  # folders a root holds besides its days, not worth a warning
+# what a root holds besides its days, not worth a warning: the pool graph, the source stamp (provenance.STAMP)
+EXPECTED_OTHERS = {"pool_graph", "SOURCE.json"}
 
 log = logging.getLogger(__name__)
 

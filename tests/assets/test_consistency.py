@@ -7,6 +7,7 @@ from datetime import UTC, timedelta
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,6 +17,7 @@ from pinnersage_dagster.checks import all_checks
 from pinnersage_dagster.core.artifacts import ArtifactIntegrityError, sha256
 from pinnersage_dagster.core.hnsw import build_index
 from pinnersage_dagster.core.retention import prune_artifacts
+from pinnersage_dagster.provenance import STAMP
 from pinnersage_dagster.resources import FileSource
 from pinnersage_dagster.serving.snapshot import load_snapshot
 from pinnersage_dagster.serving.store import SnapshotManager
@@ -73,8 +75,15 @@ def busy_day(day, users: int) -> list[str]:
     ]
 
 
-def use_pins(resources: dict, path: Path) -> None:
-    resources["source"] = FileSource(pins_path=str(path), actions_path="unused/{date}.csv")
+def use_pins(resources: dict, path: Path, **fields) -> None:
+    """A new version of the pins file of the source the graph was built from. The graph was built
+    from the synthetic source, so its source record moves to this file first (what the warehouse
+    and folders would record had they been built from it); the catalog guards are under test."""
+    resources["source"] = FileSource(pins_path=str(path), actions_path="unused/{date}.csv", **fields)
+    with duckdb.connect(resources["duckdb"].database) as conn:
+        conn.execute("DELETE FROM warehouse_source")
+    for store in ("index_store", "serving_store"):
+        (Path(resources[store].root) / STAMP).unlink(missing_ok=True)
 
 
 # 1. a missing upstream partition
@@ -213,7 +222,7 @@ def test_an_all_invalid_pins_file_is_refused_and_an_empty_catalog_fails_clearly(
         return frame.head(50)
 
     path = pins_file(graph_copy, tmp_path / "bad.parquet", change=wrong_dimension)
-    resources["source"] = FileSource(pins_path=str(path), actions_path="unused/{date}.csv", embedding_dim=256)
+    use_pins(resources, path, embedding_dim=256)
     message = failure(run(resources, ["pins"], None))
     assert "the new catalog would be empty: 0 valid pins of 50 rows read (wrong_dimension 50)" in message
     accepting(resources)
@@ -355,6 +364,38 @@ def test_an_action_before_its_pins_creation_is_quarantined(day_files):
     assert world.query("SELECT ts FROM raw_actions_quarantine WHERE reason = 'pin_created_after_action'") == [
         ("2026-03-03T10:00:00Z",)
     ]
+
+
+# 7. one source per warehouse and per folder
+def test_a_warehouse_of_another_source_is_refused_before_anything_is_written(graph_copy, day_files):
+    from ..support import GOOD_PINS
+
+    world = day_files  # your own files, in a fresh warehouse
+    assert world.run(["pins"], partition=None).success
+    world.resources["source"] = graph_copy.resources["source"]  # the synthetic world, same warehouse
+    for selection, partition in ((["pins"], None), (["raw_actions"], DAY_FILES_DAY)):
+        message = failure(world.run(selection, partition=partition, raise_on_error=False))
+        assert f"{world.resources['duckdb'].database} was built from files (" in message
+        assert "not from this source, synthetic (seed 5, 80 users, 3000 pins, clean)" in message
+        assert "`pinnersage clean`" in message and "PINNERSAGE_DATA_ROOT" in message
+    assert world.query("SELECT count(*) FROM pins") == [(GOOD_PINS,)]
+    assert world.query("SELECT count(*) FROM raw_actions") == [(0,)]
+
+
+def test_a_folder_holding_another_sources_artifacts_is_not_published_into(graph_copy, tmp_path):
+    resources = graph_copy.resources
+    other = FileSource(pins_path="theirs.parquet", actions_path="theirs.csv").identity()
+    serving = Path(resources["serving_store"].root)
+    before = sorted(p.name for p in serving.iterdir())
+    (serving / STAMP).write_text(json.dumps(other.to_json()))
+    message = failure(run(resources, ["serving_snapshot"]))
+    assert f"{serving} was built from files (theirs.csv" in message
+    assert sorted(p.name for p in serving.iterdir()) == before
+    # the service's event log of another source is never ingested as this one's
+    events = Path(resources["event_log"].root)
+    events.mkdir(exist_ok=True)
+    (events / STAMP).write_text(json.dumps(other.to_json()))
+    assert f"{events} was built from files (theirs.csv" in failure(run(resources, ["raw_actions"]))
 
 
 BACKFILL = """

@@ -82,8 +82,43 @@ def test_importing_the_definitions_creates_nothing_and_the_core_needs_no_dagster
     assert list(tmp_path.iterdir()) == []  # no folder, no warehouse, no data/
 
 
-def test_every_setting_is_in_the_configuration_table():
-    from pinnersage_dagster.settings import env_name
+def test_the_configuration_table_is_generated_from_the_settings():
+    from pinnersage_dagster.settings import configuration_table, env_name
 
-    table = (REPO / "docs" / "operations.md").read_text()
+    table = configuration_table()
+    assert table in (REPO / "docs" / "operations.md").read_text(), "regenerate it: settings.configuration_table()"
     assert all(f"| `{env_name(field)}` |" in table for field in Settings.model_fields)
+    assert all(row.count("|") == 5 and not row.endswith("|  |") for row in table.splitlines())  # read by: filled
+
+
+def test_a_data_root_moves_every_folder_and_an_explicit_path_wins():
+    settings = Settings.from_environ({"PINNERSAGE_DATA_ROOT": "data/own", "PINNERSAGE_SERVING_ROOT": "/srv/snap"})
+    assert settings.duckdb_path == str(Path("data/own/pinnersage.duckdb"))
+    assert settings.reports_root == str(Path("data/own/reports")) and settings.events_root == str(
+        Path("data/own/events")
+    )
+    assert settings.serving_root == "/srv/snap"
+    assert Settings.from_environ({}).index_root == str(Path("data/pin_index"))
+
+
+def test_the_env_file_is_read_and_the_environment_wins(tmp_path):
+    (tmp_path / ".env").write_text("PINNERSAGE_PARAMS='{\"alpha\": 1.4}'\nPINNERSAGE_DATA_ROOT=from_file\n")
+    probe = "from pinnersage_dagster.settings import settings; s = settings(); print(s.params['alpha'], s.data_root)"
+    env = {"PATH": "/usr/bin:/bin", "PINNERSAGE_DATA_ROOT": "from_env"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1.4", "from_env"]
+    (tmp_path / ".env").write_text("PINNERSAGE_SOURCE=file\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pinnersage_dagster.cli", "summary"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "PINNERSAGE_SOURCE='file'" in done.stderr and "'synthetic' or 'files'" in done.stderr
