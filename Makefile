@@ -50,18 +50,23 @@ test-fast: setup
 dev: setup
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dg dev
 
+# what the settings name (PINNERSAGE_DATA_ROOT and the paths under it), then the instance's run history
 clean:
-	rm -rf data/pinnersage.duckdb data/pinnersage.duckdb.wal data/pin_index data/serving data/exchange data/events $(DAGSTER_HOME)
+	if [ -x $(BIN)/pinnersage ]; then $(BIN)/pinnersage clean; fi
+	rm -rf $(DAGSTER_HOME)
 
 .PHONY: bench-serving
 bench-serving: setup
 	$(BIN)/python benchmarks/serving_load.py
 
-# the committed report in docs/evaluation is for this split day (synthetic data, deterministic seed)
+# the committed report in docs/evaluation is for this split day (synthetic data, deterministic seed);
+# the report goes to PINNERSAGE_REPORTS_ROOT, and into docs/evaluation only when asked:
+# make evaluate OUTPUT=docs/evaluation
 SPLIT_DAY ?= 2026-11-14
+OUTPUT ?=
 .PHONY: evaluate
 evaluate: setup
-	$(BIN)/pinnersage evaluate --split-day $(SPLIT_DAY) --output docs/evaluation
+	$(BIN)/pinnersage evaluate --split-day $(SPLIT_DAY) $(if $(OUTPUT),--output $(OUTPUT))
 
 .PHONY: bench-clustering bench-index bench-e2e bench
 bench-clustering: setup

@@ -13,6 +13,7 @@ warnings.filterwarnings("ignore", message="Asset job .* materializes assets with
 from .assets import all_assets
 from .checks import all_checks
 from .jobs import pinnersage_daily_job
+from .loggers import LOGGERS
 from .resources import build_resources
 from .schedules import pinnersage_daily_schedule
 from .settings import settings
@@ -23,4 +24,5 @@ defs = dg.Definitions(
     jobs=[pinnersage_daily_job],
     schedules=[pinnersage_daily_schedule],
     resources=build_resources(settings()),
+    loggers=LOGGERS,
 )

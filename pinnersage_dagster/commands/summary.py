@@ -12,6 +12,38 @@ from ..core.artifacts import ArtifactIntegrityError, read_manifest as read_artif
 from ..core.hnsw import read_index_manifest
 from ..reporting import distribution, frame_markdown
 from ..settings import Settings, settings as current_settings
+from ..warehouse import table_exists
+from . import UserError
+
+
+def materialized_days(database: str, asset: str = "user_medoids") -> list[date]:
+    """The days ``asset`` was materialized for (its lineage), oldest first."""
+    if not Path(database).exists():
+        raise UserError(f"there is no warehouse at {database}: run `pinnersage demo` first")
+    with duckdb.connect(database, read_only=True) as conn:
+        if not table_exists(conn, "lineage"):
+            return []
+        rows = conn.execute(
+            "SELECT DISTINCT partition_date FROM lineage WHERE asset = ? AND partition_date IS NOT NULL ORDER BY 1",
+            [asset],
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def summary_day(requested: date | None, database: str) -> date:
+    """The day to summarize: the one asked for if it was materialized, else the newest that was."""
+    days = materialized_days(database)
+    if not days:
+        raise UserError(f"no day has been materialized in {database}: run `pinnersage demo`")
+    if requested is None:
+        return days[-1]
+    if requested not in days:
+        held = f"{days[0]} .. {days[-1]}" if len(days) > 1 else str(days[0])
+        raise UserError(
+            f"{requested} was never materialized in {database} (it holds {held}): "
+            f"run `pinnersage demo --date {requested} --days 1`"
+        )
+    return requested
 
 
 def summary(day: date, settings: Settings | None = None) -> str:

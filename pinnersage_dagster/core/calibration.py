@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, timedelta
 
 import numpy as np
@@ -18,6 +19,7 @@ def alpha_sweep(
     embeddings: np.ndarray,
     alphas: list[float],
     labels: np.ndarray | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """One row per alpha. Rows of the input are distinct (user, pin), sorted by user.
 
@@ -25,7 +27,8 @@ def alpha_sweep(
     mean number of Ward clusters of median users (the 40th-60th percentiles by distinct pins)
     and of the heaviest 1%.
     With ``labels`` (a planted topic per row): mean per-user adjusted Rand index and purity,
-    where each pin outside every Ward cluster counts as its own cluster.
+    where each pin outside every Ward cluster counts as its own cluster. ``progress`` hears of
+    each alpha as it starts.
     """
     rows = []
     # the daily pass itself, on one action per distinct pin (Ward sees distinct pins either way)
@@ -37,7 +40,9 @@ def alpha_sweep(
     pins_per_user = pd.Series(user_ids).value_counts()
     median_users = pins_per_user[pins_per_user.between(pins_per_user.quantile(0.4), pins_per_user.quantile(0.6))].index
     heavy_users = pins_per_user[pins_per_user >= pins_per_user.quantile(0.99)].index
-    for alpha in alphas:
+    for i, alpha in enumerate(alphas, 1):
+        if progress:
+            progress(f"alpha {alpha:g} ({i}/{len(alphas)})")
         members = represent_history(
             history, catalog_ids, catalog_x, alpha=alpha, decay_lambda=0.0, now=pd.Timestamp("2000-01-02")
         )

@@ -10,11 +10,12 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from ..core.artifacts import read_manifest
 from .api import create_app
 from .event_log import EventLog
 from .server import uvicorn_options
 from .service import RecommenderService
-from .settings import ServiceSettings
+from .settings import ServiceSettings, ServingParams
 from .store import SnapshotManager
 
 # how ``serve`` hands its settings to the worker processes uvicorn spawns (they import
@@ -27,14 +28,33 @@ def build_service(settings: ServiceSettings) -> RecommenderService:
     return RecommenderService(SnapshotManager(Path(settings.serving_root)), settings, events)
 
 
+def describe(settings: ServiceSettings, *, host: str, port: int, workers: int) -> str:
+    """What ``serve`` is about to do, as one line: URL, snapshot, workers, policy."""
+    published = SnapshotManager(Path(settings.serving_root)).published()
+    if published:
+        partition, build_id = published[0]
+        manifest = read_manifest(Path(settings.serving_root) / partition)
+        snapshot = f"snapshot {partition} (build {build_id})"
+        policy = settings.policy or ServingParams.from_manifest(manifest.get("serving")).retrieval_policy
+        origin = "--policy" if settings.policy else "the snapshot's"
+    else:
+        snapshot = f"no snapshot yet in {settings.serving_root} (503 until serving_snapshot publishes one)"
+        policy, origin = settings.policy or "sampled", "--policy" if settings.policy else "default"
+    events = f"events: {settings.events_root}" if settings.events_root else "events: this process only"
+    return (
+        f"serving http://{host}:{port} · {snapshot} · {workers} worker{'s' if workers > 1 else ''} · "
+        f"policy {policy} ({origin}) · {events}"
+    )
+
+
 def serve(
     settings: ServiceSettings,
     *,
     host: str,
     port: int,
     workers: int = 1,
-    log_level: str = "warning",
-    access_log: bool = False,
+    log_level: str = "info",
+    access_log: bool = True,
 ) -> None:
     """Serve until stopped. Each worker loads and swaps snapshots on its own and follows the
     shared event log, so an event posted to any worker is seen by the next request on every worker."""

@@ -1,12 +1,7 @@
 """Bringing your own interaction log: one file or folder over any span, embeddings learned from
-the log, the CLI's tuning flags, and the walk-through of docs/own-data.md end to end."""
+the log, the CLI's tuning flags (the walk-through of docs/own-data.md runs in
+tests/deployment/test_readme.py)."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -26,7 +21,6 @@ from pinnersage_dagster.resources import FileSource
 
 from ..support import make_resources, materializations, range_tags
 
-ROOT = Path(__file__).resolve().parents[2]
 FIRST = daily_partitions.start.date()
 NEWEST = daily_partitions.get_last_partition_window().start.date()
 NOW = pd.Timestamp.now(tz="UTC").tz_localize(None)
@@ -256,10 +250,10 @@ def test_too_small_a_log_fails_naming_the_minimum(tmp_path):
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["evaluate", "--alpha", "0"], "--alpha: Input should be greater than 0"),
-        (["evaluate", "--decay-lambda", "-1"], "--decay-lambda: Input should be greater than or equal to 0"),
-        (["evaluate", "--horizon-days", "-3"], "--horizon-days: Input should be greater than or equal to 0"),
-        (["calibrate", "--min-train-actions", "0"], "--min-train-actions: Input should be greater than or equal to 1"),
+        (["evaluate", "--alpha", "0"], "argument --alpha: must be > 0, got 0"),
+        (["evaluate", "--decay-lambda", "-1"], "argument --decay-lambda: must be at least 0, got -1"),
+        (["evaluate", "--horizon-days", "-3"], "argument --horizon-days: must be at least 0, got -3"),
+        (["calibrate", "--min-train-actions", "0"], "argument --min-train-actions: must be at least 1, got 0"),
         (["calibrate", "--horizon-days", "3"], "apply to a held-out sweep: add --split-day"),
         (["evaluate", "--aplha", "1"], "unrecognized arguments: --aplha"),
         (["evaluate", "--search", "approximate"], "argument --search: invalid choice: 'approximate'"),
@@ -270,57 +264,3 @@ def test_the_cli_refuses_bad_tuning_before_any_work(argv, expected, capsys):
     with pytest.raises(SystemExit) as stop:
         cli_main(argv)
     assert stop.value.code == 2 and expected in capsys.readouterr().err
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_the_readme_walk_through(tmp_path):
-    """The 'Walk-through: one CSV, no embeddings' commands (docs/own-data.md), on the committed example."""
-    home = tmp_path / ".dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((ROOT / "deploy" / "dagster.yaml").read_text())
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "PINNERSAGE_SOURCE": "files",
-        "PINNERSAGE_ACTIONS_PATH": str(ROOT / "data/examples/interactions/interactions.csv"),
-        "PINNERSAGE_ACTIONS_COLUMNS": "pin_id=item_id",
-        "PINNERSAGE_START_DATE": "2026-06-01",
-    }
-    env.pop("PINNERSAGE_PINS_PATH", None)
-    cli = [sys.executable, "-m", "pinnersage_dagster.cli"]
-
-    def run(*args: str) -> str:
-        done = subprocess.run(
-            [*cli, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
-    summary = run("demo", "--date", "2026-07-30", "--days", "1")
-    assert "checks of 2026-07-30: 5/5 passed" in summary and "true_topic" not in summary
-    port = _free_port()
-    server = subprocess.Popen(
-        [*cli, "serve", "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        body = None
-        for _ in range(120):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/users/7/recommendations", timeout=5) as r:
-                    body = r.read().decode()
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert body and '"source":"pinnersage"' in body and '"items":[{' in body
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    report = run("evaluate", "--split-day", "2026-07-16", "--horizon-days", "0", "--seeds", "2", "--alpha", "1.0")
-    assert "test: distinct pins acted on in [2026-07-16, 2026-07-31)" in report
-    assert "PinnerSage runs at alpha = 1 " in report and "| PinnerSage (Ward, medoid) |" in report
