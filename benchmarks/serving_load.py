@@ -9,7 +9,9 @@
    - for each retrieval policy (``sampled``, the paper's; ``proportional``), on a fresh server:
      cold: every user's recommendations once, in random order, on an empty medoid cache;
      warm: the same users again (the cache now holds their medoids). Medoid lookups per request
-     (each one an ANN query on a cache miss) are read from the server's counters.
+     (each one an ANN query on a cache miss) are read from the server's counters;
+   - the same, one process running an experiment whose one arm is ``sampled`` (every answer
+     assigned and written to the impression log): its cost against the plain ``sampled`` server.
 4. Writes ``benchmarks/results/serving.md`` and ``serving.json``.
 
 Run: ``make bench-serving`` (or ``.venv/bin/python benchmarks/serving_load.py``).
@@ -47,7 +49,7 @@ from pinnersage_dagster.core.synthetic import (
 )
 from pinnersage_dagster.core.user_pass import represent_history
 from pinnersage_dagster.serving.catalog import ArrayCatalog
-from pinnersage_dagster.serving.snapshot import publish_snapshot
+from pinnersage_dagster.serving.snapshot import FORMAT_VERSION, publish_snapshot
 
 DAY = date(2026, 6, 30)
 PARTITION = DAY.isoformat()
@@ -193,7 +195,7 @@ def main() -> None:
         saved = json.loads((ROOT / "benchmarks" / "results" / "serving.json").read_text())
         return report(saved["snapshot"], saved["phases"], args)
 
-    cache = ROOT / "benchmarks" / ".cache" / f"serving-{args.pins}-{args.users}-{args.seed}"
+    cache = ROOT / "benchmarks" / ".cache" / f"serving-v{FORMAT_VERSION}-{args.pins}-{args.users}-{args.seed}"
     built = cache / "built.json"
     if not built.exists():
         print(f"building a {args.pins:,}-pin snapshot (once; cached in {cache.relative_to(ROOT)})", flush=True)
@@ -209,9 +211,21 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     users = rng.permutation(np.arange(1, args.users + 1))[: args.requests].tolist()
     phases: dict[str, dict] = {}
-    # (workers, policy, with a mixed phase): one process per policy, then two workers behind one port
-    for workers, policy, mixed in ((1, "sampled", True), (1, "proportional", False), (2, "sampled", True)):
+    # an experiment whose one arm is the sampled policy: against "1 worker, sampled", what running an
+    # experiment costs (assignment, the impression id, the impression log) for the same retrieval work
+    experiment = cache / "experiment.yaml"
+    experiment.write_text("name: bench\nsalt: bench\narms: {sampled: 1}\n")
+    env["PINNERSAGE_IMPRESSIONS_ROOT"] = str(cache / "impressions")
+    # (workers, policy, with a mixed phase, under the experiment): one process per policy, then two
+    # workers behind one port, then one process running the experiment
+    for workers, policy, mixed, under in (
+        (1, "sampled", True, False),
+        (1, "proportional", False, False),
+        (2, "sampled", True, False),
+        (1, "sampled", False, True),
+    ):
         shutil.rmtree(cache / "events", ignore_errors=True)  # each server starts with an empty event log
+        shutil.rmtree(cache / "impressions", ignore_errors=True)
         port = free_port()
         server = subprocess.Popen(
             [
@@ -225,6 +239,7 @@ def main() -> None:
                 "3600",
                 "--workers",
                 str(workers),
+                *(["--experiment", str(experiment)] if under else []),
             ],
             cwd=ROOT,
             env=env,
@@ -232,12 +247,13 @@ def main() -> None:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        label = f"{workers} worker{'s' if workers > 1 else ''}, {policy}"
+        label = f"{workers} worker{'s' if workers > 1 else ''}, {policy}" + (", experiment" if under else "")
         try:
             wait_ready(port)
             time.sleep(3 if workers > 1 else 0)  # every worker up, not just the first
             phases[f"{label}: baseline GET /health"] = load(port, users, args.connections, args.max_seconds, "/health")
-            path = "/v1/users/{user}/recommendations?policy=" + policy
+            # under the experiment the arm decides (a named policy would take the request out of it)
+            path = "/v1/users/{user}/recommendations" + ("" if under else "?policy=" + policy)
             # cold: first sight of every user, on an empty cache; warm-up: the same users until every medoid
             # they can ask for has been fetched once; warm: the same users again, measured
             phases[f"{label}: cold cache"] = measured(port, users, args, path)
@@ -252,6 +268,20 @@ def main() -> None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
     report(info, phases, args)
+
+
+def experiment_lines(phases: dict) -> list[str]:
+    """What running an experiment costs: the same retrieval (sampled) with and without it."""
+    plain, under = phases.get("1 worker, sampled: warm cache"), phases.get("1 worker, sampled, experiment: warm cache")
+    if not plain or not under:
+        return []
+    return [
+        "",
+        f"Experiment cost (1 worker, warm cache, sampled retrieval): {under['requests_per_second']:,} req/s at p99 "
+        f"{under['p99_ms']} ms with every answer assigned and logged, against {plain['requests_per_second']:,} req/s "
+        f"at p99 {plain['p99_ms']} ms without an experiment: "
+        f"{under['requests_per_second'] / plain['requests_per_second']:.2f}x the throughput.",
+    ]
 
 
 GOALS = {  # phase: (req/s at least, p99 ms at most)
@@ -321,7 +351,7 @@ def report(info: dict, phases: dict, args: argparse.Namespace) -> None:
             f"{p['p99_ms']} | {p['requests_per_second'] / baseline(name):.2f} | {p.get('cache_hit_rate', '')} | "
             f"{p.get('medoid_lookups_per_request', '')} | {p.get('post_p99_ms') or ''} |"
         )
-    lines += ["", *goal_lines(phases)]
+    lines += ["", *goal_lines(phases), *experiment_lines(phases)]
     lines += [
         "",
         f"Connections: {args.connections}; each phase stops after {args.requests} requests or "

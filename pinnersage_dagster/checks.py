@@ -5,6 +5,7 @@ run) with an ``evaluate_*`` function that takes a DuckDB connection, so tests ca
 the same logic on deliberately corrupted tables.
 """
 
+import json
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from dagster_duckdb import DuckDBResource
 
 from . import guards
 from .assets.constants import DUCKDB_POOL
+from .assets.experiment import experiment_report, report_root
 from .assets.index import pin_index
 from .assets.interests import user_clusters, user_medoids
 from .config import PinnerSageParams
@@ -130,6 +132,20 @@ def _built_from_current_catalog(conn: duckdb.DuckDBPyConnection, day: date, buil
     return None
 
 
+SRM_ALPHA = 0.001
+
+
+def evaluate_experiment_sample_ratio(report: dict) -> Evaluation:
+    """Exposed users per arm against the weights (chi-square): a split that skewed means the
+    assignment or the logging is broken, and no lift can be trusted."""
+    p = float(report["srm_p_value"])
+    return p >= SRM_ALPHA, {
+        "srm_p_value": p,
+        "exposed_users": report.get("exposed_users_all", {}),
+        "weights": report["experiment"]["arms"],
+    }
+
+
 def _evaluate_days(
     context: dg.AssetCheckExecutionContext, evaluate: Callable[[date], Evaluation], warn: bool = False
 ) -> dg.AssetCheckResult:
@@ -197,10 +213,25 @@ def pin_index_matches_candidate_pool(
         )
 
 
+@dg.asset_check(asset=experiment_report, partitions_def=daily_partitions)
+def experiment_sample_ratio(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    """Sample ratio mismatch: exposed users per arm must fit the weights (fails below p = 0.001)."""
+
+    def evaluate(day: date) -> Evaluation:
+        path = Path(report_root()) / day.isoformat() / "report.json"
+        try:
+            return evaluate_experiment_sample_ratio(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return False, {"missing": str(path)}
+
+    return _evaluate_days(context, evaluate)
+
+
 all_checks = [
     every_active_user_has_a_cluster,
     clusters_per_user_within_bounds,
     medoid_is_cluster_member,
     importance_is_finite_and_positive,
     pin_index_matches_candidate_pool,
+    experiment_sample_ratio,
 ]

@@ -21,7 +21,7 @@ from .commands import RunFailed, UserError
 from .commands.context import check_source, first_line, span
 from .settings import Settings, SettingsError, settings
 
-POLICIES = ["sampled", "proportional"]
+POLICIES = ["sampled", "proportional", "decay_average"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -181,6 +181,34 @@ def build_parser() -> Parser:
     srv.add_argument("--body-timeout", type=seconds, default=30.0, help="seconds from the headers to the body's end")
     srv.add_argument("--keep-alive-timeout", type=seconds, default=5.0, help="seconds an idle connection stays open")
     srv.add_argument("--limit-concurrency", type=positive, default=1000, help="connections and requests per worker")
+    srv.add_argument(
+        "--experiment",
+        default=None,
+        help="run this experiment file (YAML: name, salt, arms, start, end; deploy/experiment.example.yaml) "
+        "(default: PINNERSAGE_EXPERIMENT_PATH, or none)",
+    )
+
+    rep = command(
+        "experiment-report",
+        "an experiment's daily report: arms, volume, propensity, lifts",
+        "Materialize experiment_report for a day (the traffic served from that day's snapshot: the day after it) "
+        "and its sample-ratio check, and print the report (docs/experiments.md).",
+    )
+    rep.add_argument("--date", type=_day, default=None, help="the snapshot's day (default: the newest published)")
+    rep.add_argument("--experiment", default=None, help="the experiment file (default: PINNERSAGE_EXPERIMENT_PATH)")
+
+    sim = command(
+        "simulate",
+        "play synthetic users against a running service (experiments)",
+        "Each of --users synthetic users asks the service for recommendations, looks at the first --items, and "
+        "engages (posts repins and clicks) with a probability that grows with how well a pin matches its true "
+        "interests in the synthetic world (docs/experiments.md says what it assumes). Prints a summary per arm. "
+        "Needs the synthetic source: your own data has no true interests.",
+    )
+    sim.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
+    sim.add_argument("--users", type=positive, default=1000, help="synthetic users to play")
+    sim.add_argument("--seed", type=_number(int, 0), default=0, help="which users, and their draws")
+    sim.add_argument("--items", type=positive, default=20, help="items of each answer a user looks at")
 
     clean = command(
         "clean",
@@ -258,6 +286,26 @@ def run(args: argparse.Namespace, current: Settings) -> None:
         _tuning(args, current)
     elif args.command == "serve":
         _serve(args, current)
+    elif args.command == "experiment-report":
+        from .commands.experiments import experiment_report, newest_served_day
+
+        path = args.experiment or current.experiment_path
+        if not path:
+            raise UserError("no experiment: give --experiment PATH or set PINNERSAGE_EXPERIMENT_PATH")
+        day = args.date or newest_served_day()
+        print(first_line("experiment-report", current, days=f"snapshot {day}"), flush=True)
+        check_source(current, folders=_artifact_folders(current))
+        print(experiment_report(day, path))
+    elif args.command == "simulate":
+        from .commands.simulate import simulate
+
+        print(first_line("simulate", current, warehouse=False, place=f"service: {args.url}"), flush=True)
+        if current.source != "synthetic":
+            raise UserError(
+                "simulate plays the synthetic world's users with their true interests; PINNERSAGE_SOURCE=files has "
+                "no ground truth: measure an experiment on your own data with real traffic (docs/experiments.md)"
+            )
+        print(simulate(current.synthetic_world(), args.url, args.users, args.seed, args.items))
     else:
         from .commands.users import user_report
 
@@ -328,8 +376,16 @@ def _serve(args: argparse.Namespace, current: Settings) -> None:
         serving_root=args.serving_root,
         refresh_seconds=args.refresh_seconds,
         policy=args.policy,
+        experiment_path=args.experiment,
         **{k: getattr(args, k) for k in ("header_timeout", "body_timeout", "keep_alive_timeout", "limit_concurrency")},
     )
+    if service.experiment_path:
+        from .core.experiment import ExperimentError, load_experiment
+
+        try:
+            load_experiment(service.experiment_path)
+        except ExperimentError as exc:
+            raise UserError(f"--experiment: {exc}") from None
     print(first_line("serve", current, warehouse=False, place=f"snapshots: {service.serving_root}"), flush=True)
     check_source(current, warehouse=False, folders=[f for f in (service.serving_root, service.events_root) if f])
     if service.events_root:

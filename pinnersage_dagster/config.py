@@ -39,10 +39,11 @@ class PinnerSageParams(dg.ConfigurableResource):
         description="Sanity bound for the clusters_per_user_within_bounds check (paper: heavy users 75-100).",
     )
     sampled_medoids: int = Field(default=3, ge=1, description="Medoids sampled per request (paper: 3).")
-    retrieval_policy: Literal["sampled", "proportional"] = Field(
+    retrieval_policy: Literal["sampled", "proportional", "decay_average"] = Field(
         default="sampled",
         description="The service's default: 'sampled' (the paper: sampled_medoids drawn by importance, budget split "
-        "evenly) or 'proportional' (every medoid, a share of the budget by importance; docs/serving.md, 'Retrieval policies').",
+        "evenly), 'proportional' (every medoid, a share of the budget by importance; docs/serving.md, 'Retrieval "
+        "policies') or 'decay_average' (the paper's online control: one decay-weighted average embedding).",
     )
     retrieval_budget: int = Field(default=400, ge=1, description="Recommendations per request (paper: 400).")
     online_recent_actions: int = Field(

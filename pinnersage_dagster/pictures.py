@@ -80,3 +80,28 @@ def clusters_2d(points: np.ndarray, cluster: np.ndarray, medoid: np.ndarray, *, 
         ax.set(title=title, xlabel="principal axis 1", ylabel="principal axis 2")
 
     return _png(draw, size=(5.5, 4.2))
+
+
+def lift_intervals(lifts: dict[str, dict[str, dict]], *, title: str) -> bytes | None:
+    """Each arm's lift (volume, propensity) with its 95% interval, against the control; None if
+    no lift could be computed."""
+    rows = [
+        (f"{arm} · {metric}", v["lift"], v["low"], v["high"])
+        for arm, metrics in lifts.items()
+        for metric, v in metrics.items()
+        if v["lift"] is not None
+    ]
+    if not rows:
+        return None
+
+    def draw(ax) -> None:
+        labels, lift, low, high = zip(*rows)
+        y = np.arange(len(rows))
+        centre = np.array(lift) * 100
+        errors = np.array([centre - np.array(low) * 100, np.array(high) * 100 - centre])
+        ax.errorbar(centre, y, xerr=errors, fmt="o", color="#3b75af", capsize=4)
+        ax.axvline(0, color="#888", linewidth=1)
+        ax.set_yticks(y, labels)
+        ax.set(title=title, xlabel="lift over the control (%), 95% interval")
+
+    return _png(draw, size=(6.5, 0.6 * len(rows) + 1.4))

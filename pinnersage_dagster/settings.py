@@ -37,6 +37,7 @@ PATH_DEFAULTS = {
     "exchange_root": "exchange",
     "events_root": "events",
     "reports_root": "reports",
+    "impressions_root": "impressions",
 }
 ENV_FILE = ".env"
 
@@ -118,7 +119,19 @@ class Settings(BaseModel):
         "", description="the service's event log", json_schema_extra={"read_by": "serve, raw_actions"}
     )
     reports_root: str = Field(
-        "", description="offline evaluation reports", json_schema_extra={"read_by": "offline_evaluation, evaluate"}
+        "",
+        description="offline evaluation and experiment reports",
+        json_schema_extra={"read_by": "offline_evaluation, experiment_report, evaluate"},
+    )
+    impressions_root: str = Field(
+        "",
+        description="what the service showed under an experiment (one JSON Lines file per day)",
+        json_schema_extra={"read_by": "serve, experiment_report"},
+    )
+    experiment_path: str | None = Field(
+        None,
+        description="an online experiment (YAML: name, salt, arms, start, end) the service runs",
+        json_schema_extra={"read_by": "serve, experiment_report"},
     )
     ingest_service_events: bool = Field(
         True,
@@ -190,6 +203,18 @@ class Settings(BaseModel):
             except (ValidationError, TypeError) as exc:
                 detail = _explain(exc) if isinstance(exc, ValidationError) else str(exc)
                 raise SettingsError(f"PINNERSAGE_PARAMS: {detail}") from None
+
+    def synthetic_world(self):
+        """The synthetic world these settings name (the synthetic source's)."""
+        from .core.synthetic import SyntheticWorld
+
+        return SyntheticWorld(
+            seed=self.synthetic_seed,
+            n_users=self.synthetic_users,
+            n_pins=self.synthetic_pins,
+            preset=self.synthetic_preset,
+            epoch=self.start_date,
+        )
 
     def source_identity(self) -> SourceIdentity:
         """What defines this deployment's data (``provenance``); the source resource gives the same."""

@@ -197,6 +197,7 @@ def publish_day(root: Path, partition: str, importance: tuple[float, float] = (3
         medoids=medoids,
         members=members,
         seen=members[["user_id", "pin_id"]],
+        actions=members[["user_id", "pin_id"]].assign(ts=day_end - pd.Timedelta(hours=6)),
         popular=ids[np.flatnonzero(topic == 3)][:50],
         catalog=ArrayCatalog(ids, x),
         index_dir=index_dir,
@@ -221,6 +222,7 @@ def start_server(root: Path, port: int, *args: str, ready: int = 1) -> subproces
         **os.environ,
         "PINNERSAGE_SERVING_ROOT": str(root / "serving"),
         "PINNERSAGE_EVENTS_ROOT": str(root / "events"),
+        "PINNERSAGE_IMPRESSIONS_ROOT": str(root / "impressions"),
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "pinnersage_dagster.cli", "serve", "--port", str(port), *args],

@@ -3,6 +3,8 @@
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
+import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from .. import guards
@@ -25,7 +27,8 @@ MEMBERS_SQL = """
     FROM (SELECT user_id, cluster_id, unnest(pin_ids) AS pin_id FROM user_clusters WHERE partition_date = ?)
     ORDER BY user_id, cluster_id, pin_id
 """
-SEEN_SQL = "SELECT DISTINCT user_id, pin_id FROM action_windows WHERE partition_date = ? ORDER BY user_id, pin_id"
+# the window's actions, read once: the seen pins and the decay sums come from them
+ACTIONS_SQL = "SELECT user_id, pin_id, ts FROM action_windows WHERE partition_date = ? ORDER BY user_id, pin_id, ts"
 # cold start: the window's most acted-on pins that are in the pool as of that day
 POPULAR_SQL = """
     SELECT w.pin_id FROM action_windows w JOIN candidate_pool c USING (pin_id)
@@ -66,7 +69,7 @@ def serving_snapshot(
                 [day],
             ).df()
             members = conn.execute(MEMBERS_SQL, [day]).df()
-            seen = conn.execute(SEEN_SQL, [day]).df()
+            actions = conn.execute(ACTIONS_SQL, [day]).df()
             popular = conn.execute(POPULAR_SQL, [day, end, params.retrieval_budget]).df()["pin_id"].to_numpy()
         manifest = publish_snapshot(
             serving_store.partition_dir(day.isoformat()),
@@ -74,7 +77,8 @@ def serving_snapshot(
             batch_time=end,
             medoids=medoids,
             members=members,
-            seen=seen,
+            seen=distinct_pairs(actions),
+            actions=actions,
             popular=popular,
             catalog=WarehouseCatalog(duckdb.get_connection),
             index_dir=index_store.partition_dir(day.isoformat()),
@@ -180,6 +184,13 @@ def checked_snapshot_inputs(conn, day, index_store: IndexStore) -> dict:
         "user_medoids": interests["user_medoids"].version,
         "dimension": catalog.inputs.get("dimension"),
     }
+
+
+def distinct_pairs(actions: pd.DataFrame) -> pd.DataFrame:
+    """The distinct (user_id, pin_id) of actions sorted by user and pin."""
+    users, pins = actions["user_id"].to_numpy(), actions["pin_id"].to_numpy()
+    first = np.r_[True, (users[1:] != users[:-1]) | (pins[1:] != pins[:-1])] if len(actions) else np.empty(0, bool)
+    return pd.DataFrame({"user_id": users[first], "pin_id": pins[first]})
 
 
 def _disk_use(build: Path) -> tuple[int, int]:

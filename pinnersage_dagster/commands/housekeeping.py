@@ -10,17 +10,17 @@ from . import UserError
 
 
 def clean(settings: Settings) -> list[str]:
-    """Remove the warehouse (and its write-ahead log) and the index, serving, exchange, event-log
-    and report folders the settings name; returns what was removed. Inputs (your logs, the
+    """Remove the warehouse (and its write-ahead log) and the index, serving, exchange, event-log,
+    report and impression folders the settings name; returns what was removed. Inputs (your logs, the
     committed examples) are never among them."""
     targets = [
         Path(settings.duckdb_path),
         Path(settings.duckdb_path + ".wal"),
         *(Path(p) for p in (settings.index_root, settings.serving_root, settings.exchange_root)),
-        *(Path(p) for p in (settings.events_root, settings.reports_root)),
+        *(Path(p) for p in (settings.events_root, settings.reports_root, settings.impressions_root)),
     ]
     cwd = Path.cwd().resolve()
-    inputs = {Path(p).resolve() for p in (settings.actions_path, settings.pins_path) if p}
+    inputs = {Path(p).resolve() for p in (settings.actions_path, settings.pins_path, settings.experiment_path) if p}
     for target in targets:
         resolved = target.resolve()
         if resolved == Path(resolved.anchor) or resolved in (cwd, *cwd.parents, Path.home()):

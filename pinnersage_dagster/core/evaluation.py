@@ -37,6 +37,7 @@ import pandas as pd
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.cluster.vq import kmeans2
 
+from .decay import decay_sums, unit
 from .metrics import per_user_recovery
 from .retrieval import per_medoid_budget, proportional_budget
 from .user_pass import WARD, Clusterer, fixed_clusters, represent_history
@@ -148,14 +149,11 @@ def last_pin(users: Users) -> Representation:
 
 
 def decay_average(users: Users, decay_lambda: float) -> Representation:
-    h = users.history
+    """The paper's control (``core.decay``): the decay-weighted average of the history's pins."""
+    h = users.history.sort_values("user_id", kind="stable")
     age = (users.now - h["ts"]).dt.total_seconds().to_numpy() / 86400.0
-    weighted = users.x(h["pin_id"].to_numpy()) * np.exp(-decay_lambda * age)[:, None]
-    sums = pd.DataFrame(weighted).groupby(h["user_id"].to_numpy()).sum()
-    out = {}
-    for u, row in zip(sums.index, sums.to_numpy()):
-        out[int(u)] = ((row / max(np.linalg.norm(row), 1e-12))[None, :].astype(np.float32), np.ones(1))
-    return out
+    ids, sums = decay_sums(h["user_id"].to_numpy(), h["pin_id"].to_numpy(), age, decay_lambda, users.x)
+    return {int(u): (unit(row)[None, :].astype(np.float32), np.ones(1)) for u, row in zip(ids, sums)}
 
 
 def distinct_pins(users: Users) -> pd.DataFrame:

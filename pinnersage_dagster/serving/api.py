@@ -86,10 +86,22 @@ class SampledMedoid(BaseModel):
     share: int = Field(description="neighbours fetched for this medoid")
 
 
+class ExperimentArm(BaseModel):
+    name: str
+    arm: Literal["decay_average", "sampled", "proportional"]
+
+
 class Recommendations(BaseModel):
     user_id: int
     source: Literal["pinnersage", "popular"] = Field(description="'popular' for users with no interests (cold start)")
-    policy: Literal["sampled", "proportional", "popular"] = Field(description="how the budget was spent")
+    policy: Literal["sampled", "proportional", "decay_average", "popular"] = Field(
+        description="how the budget was spent"
+    )
+    experiment: ExperimentArm | None = Field(
+        description="the experiment and arm that decided the policy; null outside an experiment (or when the "
+        "request named its own policy)"
+    )
+    impression_id: str = Field(description="this answer's id (in the impression log under an experiment)")
     snapshot: SnapshotInfo
     per_medoid: int = Field(description="the largest share: floor(budget / e) for 'sampled'")
     sampled: list[SampledMedoid]
@@ -143,6 +155,9 @@ class Health(BaseModel):
     online_users: int
     pid: int = Field(description="the worker process that answered")
     online_users_evicted: int = Field(description="users whose online state was dropped past the LRU bound")
+    experiment: dict[str, Any] | None = Field(
+        None, description="the experiment being run (name, salt, arms, start, end) and its impression log's counts"
+    )
     event_log: dict[str, Any] | None = Field(
         None,
         description="appended, duplicates, read (replayed or followed), unreadable_lines (torn or garbage, "
@@ -216,6 +231,8 @@ def create_app(
             service.manager.start(refresh_seconds)
         yield
         service.manager.stop()
+        if service.impressions is not None:
+            service.impressions.close()
 
     app = FastAPI(
         title="PinnerSage recommendations",
@@ -259,10 +276,12 @@ def create_app(
         seed: int | None = Query(None, ge=0, le=2**63 - 1, description="fix the medoid sampling (tests, replays)"),
         exclude_seen: bool = Query(True, description="leave out pins the user already acted on"),
         budget: int | None = Query(None, ge=1, le=service.settings.max_budget, description="at most this many items"),
-        policy: Literal["sampled", "proportional"] | None = Query(
+        policy: Literal["sampled", "proportional", "decay_average"] | None = Query(
             None,
             description="'sampled' (the paper, the default): up to 3 medoids drawn by importance, floor(budget / e) "
-            "neighbours each; 'proportional': every medoid, a share of the budget proportional to its importance",
+            "neighbours each; 'proportional': every medoid, a share of the budget proportional to its importance; "
+            "'decay_average': the paper's control, one decay-weighted average embedding. Under an experiment, naming "
+            "a policy takes the request out of it",
         ),
     ):
         """Spend the budget across the user's medoids (by ``policy``), fetch their neighbours, merge."""
@@ -324,6 +343,12 @@ def create_app(
             "online_users": service.events.users,
             "online_users_evicted": service.events.evicted_users,
             "pid": os.getpid(),
+            "experiment": None
+            if service.experiment is None
+            else {
+                **service.experiment.to_json(),
+                "impressions": None if service.impressions is None else vars(service.impressions.stats),
+            },
             "event_log": None
             if service.event_log is None
             else {

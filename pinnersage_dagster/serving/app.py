@@ -11,8 +11,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from ..core.artifacts import read_manifest
+from ..core.experiment import load_experiment
 from .api import create_app
 from .event_log import EventLog
+from .impressions import ImpressionLog
 from .server import uvicorn_options
 from .service import RecommenderService
 from .settings import ServiceSettings, ServingParams
@@ -25,7 +27,9 @@ HANDOVER = "PINNERSAGE_SERVICE_SETTINGS"
 
 def build_service(settings: ServiceSettings) -> RecommenderService:
     events = EventLog(settings.events_root) if settings.events_root else None
-    return RecommenderService(SnapshotManager(Path(settings.serving_root)), settings, events)
+    experiment = load_experiment(settings.experiment_path) if settings.experiment_path else None
+    impressions = ImpressionLog(settings.impressions_root) if experiment else None
+    return RecommenderService(SnapshotManager(Path(settings.serving_root)), settings, events, experiment, impressions)
 
 
 def describe(settings: ServiceSettings, *, host: str, port: int, workers: int) -> str:
@@ -41,10 +45,15 @@ def describe(settings: ServiceSettings, *, host: str, port: int, workers: int) -
         snapshot = f"no snapshot yet in {settings.serving_root} (503 until serving_snapshot publishes one)"
         policy, origin = settings.policy or "sampled", "--policy" if settings.policy else "default"
     events = f"events: {settings.events_root}" if settings.events_root else "events: this process only"
-    return (
+    line = (
         f"serving http://{host}:{port} · {snapshot} · {workers} worker{'s' if workers > 1 else ''} · "
         f"policy {policy} ({origin}) · {events}"
     )
+    if settings.experiment_path:
+        experiment = load_experiment(settings.experiment_path)
+        arms = ", ".join(f"{arm} {weight}" for arm, weight in experiment.arms)
+        line += f"\nexperiment {experiment.name}: {arms} · impressions: {settings.impressions_root}"
+    return line
 
 
 def serve(

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..core.decay import decay_weights, unit
 from ..core.events import ACTIONS
+from ..core.experiment import Experiment
 from ..core.retrieval import per_medoid_budget, proportional_budget, sample_medoids
 from .cache import MedoidCache, Neighbours
 from .event_log import EventLog
+from .impressions import ImpressionLog
 from .merge import merge_candidates
 from .online import ADDED, OLDER_THAN_KEPT, OnlineEvent, OnlineEvents, user_interests
 from .settings import ServiceSettings, ServingParams
@@ -30,16 +34,26 @@ def utc_now() -> pd.Timestamp:
 class RecommenderService:
     """``event_log``: where accepted events are made durable before they are acknowledged, and
     where the events other workers accepted are followed (``serving.event_log``). Without one
-    (tests of the model alone), accepted events live in this process only."""
+    (tests of the model alone), accepted events live in this process only.
+
+    ``experiment``: users are assigned to its arms (``core.experiment``) and what each is shown is
+    written to ``impressions``; a request that names its own policy is outside the experiment."""
 
     def __init__(
-        self, manager: SnapshotManager, settings: ServiceSettings | None = None, event_log: EventLog | None = None
+        self,
+        manager: SnapshotManager,
+        settings: ServiceSettings | None = None,
+        event_log: EventLog | None = None,
+        experiment: Experiment | None = None,
+        impressions: ImpressionLog | None = None,
     ) -> None:
         self.settings = settings or ServiceSettings()
         self.manager = manager
         self.cache = MedoidCache(self.settings.cache_entries)
         self.events = OnlineEvents(keep=ServingParams().online_recent_actions, max_users=self.settings.online_max_users)
         self.event_log = event_log
+        self.experiment = experiment
+        self.impressions = impressions
         self.replay_rejected: dict[str, int] = {}
         # events read from the log (or held online) that a served batch covers: not rejections,
         # counted so every event read is accounted for
@@ -112,10 +126,45 @@ class RecommenderService:
         now: pd.Timestamp | None = None,
         policy: str | None = None,
     ) -> dict[str, Any]:
-        """``policy``: 'sampled' (the paper: e medoids drawn by importance, floor(budget / e) each) or
-        'proportional' (every medoid, a share of the budget by importance; ``core.retrieval``)."""
+        """``policy``: 'sampled' (the paper: e medoids drawn by importance, floor(budget / e) each),
+        'proportional' (every medoid, a share of the budget by importance; ``core.retrieval``) or
+        'decay_average' (the paper's control: one decay-weighted average embedding). Under an
+        experiment, a request that names no policy gets its user's arm."""
         snapshot = self.snapshot()
         now = now or utc_now()
+        experiment = self.experiment if self.experiment and self.experiment.active(now.date()) else None
+        arm = experiment.arm(user_id) if experiment and policy is None else None
+        answer = self._recommend(snapshot, user_id, seed, exclude_seen, budget, now, arm or policy)
+        answer["experiment"] = {"name": experiment.name, "arm": arm} if experiment and arm else None
+        answer["impression_id"] = os.urandom(8).hex()
+        if experiment is not None and self.impressions is not None:
+            self.impressions.record(
+                {
+                    "impression_id": answer["impression_id"],
+                    "ts": now.isoformat(timespec="milliseconds"),
+                    "user_id": user_id,
+                    "experiment": experiment.name,
+                    "arm": arm,  # None: the request named its own policy (outside the experiment)
+                    "policy": answer["policy"],
+                    "source": answer["source"],
+                    "snapshot": snapshot.partition,
+                    "snapshot_version": snapshot.version,
+                    "pin_ids": [item["pin_id"] for item in answer["items"]],
+                },
+                now.date(),
+            )
+        return answer
+
+    def _recommend(
+        self,
+        snapshot: ServingSnapshot,
+        user_id: int,
+        seed: int | None,
+        exclude_seen: bool,
+        budget: int | None,
+        now: pd.Timestamp,
+        policy: str | None,
+    ) -> dict[str, Any]:
         budget = budget or min(snapshot.serving.retrieval_budget, self.settings.max_budget)
         events = self.events.for_user(user_id, snapshot.batch_time)
         interests = user_interests(snapshot, user_id, events, now)
@@ -123,6 +172,8 @@ class RecommenderService:
         if not interests:
             return self._cold_start(snapshot, user_id, budget, seen)
         policy = policy or self.settings.policy or snapshot.serving.retrieval_policy
+        if policy == "decay_average":
+            return self._decay_average(snapshot, user_id, events, now, budget, seen)
         importance = np.array([c.importance for c in interests])
         if policy == "proportional":
             shares = proportional_budget(importance, budget)
@@ -165,6 +216,46 @@ class RecommenderService:
             "items": [
                 {"pin_id": p, "score": s, "cluster_id": c, "medoid_pin_id": m}
                 for p, s, c, m in zip(pins.tolist(), np.round(scores, 6).tolist(), clusters.tolist(), medoids.tolist())
+            ],
+        }
+
+    def _decay_average(
+        self,
+        snapshot: ServingSnapshot,
+        user_id: int,
+        events: list[OnlineEvent],
+        now: pd.Timestamp,
+        budget: int,
+        seen: np.ndarray,
+    ) -> dict[str, Any]:
+        """The control arm: the whole budget from one vector, the user's decay average now (the
+        batch's sum decayed to now, plus the day's events: ``core.decay``)."""
+        day = pd.Timedelta(days=1)
+        query = np.zeros(snapshot.catalog.dimension)
+        batch = snapshot.decay_sum(user_id)
+        if batch is not None:
+            query += decay_weights(np.array([(now - snapshot.batch_time) / day]), snapshot.decay_lambda)[0] * batch
+        if events:
+            ages = np.array([(now - e.ts) / day for e in events]).clip(min=0)
+            weights = decay_weights(ages, snapshot.decay_lambda)
+            query += weights @ snapshot.embeddings(np.array([e.pin_id for e in events])).astype(np.float64)
+        if not np.any(query):
+            return self._cold_start(snapshot, user_id, budget, seen)
+        depth = min(budget + min(len(seen), self.settings.exclusion_margin), snapshot.index_manifest.count)
+        labels, distances = snapshot.index.knn_query(unit(query).astype(np.float32)[None, :], k=depth)
+        pins, scores = snapshot.index_pin_ids[labels[0]], 1.0 - distances[0].astype(np.float64)
+        keep = ~np.isin(pins, seen) if seen.size else np.ones(len(pins), bool)
+        pins, scores = pins[keep][:budget], scores[keep][:budget]
+        return {
+            "user_id": user_id,
+            "source": "pinnersage",
+            "policy": "decay_average",
+            "snapshot": _snapshot_info(snapshot),
+            "per_medoid": len(pins),
+            "sampled": [],
+            "items": [
+                {"pin_id": p, "score": s, "cluster_id": None, "medoid_pin_id": None}
+                for p, s in zip(pins.tolist(), np.round(scores, 6).tolist())
             ],
         }
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..settings import Settings
 
-Policy = Literal["sampled", "proportional"]
+Policy = Literal["sampled", "proportional", "decay_average"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,10 @@ class ServiceSettings(BaseModel):
         default_factory=lambda: Settings().events_root,
         description="None: accepted events live in this process only (tests of the model)",
     )
+    experiment_path: str | None = Field(None, description="an experiment file (core.experiment): arms by user")
+    impressions_root: str = Field(
+        default_factory=lambda: Settings().impressions_root, description="where an experiment's impressions go"
+    )
     refresh_seconds: float = Field(30.0, gt=0, description="how often to look for a newer snapshot")
     policy: Policy | None = Field(
         None, description="override of the snapshot's retrieval_policy for requests that name none"
@@ -86,7 +90,15 @@ class ServiceSettings(BaseModel):
     def of(cls, settings: Settings, **overrides: Any) -> ServiceSettings:
         """The deployment's settings, with the command's overrides (None: not given)."""
         given = {k: v for k, v in overrides.items() if v is not None}
-        return cls(serving_root=settings.serving_root, events_root=settings.events_root, **given)
+        return cls(
+            **{
+                "serving_root": settings.serving_root,
+                "events_root": settings.events_root,
+                "experiment_path": settings.experiment_path,
+                "impressions_root": settings.impressions_root,
+                **given,
+            }
+        )
 
     @property
     def limits(self) -> ServerLimits:

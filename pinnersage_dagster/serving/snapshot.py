@@ -9,6 +9,7 @@ A snapshot is a self-contained, checksummed artifact (``core.artifacts``) per pa
 | ``members.parquet`` | user_id, cluster_id, pin_id of every cluster member |
 | ``seen.parquet`` | user_id, pin_id: every distinct action pin of the user's window (excluded from results) |
 | ``popular.npy`` | the most acted-on pool pins of the window, for users with no interests (cold start) |
+| ``decay_users.npy``, ``decay_sums.npy`` | each user's decay-weighted sum of action-pin embeddings at the batch time (``core.decay``): the ``decay_average`` arm |
 | ``catalog_*.npy`` | every catalog pin's unit embedding, as a base hard-linked from an earlier snapshot plus the day's delta (``serving.catalog``), memory-mapped |
 | ``index.bin``, ``index_pin_ids.npy``, ``index_live.npy`` | the ``pin_index`` build of day D, hard-linked (immutable) |
 
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 from scipy.sparse import csr_matrix
 
 from ..core.artifacts import ArtifactIntegrityError, publish, verified_build
+from ..core.decay import decay_sums
 from ..core.hnsw import (
     IDS_FILE,
     INDEX_FILE,
@@ -40,7 +42,7 @@ from ..core.hnsw import (
 from .catalog import CatalogSource, CatalogView, find_base, write_catalog
 from .settings import ServingParams
 
-FORMAT_VERSION = 3  # 2: the index may carry tombstones (index_live.npy); 3: catalog as base + delta
+FORMAT_VERSION = 4  # 2: the index may carry tombstones (index_live.npy); 3: catalog as base + delta; 4: decay sums
 MEDOID_COLUMNS = ["user_id", "cluster_id", "medoid_pin_id", "importance", "size", "n_actions", "kind"]
 
 
@@ -59,10 +61,12 @@ def publish_snapshot(
     decay_lambda: float,
     lineage: dict | None = None,
     serving: dict | None = None,
+    actions: pd.DataFrame | None = None,
 ) -> dict:
     """Publish the snapshot of ``partition``; ``index_dir`` is that day's published pin_index;
     ``lineage``: the versions of what it was built from (``guards``), kept in the manifest;
-    ``serving``: the model's serving parameters (``serving.settings.ServingParams``).
+    ``serving``: the model's serving parameters (``serving.settings.ServingParams``);
+    ``actions``: the window's actions (user_id, pin_id, ts, sorted by user) for the decay sums.
 
     Immutable files of other builds (the day's index, the catalog base of an earlier snapshot)
     are hard-linked with their recorded checksums; every file written here is hashed once.
@@ -102,6 +106,9 @@ def publish_snapshot(
         members[["user_id", "cluster_id", "pin_id"]].to_parquet(build / "members.parquet", index=False)
         seen[["user_id", "pin_id"]].to_parquet(build / "seen.parquet", index=False)
         np.save(build / "popular.npy", np.asarray(popular, dtype=np.int64))
+        decay_users, sums = _decay_sums(actions, batch_time, decay_lambda, view)
+        np.save(build / "decay_users.npy", decay_users)
+        np.save(build / "decay_sums.npy", sums)
         fields = {
             "format_version": FORMAT_VERSION,
             "partition": partition,
@@ -134,11 +141,26 @@ def _readable(build: Path, manifest: dict) -> None:
         for name in ("members.parquet", "seen.parquet"):
             pq.read_metadata(build / name)
         np.load(build / "popular.npy")
+        if np.load(build / "decay_sums.npy", mmap_mode="r").shape[0] != np.load(build / "decay_users.npy").shape[0]:
+            raise ArtifactIntegrityError(f"{build}: decay sums do not line up with their users")
         CatalogView(build)
     except ArtifactIntegrityError:
         raise
     except Exception as exc:
         raise ArtifactIntegrityError(f"{build}: cannot be read back: {type(exc).__name__}: {exc}") from exc
+
+
+def _decay_sums(
+    actions: pd.DataFrame | None, batch_time: pd.Timestamp, decay_lambda: float, catalog: CatalogView
+) -> tuple[np.ndarray, np.ndarray]:
+    if actions is None or actions.empty:
+        return np.empty(0, np.int64), np.empty((0, catalog.dimension), np.float32)
+    ts = actions["ts"].to_numpy(dtype="datetime64[us]")
+    age = (np.datetime64(batch_time.to_datetime64(), "us") - ts) / np.timedelta64(86_400_000_000, "us")
+    users, sums = decay_sums(
+        actions["user_id"].to_numpy(), actions["pin_id"].to_numpy(), age, decay_lambda, catalog.embeddings
+    )
+    return users, sums.astype(np.float32)
 
 
 def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -203,6 +225,8 @@ class ServingSnapshot:
     seen_user: np.ndarray
     seen_pin: np.ndarray
     popular: np.ndarray
+    decay_users: np.ndarray
+    decay_sums: np.ndarray
     catalog: CatalogView
     index: hnswlib.Index
     index_pin_ids: np.ndarray
@@ -233,6 +257,13 @@ class ServingSnapshot:
         """(cluster_id, pin_id) of every member of the user's clusters."""
         block = _block(self._member_users, user_id)
         return self._member_clusters[block], self._member_pins[block]
+
+    def decay_sum(self, user_id: int) -> np.ndarray | None:
+        """The user's decay-weighted sum at the batch time (``core.decay``), or None."""
+        row = int(np.searchsorted(self.decay_users, user_id))
+        if row < self.decay_users.size and self.decay_users[row] == user_id:
+            return self.decay_sums[row]
+        return None
 
     def seen(self, user_id: int) -> np.ndarray:
         return self.seen_pin[_block(self.seen_user, user_id)]
@@ -287,6 +318,9 @@ def _open(build: Path, manifest: dict) -> ServingSnapshot:
         if index.dim != index_manifest.dimension or len(set(dims.values())) > 1:
             raise ArtifactIntegrityError(f"{build}: its parts disagree on the embedding dimension {dims}")
         seen = pd.read_parquet(build / "seen.parquet")
+        decay_users, decay = np.load(build / "decay_users.npy"), np.load(build / "decay_sums.npy")
+        if decay.shape[0] != decay_users.shape[0] or (decay.size and decay.shape[1] != catalog.dimension):
+            raise ArtifactIntegrityError(f"{build}: decay sums {decay.shape} for {decay_users.shape[0]} users")
         return ServingSnapshot(
             partition=manifest["partition"],
             version=manifest["build_id"],
@@ -299,6 +333,8 @@ def _open(build: Path, manifest: dict) -> ServingSnapshot:
             seen_user=seen["user_id"].to_numpy(),
             seen_pin=seen["pin_id"].to_numpy(),
             popular=np.load(build / "popular.npy"),
+            decay_users=decay_users,
+            decay_sums=decay,
             catalog=catalog,
             index=index,
             index_pin_ids=index_pin_ids,

@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 
 from pinnersage_dagster.assets import all_assets
-from pinnersage_dagster.checks import all_checks
+from pinnersage_dagster.checks import all_checks, experiment_sample_ratio
 from pinnersage_dagster.definitions import defs
 from pinnersage_dagster.partitions import daily_partitions
 
@@ -36,6 +36,7 @@ def test_definitions_hold_the_whole_graph():
         "serving_snapshot",
         "offline_evaluation",
         "pin_embeddings",
+        "experiment_report",
     }
     job = defs.resolve_job_def("pinnersage_daily_job")
     assert job.partitions_def == daily_partitions
@@ -51,8 +52,13 @@ def test_definitions_hold_the_whole_graph():
         "medoid_is_cluster_member",
         "importance_is_finite_and_positive",
         "pin_index_matches_candidate_pool",
+        "experiment_sample_ratio",
     }
-    assert all(a.op.pool == "duckdb" for a in [*all_assets, *all_checks])  # one warehouse user at a time
+    # one warehouse user at a time (the sample-ratio check reads the report's file, not the warehouse)
+    assert all(a.op.pool == "duckdb" for a in [*all_assets, *all_checks] if a is not experiment_sample_ratio)
+    # the experiment's report is materialized when its traffic is over, not by the daily job
+    daily = {k.to_user_string() for k in job.asset_layer.asset_graph.get_all_asset_keys() if job.asset_layer.has(k)}
+    assert "experiment_report" not in daily and "serving_snapshot" in daily
 
 
 def test_dagster_definitions_validate(tmp_path):

@@ -1,6 +1,6 @@
 """The README as a newcomer follows it: in a copy of the repository's files, the quick start's
-`make demo`, the tour's service session, the API session of docs/serving.md, then the own-data
-walk-through of docs/own-data.md, each block's commands run as written and in that order; what
+`make demo`, the tour's service session, the API session of docs/serving.md, the own-data
+walk-through of docs/own-data.md, then the online experiment (docs/experiments.md), each block's commands run as written and in that order; what
 the documents print beside them must be what these runs print.
 
 Only three things differ from a person at a terminal: `make` is a stand-in for the Makefile's
@@ -23,6 +23,7 @@ README = (REPO / "README.md").read_text()
 OWN_DATA = (REPO / "docs" / "own-data.md").read_text()
 SERVING = (REPO / "docs" / "serving.md").read_text()
 EVALUATION = (REPO / "docs" / "offline-evaluation.md").read_text()
+EXPERIMENTS = (REPO / "docs" / "experiments.md").read_text()
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +55,7 @@ def mask(text: str) -> str:
     text = re.sub(r"\d{8}T\d{6}-[0-9a-f]{8}", "<build>", text)
     text = re.sub(r"\bin \d+(\.\d+)?s\b", "in <t>s", text)
     text = re.sub(r'"importance":[0-9.]+', '"importance":<x>', text)  # decays with the clock
-    text = re.sub(r"^( +)\d+s  ", r"\1<n>s  ", text, flags=re.M)
+    text = re.sub(r"^ +\d+s  ", "  <n>s  ", text, flags=re.M)  # right-aligned seconds: 5s, 12s
     return text
 
 
@@ -211,7 +212,14 @@ def test_the_readme_top_to_bottom_then_your_own_data(clone):
     assert re.search(rf"\| PinnerSage \(Ward, medoid\) \| [^\n]*{recall}", text), text
     assert f"{lift}% [{low}, {high}]" in text
 
-    # 5. the same commands without their own data root meet the demo's warehouse: one line, exit 2
+    # 5. the online experiment, on the demo's data: the README's commands, docs/experiments.md's figures
+    experiment = next(b for b in fenced(README, "bash") if "--experiment" in b)
+    assert experiment in fenced(EXPERIMENTS, "bash"), "docs/experiments.md repeats the README's commands"
+    played = shell.run(experiment)
+    assert played.stdout.splitlines()[0].startswith("pinnersage serve · source: synthetic")
+    shown_in_order(fenced(EXPERIMENTS, "text")[0], played.stdout)
+
+    # 6. the same commands without their own data root meet the demo's warehouse: one line, exit 2
     exports = "\n".join(
         line for line in commands.splitlines() if line.startswith("export ") and "DATA_ROOT" not in line
     )
@@ -222,7 +230,7 @@ def test_the_readme_top_to_bottom_then_your_own_data(clone):
         assert "was built from synthetic (seed 7" in refused.stderr
         assert "pinnersage clean" in refused.stderr and "PINNERSAGE_DATA_ROOT" in refused.stderr
 
-    # 6. calibrate on the warehouse after evaluate rewrote its tables for the split; a day without a window
+    # 7. calibrate on the warehouse after evaluate rewrote its tables for the split; a day without a window
     own = f"{exports}\nexport PINNERSAGE_DATA_ROOT=data/own\n"
     sweep = shell.run(own + ".venv/bin/pinnersage calibrate --warehouse --alphas 1,1.8")
     assert "| 1.8 |" in sweep.stdout and "Traceback" not in sweep.stderr
