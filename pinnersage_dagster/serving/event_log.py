@@ -24,12 +24,13 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from ..core.events import OnlineEvent, decode, encode, identity, log_path, read_lines
+from ..core.events import OnlineEvent, decode, encode, identity, log_day, log_path, read_lines
 
 ONE_DAY = timedelta(days=1)
 # measured with tracemalloc (tests/test_acknowledged_events.py): a 25-byte key object and its set slot
@@ -63,6 +64,8 @@ class EventLog:
         self.stats = LogStats()
         self._days: dict[date, _DayState] = {}
         self._lock = threading.Lock()
+        self._listed_mtime: int | None = None  # the folder's mtime when its day files were last listed
+        self._present: list[date] = []
 
     def path(self, day: date) -> Path:
         return log_path(self.root, day)
@@ -155,11 +158,22 @@ class EventLog:
         with self._lock:
             for old in [d for d in self._days if d < since]:
                 del self._days[old]
-            day = since
-            while day <= until:
+            for day in self._present_days(since, until):
                 out += self._catch_up(day, self.path(day))
-                day += ONE_DAY
         return out
+
+    def _present_days(self, since: date, until: date) -> list[date]:
+        """The days in ``since .. until`` that have a log. The folder is listed again only when its
+        mtime changed (a file was created or removed) or is too recent to trust, so a request costs
+        one stat of the folder and one per day present, however old the served snapshot."""
+        try:
+            mtime = os.stat(self.root).st_mtime_ns
+        except FileNotFoundError:
+            return []
+        if mtime != self._listed_mtime or time.time_ns() - mtime < 2_000_000_000:
+            self._present = sorted(d for d in (log_day(name) for name in os.listdir(self.root)) if d is not None)
+            self._listed_mtime = mtime
+        return [d for d in self._present if since <= d <= until]
 
     def _catch_up(self, day: date, path: Path, fd: int | None = None) -> list[OnlineEvent]:
         try:

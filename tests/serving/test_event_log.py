@@ -313,3 +313,27 @@ def test_two_workers_behind_one_port_share_every_accepted_event(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_following_costs_one_stat_per_day_present_however_old_the_snapshot(tmp_path, monkeypatch):
+    """A service serving a snapshot a year old (a stalled pipeline) still answers in constant time:
+    the folder is listed when it changes, and only days that have a log are looked at."""
+    from datetime import UTC, datetime, timedelta
+
+    import pinnersage_dagster.serving.event_log as module
+
+    today = datetime.now(UTC).date()
+    log = EventLog(tmp_path)
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    log.append([OnlineEvent(ts=now, user_id=1, pin_id=2, action="click")])
+    calls = []
+    real_stat = module.os.stat
+    monkeypatch.setattr(module.os, "stat", lambda path, *a, **k: calls.append(path) or real_stat(path, *a, **k))
+    assert log.follow(since=today - timedelta(days=365)) == []  # its own append: already known
+    assert len(calls) <= 2  # the folder, and today's file
+    # a day file another worker creates later is followed at once (the folder's mtime changed)
+    other = EventLog(tmp_path)
+    yesterday = now - pd.Timedelta(days=1)
+    other.append([OnlineEvent(ts=yesterday, user_id=3, pin_id=4, action="repin")])
+    followed = log.follow(since=today - timedelta(days=365))
+    assert [(e.user_id, e.pin_id) for e in followed] == [(3, 4)]
