@@ -15,6 +15,11 @@ import dagster as dg
 METADATA = "dagster_meta"
 
 
+def progress_line(elapsed: float, step: str, message: str) -> str:
+    """One progress line: the seconds since the start, the step, its message."""
+    return f"      {elapsed:5.0f}s  {step}: {message}\n"
+
+
 class _StepMessages(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -26,7 +31,7 @@ class _StepMessages(logging.Handler):
             return  # the framework's events: in the run's log, not on the terminal
         elapsed = time.perf_counter() - self.started
         step = meta.get("step_key") or "run"
-        sys.stdout.write(f"      {elapsed:5.0f}s  {step}: {meta.get('orig_message', record.getMessage())}\n")
+        sys.stdout.write(progress_line(elapsed, step, meta.get("orig_message", record.getMessage())))
         sys.stdout.flush()
 
 

@@ -47,7 +47,9 @@ def progress(step: str) -> Callable[[str], None]:
     started = time.perf_counter()
 
     def say(message: str) -> None:
-        sys.stdout.write(f"      {time.perf_counter() - started:5.0f}s  {step}: {message}\n")
+        from ..loggers import progress_line  # Dagster's import only once a command reports progress
+
+        sys.stdout.write(progress_line(time.perf_counter() - started, step, message))
         sys.stdout.flush()
 
     return say

@@ -26,19 +26,32 @@ def decay_sums(
     age_days: np.ndarray,
     decay_lambda: float,
     embeddings: Callable[[np.ndarray], np.ndarray],
-    *,
-    chunk_rows: int = 100_000,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(users, sums): each user's decay-weighted sum of action-pin embeddings (float64), for
-    actions given sorted by user. Memory stays at ``chunk_rows`` embeddings, whole users per chunk."""
+    actions given sorted by user."""
     user_ids = np.asarray(user_ids)
     if user_ids.size == 0:
         return np.empty(0, np.int64), np.empty((0, 0))
     if np.any(user_ids[1:] < user_ids[:-1]):
         raise ValueError("actions must be sorted by user")
     starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])
-    ends = np.r_[starts[1:], user_ids.size]
     weights = decay_weights(age_days, decay_lambda)
+    sums = segment_sums(starts, weights, pin_ids, lambda p: np.asarray(embeddings(p), dtype=np.float64))
+    return user_ids[starts].astype(np.int64), sums
+
+
+def segment_sums(
+    starts: np.ndarray,
+    weights: np.ndarray,
+    pin_ids: np.ndarray,
+    embeddings: Callable[[np.ndarray], np.ndarray],
+    *,
+    chunk_rows: int = 100_000,
+) -> np.ndarray:
+    """For rows grouped in contiguous segments (``starts``: each segment's first row), the sum of
+    ``weights[i] * embeddings(pin_ids[i])`` per segment, as one sparse (segments x rows) product per
+    chunk of whole segments: memory stays at ``chunk_rows`` embeddings (at least one segment)."""
+    ends = np.r_[starts[1:], len(pin_ids)]
     blocks, first = [], 0
     while first < len(starts):
         last = max(first + 1, int(np.searchsorted(ends, starts[first] + chunk_rows, side="right")))
@@ -47,9 +60,9 @@ def decay_sums(
         mix = csr_matrix(
             (weights[lo:hi], np.arange(hi - lo), np.r_[0, np.cumsum(sizes)]), shape=(last - first, hi - lo)
         )
-        blocks.append(mix @ np.asarray(embeddings(pin_ids[lo:hi]), dtype=np.float64))
+        blocks.append(mix @ embeddings(pin_ids[lo:hi]))
         first = last
-    return user_ids[starts].astype(np.int64), np.vstack(blocks)
+    return np.vstack(blocks)
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
