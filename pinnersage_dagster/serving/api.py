@@ -20,7 +20,7 @@ import orjson
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from pydantic import BaseModel, BeforeValidator, Field, field_validator
@@ -286,9 +286,8 @@ def create_app(
     ):
         """Spend the budget across the user's medoids (by ``policy``), fetch their neighbours, merge."""
         try:
-            return answer(
-                service.recommend(user_id, seed=seed, exclude_seen=exclude_seen, budget=budget, policy=policy)
-            )
+            body = service.recommend_json(user_id, seed=seed, exclude_seen=exclude_seen, budget=budget, policy=policy)
+            return Response(body, media_type="application/json")
         except NoSnapshotError as exc:
             return unavailable(exc)
 

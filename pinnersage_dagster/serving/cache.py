@@ -5,13 +5,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
-import numpy as np
-
-Neighbours = tuple[np.ndarray, np.ndarray]  # pin ids, cosine scores; sorted by score
+Neighbours = TypeVar("Neighbours")  # what a fetch returns (the service's: ``serving.merge.NeighbourList``)
 
 
-class MedoidCache:
+class MedoidCache(Generic[Neighbours]):
     """A bounded LRU of ANN results keyed by medoid pin id.
 
     Entries belong to one index version: a request against another version clears the cache,

@@ -122,13 +122,49 @@ class OnlineEvents:
         return len(self._events)
 
 
+@dataclass(frozen=True)
+class InterestArrays:
+    """A user's interests as parallel arrays: what a recommendation needs of them."""
+
+    cluster_id: np.ndarray
+    medoid_pin_id: np.ndarray
+    importance: np.ndarray
+    online_updated: np.ndarray
+
+
+def interest_arrays(snapshot: ServingSnapshot, user_id: int, events: list[OnlineEvent], now_ns: int) -> InterestArrays:
+    """``user_interests`` as arrays; without events (the common case) straight from the
+    snapshot's columns: the batch importance decayed to now, nothing else to derive."""
+    if events:
+        interests = user_interests(snapshot, user_id, events, pd.Timestamp(now_ns))
+        return InterestArrays(
+            np.array([c.cluster_id for c in interests], dtype=np.int64),
+            np.array([c.medoid_pin_id for c in interests], dtype=np.int64),
+            np.array([c.importance for c in interests], dtype=np.float64),
+            np.array([c.online_updated for c in interests], dtype=bool),
+        )
+    rows = snapshot.user_rows(user_id)
+    columns = snapshot.medoid_columns
+    return InterestArrays(
+        columns["cluster_id"][rows],
+        columns["medoid_pin_id"][rows],
+        columns["importance"][rows] * _batch_decay(snapshot, now_ns),
+        np.zeros(rows.stop - rows.start, dtype=bool),
+    )
+
+
+def _batch_decay(snapshot: ServingSnapshot, now_ns: int) -> float:
+    """exp(-lambda * days since the batch), the factor every batch importance carries now."""
+    return float(np.exp(-snapshot.decay_lambda * max((now_ns - snapshot.batch_time.value) / DAY.value, 0.0)))
+
+
 def user_interests(
     snapshot: ServingSnapshot, user_id: int, events: list[OnlineEvent], now: pd.Timestamp
 ) -> list[Interest]:
     """The user's clusters from the snapshot, updated with today's events (rule above)."""
     rows = snapshot.user_rows(user_id)
     decay = snapshot.decay_lambda
-    batch_decay = float(np.exp(-decay * max((now - snapshot.batch_time) / DAY, 0.0)))
+    batch_decay = _batch_decay(snapshot, now.value)
     columns = {name: values[rows].tolist() for name, values in snapshot.medoid_columns.items()}
     interests = [
         Interest(cluster_id=c, medoid_pin_id=m, importance=i * batch_decay, size=n, kind=k)

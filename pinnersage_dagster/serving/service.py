@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import functools
 import os
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from ..core.decay import decay_weights, unit
 from ..core.events import ACTIONS
 from ..core.experiment import Experiment
-from ..core.retrieval import per_medoid_budget, proportional_budget, sample_medoids
-from .cache import MedoidCache, Neighbours
+from ..core.retrieval import proportional_budget, sample_medoids, sampled_shares
+from .cache import MedoidCache
 from .event_log import EventLog
 from .impressions import ImpressionLog
-from .merge import merge_candidates
-from .online import ADDED, OLDER_THAN_KEPT, OnlineEvent, OnlineEvents, user_interests
+from .merge import SCORE_DECIMALS, NeighbourList, encode_items, merge
+from .online import ADDED, OLDER_THAN_KEPT, OnlineEvent, OnlineEvents, interest_arrays, user_interests
 from .settings import ServiceSettings, ServingParams
 from .snapshot import ServingSnapshot
 from .store import SnapshotManager
@@ -49,12 +52,14 @@ class RecommenderService:
     ) -> None:
         self.settings = settings or ServiceSettings()
         self.manager = manager
-        self.cache = MedoidCache(self.settings.cache_entries)
+        self.cache: MedoidCache[NeighbourList] = MedoidCache(self.settings.cache_entries)
         self.events = OnlineEvents(keep=ServingParams().online_recent_actions, max_users=self.settings.online_max_users)
         self.event_log = event_log
         self.experiment = experiment
         self.impressions = impressions
         self.replay_rejected: dict[str, int] = {}
+        self._rng = np.random.default_rng()  # the medoid draw of requests without a seed (thread-safe)
+        self._info: tuple[ServingSnapshot | None, dict[str, str]] = (None, {})
         # events read from the log (or held online) that a served batch covers: not rejections,
         # counted so every event read is accounted for
         self.covered_by_batch = 0
@@ -126,22 +131,44 @@ class RecommenderService:
         now: pd.Timestamp | None = None,
         policy: str | None = None,
     ) -> dict[str, Any]:
-        """``policy``: 'sampled' (the paper: e medoids drawn by importance, floor(budget / e) each),
-        'proportional' (every medoid, a share of the budget by importance; ``core.retrieval``) or
-        'decay_average' (the paper's control: one decay-weighted average embedding). Under an
-        experiment, a request that names no policy gets its user's arm."""
+        """The answer ``recommend_json`` serves, decoded."""
+        return orjson.loads(
+            self.recommend_json(user_id, seed=seed, exclude_seen=exclude_seen, budget=budget, now=now, policy=policy)
+        )
+
+    def recommend_json(
+        self,
+        user_id: int,
+        *,
+        seed: int | None = None,
+        exclude_seen: bool = True,
+        budget: int | None = None,
+        now: pd.Timestamp | None = None,
+        policy: str | None = None,
+    ) -> bytes:
+        """The user's recommendations as the API's JSON body.
+
+        ``policy``: 'sampled' (the paper: e medoids drawn by importance, floor(budget / e) each;
+        a budget below e goes one pin each to the most important drawn), 'proportional' (every
+        medoid, a share of the budget by importance; ``core.retrieval``) or 'decay_average' (the
+        paper's control: one decay-weighted average embedding). Under an experiment, a request
+        that names no policy gets its user's arm. ``seed`` fixes the medoid draw."""
         snapshot = self.snapshot()
-        now = now or utc_now()
-        experiment = self.experiment if self.experiment and self.experiment.active(now.date()) else None
+        now_ns = now.value if now is not None else time.time_ns()  # naive timestamps are UTC
+        experiment, at = None, None
+        if self.experiment is not None:
+            at = datetime.fromtimestamp(now_ns / 1e9, UTC).replace(tzinfo=None)
+            experiment = self.experiment if self.experiment.active(at.date()) else None
         arm = experiment.arm(user_id) if experiment and policy is None else None
-        answer = self._recommend(snapshot, user_id, seed, exclude_seen, budget, now, arm or policy)
+        answer, items, pins = self._recommend(snapshot, user_id, seed, exclude_seen, budget, now_ns, arm or policy)
+        answer["items"] = orjson.Fragment(items)
         answer["experiment"] = {"name": experiment.name, "arm": arm} if experiment and arm else None
         answer["impression_id"] = os.urandom(8).hex()
-        if experiment is not None and self.impressions is not None:
+        if experiment is not None and at is not None and self.impressions is not None:
             self.impressions.record(
                 {
                     "impression_id": answer["impression_id"],
-                    "ts": now.isoformat(timespec="milliseconds"),
+                    "ts": at.isoformat(timespec="milliseconds"),
                     "user_id": user_id,
                     "experiment": experiment.name,
                     "arm": arm,  # None: the request named its own policy (outside the experiment)
@@ -149,11 +176,11 @@ class RecommenderService:
                     "source": answer["source"],
                     "snapshot": snapshot.partition,
                     "snapshot_version": snapshot.version,
-                    "pin_ids": [item["pin_id"] for item in answer["items"]],
+                    "pin_ids": pins.tolist(),
                 },
-                now.date(),
+                at.date(),
             )
-        return answer
+        return orjson.dumps(answer)
 
     def _recommend(
         self,
@@ -162,62 +189,71 @@ class RecommenderService:
         seed: int | None,
         exclude_seen: bool,
         budget: int | None,
-        now: pd.Timestamp,
+        now_ns: int,
         policy: str | None,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], bytes, np.ndarray]:
+        """The answer without its items, the items' JSON, and their pin ids."""
         budget = budget or min(snapshot.serving.retrieval_budget, self.settings.max_budget)
         events = self.events.for_user(user_id, snapshot.batch_time)
-        interests = user_interests(snapshot, user_id, events, now)
-        seen = np.union1d(snapshot.seen(user_id), [e.pin_id for e in events]) if exclude_seen else np.empty(0, np.int64)
-        if not interests:
+        interests = interest_arrays(snapshot, user_id, events, now_ns)
+        seen = snapshot.seen(user_id) if exclude_seen else np.empty(0, np.int64)  # sorted, unique
+        if exclude_seen and events:
+            seen = np.union1d(seen, [e.pin_id for e in events])
+        if not len(interests.importance):
             return self._cold_start(snapshot, user_id, budget, seen)
         policy = policy or self.settings.policy or snapshot.serving.retrieval_policy
         if policy == "decay_average":
-            return self._decay_average(snapshot, user_id, events, now, budget, seen)
-        importance = np.array([c.importance for c in interests])
+            return self._decay_average(snapshot, user_id, events, pd.Timestamp(now_ns), budget, seen)
+        importance = interests.importance
         if policy == "proportional":
             shares = proportional_budget(importance, budget)
             picked = np.flatnonzero(shares)
             picked = picked[np.argsort(-importance[picked], kind="stable")]
-            chosen, ks = [interests[i] for i in picked], shares[picked].tolist()
+            shares = shares[picked]
         elif policy == "sampled":
-            chosen = [
-                interests[i]
-                for i in sample_medoids(importance, snapshot.serving.sampled_medoids, np.random.default_rng(seed))
-            ]
-            ks = [per_medoid_budget(budget, len(chosen))] * len(chosen)
+            draw = self._rng if seed is None else seed
+            picked = sample_medoids(importance, snapshot.serving.sampled_medoids, draw)
+            shares = sampled_shares(importance[picked], budget)
+            picked, shares = picked[shares > 0], shares[shares > 0]
         else:
             raise ValueError(f"unknown retrieval policy {policy!r}")
+        clusters, medoids = interests.cluster_id[picked].tolist(), interests.medoid_pin_id[picked].tolist()
+        ks = shares.tolist()
         margin = min(len(seen), self.settings.exclusion_margin)
-        neighbours = []
-        for c, k in zip(chosen, ks):
-            depth = min(k + margin, snapshot.index_manifest.count)
-            pin_ids, scores = self.cache.get(
-                snapshot.version, c.medoid_pin_id, depth, functools.partial(self._ann, snapshot, c.medoid_pin_id)
+        # fetched at least ef deep: hnswlib searches max(ef, k) candidates for k neighbours, so a
+        # shallower fetch costs the same search and would be refetched by a deeper request
+        ef, count = snapshot.index_manifest.ef, snapshot.index_manifest.count
+        lists = [
+            self.cache.get(
+                snapshot.version, m, min(max(k + margin, ef), count), functools.partial(self._ann, snapshot, m)
             )
-            neighbours.append((c.cluster_id, c.medoid_pin_id, pin_ids, scores))
-        pins, scores, clusters, medoids = merge_candidates(neighbours, ks, budget, seen)
-        return {
+            for m, k in zip(medoids, ks)
+        ]
+        merged = merge(lists, ks, budget, seen)
+        answer = {
             "user_id": user_id,
             "source": "pinnersage",
             "policy": policy,
-            "snapshot": _snapshot_info(snapshot),
+            "snapshot": self._snapshot_info(snapshot),
             "per_medoid": max(ks, default=0),
             "sampled": [
                 {
-                    "cluster_id": c.cluster_id,
-                    "medoid_pin_id": c.medoid_pin_id,
-                    "importance": round(c.importance, 6),
-                    "online_updated": c.online_updated,
+                    "cluster_id": c,
+                    "medoid_pin_id": m,
+                    "importance": round(i, 6),
+                    "online_updated": u,
                     "share": k,
                 }
-                for c, k in zip(chosen, ks)
-            ],
-            "items": [
-                {"pin_id": p, "score": s, "cluster_id": c, "medoid_pin_id": m}
-                for p, s, c, m in zip(pins.tolist(), np.round(scores, 6).tolist(), clusters.tolist(), medoids.tolist())
+                for c, m, i, u, k in zip(
+                    clusters,
+                    medoids,
+                    importance[picked].tolist(),
+                    interests.online_updated[picked].tolist(),
+                    ks,
+                )
             ],
         }
+        return answer, encode_items(merged, clusters, medoids), merged.pins
 
     def _decay_average(
         self,
@@ -227,7 +263,7 @@ class RecommenderService:
         now: pd.Timestamp,
         budget: int,
         seen: np.ndarray,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], bytes, np.ndarray]:
         """The control arm: the whole budget from one vector, the user's decay average now (the
         batch's sum decayed to now, plus the day's events: ``core.decay``)."""
         day = pd.Timedelta(days=1)
@@ -246,40 +282,50 @@ class RecommenderService:
         pins, scores = snapshot.index_pin_ids[labels[0]], 1.0 - distances[0].astype(np.float64)
         keep = ~np.isin(pins, seen) if seen.size else np.ones(len(pins), bool)
         pins, scores = pins[keep][:budget], scores[keep][:budget]
-        return {
+        answer = {
             "user_id": user_id,
             "source": "pinnersage",
             "policy": "decay_average",
-            "snapshot": _snapshot_info(snapshot),
+            "snapshot": self._snapshot_info(snapshot),
             "per_medoid": len(pins),
             "sampled": [],
-            "items": [
-                {"pin_id": p, "score": s, "cluster_id": None, "medoid_pin_id": None}
-                for p, s in zip(pins.tolist(), np.round(scores, 6).tolist())
-            ],
         }
+        items = [
+            {"pin_id": p, "score": s, "cluster_id": None, "medoid_pin_id": None}
+            for p, s in zip(pins.tolist(), np.round(scores, SCORE_DECIMALS).tolist())
+        ]
+        return answer, orjson.dumps(items), pins
 
-    def _ann(self, snapshot: ServingSnapshot, medoid_pin_id: int, depth: int) -> Neighbours:
+    def _ann(self, snapshot: ServingSnapshot, medoid_pin_id: int, depth: int) -> NeighbourList:
         if depth <= 0:
-            return np.empty(0, np.int64), np.empty(0)
+            return NeighbourList.of(np.empty(0, np.int64), np.empty(0))
         query = snapshot.embeddings(np.array([medoid_pin_id]))
         labels, distances = snapshot.index.knn_query(query, k=depth)
-        return snapshot.index_pin_ids[labels[0]], 1.0 - distances[0].astype(np.float64)
+        return NeighbourList.of(snapshot.index_pin_ids[labels[0]], 1.0 - distances[0].astype(np.float64))
 
-    def _cold_start(self, snapshot: ServingSnapshot, user_id: int, budget: int, seen: np.ndarray) -> dict[str, Any]:
+    def _cold_start(
+        self, snapshot: ServingSnapshot, user_id: int, budget: int, seen: np.ndarray
+    ) -> tuple[dict[str, Any], bytes, np.ndarray]:
         """Users with no interests get the window's most acted-on pool pins, most popular first."""
         popular = (
             snapshot.popular[~np.isin(snapshot.popular, seen)][:budget] if seen.size else snapshot.popular[:budget]
         )
-        return {
+        answer = {
             "user_id": user_id,
             "source": "popular",
             "policy": "popular",
-            "snapshot": _snapshot_info(snapshot),
+            "snapshot": self._snapshot_info(snapshot),
             "per_medoid": 0,
             "sampled": [],
-            "items": [{"pin_id": int(p), "score": None, "cluster_id": None, "medoid_pin_id": None} for p in popular],
         }
+        items = [{"pin_id": p, "score": None, "cluster_id": None, "medoid_pin_id": None} for p in popular.tolist()]
+        return answer, orjson.dumps(items), popular
+
+    def _snapshot_info(self, snapshot: ServingSnapshot) -> dict[str, str]:
+        """The answer's ``snapshot`` section, built once per snapshot (encoded at once, never changed)."""
+        if self._info[0] is not snapshot:
+            self._info = (snapshot, _snapshot_info(snapshot))
+        return self._info[1]
 
     def post_events(self, events: list[dict[str, Any]], now: pd.Timestamp | None = None) -> dict[str, Any]:
         """Validate and keep events. Returns the accepted count, each rejected event with its

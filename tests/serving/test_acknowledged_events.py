@@ -354,7 +354,7 @@ def test_unhandled_errors_are_counted_as_500(logged_service, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(logged_service, "recommend", broken)
+    monkeypatch.setattr(logged_service, "recommend_json", broken)
     with TestClient(create_app(logged_service, refresh_seconds=None), raise_server_exceptions=False) as client:
         assert client.get("/v1/users/1/recommendations").status_code == 500
         assert client.get("/v1/users/x/recommendations").status_code == 422

@@ -9,7 +9,7 @@ from scipy.stats import chisquare
 
 from pinnersage_dagster.core.retrieval import per_medoid_budget, proportional_budget, sample_medoids
 from pinnersage_dagster.serving.cache import MedoidCache
-from pinnersage_dagster.serving.merge import merge_candidates
+from pinnersage_dagster.serving.merge import NeighbourList, merge
 from pinnersage_dagster.serving.online import OnlineEvent
 from pinnersage_dagster.serving.service import RecommenderService
 from pinnersage_dagster.serving.settings import ServiceSettings
@@ -56,12 +56,12 @@ def test_sampling_is_without_replacement_and_follows_successive_proportions():
 
 def test_budget_and_merge():
     assert [per_medoid_budget(400, e) for e in (1, 2, 3, 4, 7)] == [400, 200, 133, 100, 57]
-    a = (0, 10, np.array([1, 2, 3, 4]), np.array([0.9, 0.8, 0.7, 0.6]))
-    b = (1, 20, np.array([3, 5, 6, 7]), np.array([0.95, 0.5, 0.4, 0.3]))
-    pins, scores, clusters, medoids = merge_candidates([a, b], k=3, budget=400, exclude=np.array([2]))
-    assert list(zip(pins.tolist(), clusters.tolist())) == [(3, 1), (1, 0), (4, 0), (5, 1), (6, 1)]
-    assert scores.tolist() == [0.95, 0.9, 0.6, 0.5, 0.4] and medoids.tolist() == [20, 10, 10, 20, 20]
-    assert len(merge_candidates([a, b], k=3, budget=2, exclude=np.array([]))[0]) == 2
+    a = NeighbourList.of(np.array([1, 2, 3, 4]), np.array([0.9, 0.8, 0.7, 0.6]))
+    b = NeighbourList.of(np.array([3, 5, 6, 7]), np.array([0.95, 0.5, 0.4, 0.3]))
+    merged = merge([a, b], [3, 3], budget=400, exclude=np.array([2]))
+    assert list(zip(merged.pins.tolist(), merged.source.tolist())) == [(3, 1), (1, 0), (4, 0), (5, 1), (6, 1)]
+    assert merged.scores.tolist() == [0.95, 0.9, 0.6, 0.5, 0.4]
+    assert len(merge([a, b], [3, 3], budget=2, exclude=np.array([], dtype=np.int64)).pins) == 2
 
 
 def test_recommendations_follow_the_paper(service):

@@ -1,0 +1,100 @@
+"""The recommendation path as it was before requests were made cheap, kept as the reference the
+service's answers must equal for the same chosen medoids and shares.
+
+The old path, per request: the user's ``Interest`` objects, a share per chosen medoid (floor(budget
+/ e) for ``sampled``, ``core.retrieval.proportional_budget`` for ``proportional``), an ANN query of
+depth share + margin per medoid on a cache miss, then per medoid ``np.isin`` against the seen pins,
+one ``lexsort`` and ``np.unique`` over everything, and a dict per item.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pinnersage_dagster.core.retrieval import proportional_budget
+from pinnersage_dagster.serving.online import user_interests
+from pinnersage_dagster.serving.service import RecommenderService
+
+
+def merge_candidates(
+    neighbours: list[tuple[int, int, np.ndarray, np.ndarray]], k: list[int], budget: int, exclude: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The old merge: each medoid's best ``k`` pins not in ``exclude``; a pin reached twice keeps
+    its best score; sorted by score, then pin id."""
+    parts = []
+    for (cluster_id, medoid_pin_id, pin_ids, scores), take in zip(neighbours, k):
+        if exclude.size:
+            keep = ~np.isin(pin_ids, exclude)
+            pin_ids, scores = pin_ids[keep], scores[keep]
+        pin_ids, scores = pin_ids[:take], scores[:take]
+        parts.append((pin_ids, scores, np.full(len(pin_ids), cluster_id), np.full(len(pin_ids), medoid_pin_id)))
+    if not parts:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, np.empty(0), empty, empty
+    pins, scores, clusters, medoids = (np.concatenate(column) for column in zip(*parts))
+    order = np.lexsort((pins, -scores))
+    pins, scores, clusters, medoids = pins[order], scores[order], clusters[order], medoids[order]
+    _, first = np.unique(pins, return_index=True)
+    first = np.sort(first)[:budget]
+    return pins[first], scores[first], clusters[first], medoids[first]
+
+
+def old_items(pins, scores, clusters, medoids) -> list[dict]:
+    return [
+        {"pin_id": p, "score": s, "cluster_id": c, "medoid_pin_id": m}
+        for p, s, c, m in zip(pins.tolist(), np.round(scores, 6).tolist(), clusters.tolist(), medoids.tolist())
+    ]
+
+
+def old_ann(service: RecommenderService, medoid_pin_id: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    snapshot = service.snapshot()
+    query = snapshot.embeddings(np.array([medoid_pin_id]))
+    labels, distances = snapshot.index.knn_query(query, k=depth)
+    return snapshot.index_pin_ids[labels[0]], 1.0 - distances[0].astype(np.float64)
+
+
+def check_answer(
+    service: RecommenderService, answer: dict, *, budget: int, now: pd.Timestamp, exclude_seen: bool = True
+) -> None:
+    """``answer`` (the service's, decoded) must be what the old path gives for the medoids and
+    shares it chose: the same items, scores, order and explanation fields."""
+    snapshot = service.snapshot()
+    user_id = answer["user_id"]
+    events = service.events.for_user(user_id, snapshot.batch_time)
+    interests = {c.cluster_id: c for c in user_interests(snapshot, user_id, events, now)}
+    seen = np.union1d(snapshot.seen(user_id), [e.pin_id for e in events]) if exclude_seen else np.empty(0, np.int64)
+    chosen = answer["sampled"]
+    for medoid in chosen:  # the explanation fields, as the old path wrote them
+        c = interests[medoid["cluster_id"]]
+        assert (medoid["medoid_pin_id"], medoid["importance"], medoid["online_updated"]) == (
+            c.medoid_pin_id,
+            round(c.importance, 6),
+            c.online_updated,
+        )
+    ks = [m["share"] for m in chosen]
+    if answer["policy"] == "proportional":  # the old shares, in the old order
+        ordered = list(interests.values())
+        shares = proportional_budget(np.array([c.importance for c in ordered]), budget)
+        picked = np.flatnonzero(shares)
+        picked = picked[np.argsort(-np.array([c.importance for c in ordered])[picked], kind="stable")]
+        assert [(ordered[i].cluster_id, int(shares[i])) for i in picked] == [
+            (m["cluster_id"], m["share"]) for m in chosen
+        ]
+    elif len(chosen) and budget >= len(chosen):  # the paper's floor(budget / e) for every drawn medoid
+        assert ks == [budget // len(chosen)] * len(chosen)
+    margin = min(len(seen), service.settings.exclusion_margin)
+    neighbours = []
+    for medoid, k in zip(chosen, ks):
+        entry = service.cache._entries[medoid["medoid_pin_id"]][1]
+        pins, scores = old_ann(service, medoid["medoid_pin_id"], len(entry))
+        assert np.array_equal(pins, entry.pins) and np.array_equal(scores, entry.scores)
+        # what the old path fetched (share + margin deep) is the entry's head while both are within
+        # the index's ef (hnswlib searches max(ef, k) candidates); a deeper entry, fetched for an
+        # earlier deeper request, served the old path's prefix just the same
+        depth = k + margin
+        if max(depth, len(entry)) <= snapshot.index_manifest.ef:
+            shallow, _ = old_ann(service, medoid["medoid_pin_id"], min(depth, snapshot.index_manifest.count))
+            assert np.array_equal(shallow, entry.pins[: len(shallow)])
+        neighbours.append((medoid["cluster_id"], medoid["medoid_pin_id"], pins, scores))
+    assert answer["items"] == old_items(*merge_candidates(neighbours, ks, budget, seen))
