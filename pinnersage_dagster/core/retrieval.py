@@ -103,19 +103,19 @@ def proportional_budget(
         open_ &= ~over
         free = budget - share[~open_].sum()
     share = np.maximum(share, floor)
-    base = np.floor(share).astype(np.int64)
-    base = np.minimum(base, cap)
-    spare = budget - base.sum()
+    rounded = np.minimum(np.floor(share).astype(np.int64), cap)
+    base = rounded.tolist()  # at most budget // floor (40) medoids: plain ints from here on
+    spare = budget - sum(base)
     if spare > 0:  # largest remainders first, never above the cap
-        room = np.argsort(-(share - base), kind="stable")
-        for i in room:
+        for i in np.argsort(-(share - rounded), kind="stable").tolist():
             if spare == 0:
                 break
             if base[i] < cap:
                 base[i] += 1
                 spare -= 1
-    while base.sum() > budget:  # the floors overshot: take from the largest shares
-        base[np.argmax(base)] -= 1
+    while spare < 0:  # the floors overshot: take from the largest shares (the first of equals)
+        base[base.index(max(base))] -= 1
+        spare += 1
     shares[queried] = base
     return shares
 

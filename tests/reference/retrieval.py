@@ -4,7 +4,8 @@ service's answers must equal for the same chosen medoids and shares.
 The old path, per request: the user's ``Interest`` objects, a share per chosen medoid (floor(budget
 / e) for ``sampled``, ``core.retrieval.proportional_budget`` for ``proportional``), an ANN query of
 depth share + margin per medoid on a cache miss, then per medoid ``np.isin`` against the seen pins,
-one ``lexsort`` and ``np.unique`` over everything, and a dict per item.
+one ``lexsort`` and ``np.unique`` over everything, and a dict per item; the proportional shares
+with numpy scalars throughout.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pinnersage_dagster.core.retrieval import proportional_budget
 from pinnersage_dagster.serving.online import user_interests
 from pinnersage_dagster.serving.service import RecommenderService
 
@@ -38,6 +38,48 @@ def merge_candidates(
     _, first = np.unique(pins, return_index=True)
     first = np.sort(first)[:budget]
     return pins[first], scores[first], clusters[first], medoids[first]
+
+
+def old_proportional_budget(
+    importance: np.ndarray, budget: int, *, floor: int = 10, cap_share: float = 0.5
+) -> np.ndarray:
+    """Pins to fetch per medoid (aligned with ``importance``; 0 = not queried), sum <= budget."""
+    importance = np.asarray(importance, dtype=np.float64)
+    shares = np.zeros(importance.size, dtype=np.int64)
+    if importance.size == 0 or budget <= 0:
+        return shares
+    floor = max(1, min(floor, budget))
+    cap = max(floor, int(budget * cap_share)) if importance.size > 1 else budget
+    # the most important medoids that can all get the floor (ties: the lower index first)
+    order = np.lexsort((np.arange(importance.size), -importance))
+    queried = order[: max(1, budget // floor)]
+    weights = importance[queried]
+    share = np.zeros(queried.size)
+    free, open_ = float(budget), np.ones(queried.size, dtype=bool)
+    while open_.any():  # water-filling: a capped medoid's excess goes to the others, by importance
+        share[open_] = free * weights[open_] / weights[open_].sum()
+        over = open_ & (share > cap)
+        if not over.any():
+            break
+        share[over] = cap
+        open_ &= ~over
+        free = budget - share[~open_].sum()
+    share = np.maximum(share, floor)
+    base = np.floor(share).astype(np.int64)
+    base = np.minimum(base, cap)
+    spare = budget - base.sum()
+    if spare > 0:  # largest remainders first, never above the cap
+        room = np.argsort(-(share - base), kind="stable")
+        for i in room:
+            if spare == 0:
+                break
+            if base[i] < cap:
+                base[i] += 1
+                spare -= 1
+    while base.sum() > budget:  # the floors overshot: take from the largest shares
+        base[np.argmax(base)] -= 1
+    shares[queried] = base
+    return shares
 
 
 def old_items(pins, scores, clusters, medoids) -> list[dict]:
@@ -75,7 +117,7 @@ def check_answer(
     ks = [m["share"] for m in chosen]
     if answer["policy"] == "proportional":  # the old shares, in the old order
         ordered = list(interests.values())
-        shares = proportional_budget(np.array([c.importance for c in ordered]), budget)
+        shares = old_proportional_budget(np.array([c.importance for c in ordered]), budget)
         picked = np.flatnonzero(shares)
         picked = picked[np.argsort(-np.array([c.importance for c in ordered])[picked], kind="stable")]
         assert [(ordered[i].cluster_id, int(shares[i])) for i in picked] == [

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 from scipy.stats import chisquare
 
-from pinnersage_dagster.core.retrieval import sample_medoids, sampled_shares
+from pinnersage_dagster.core.retrieval import proportional_budget, sample_medoids, sampled_shares
 from pinnersage_dagster.serving.merge import NeighbourList, encode_items, merge
 from pinnersage_dagster.serving.service import RecommenderService
 from pinnersage_dagster.serving.settings import ServiceSettings
 from pinnersage_dagster.serving.store import SnapshotManager
 
-from ..reference.retrieval import check_answer, merge_candidates, old_items
+from ..reference.retrieval import check_answer, merge_candidates, old_items, old_proportional_budget
 from ..support import DAY
 
 NOW = pd.Timestamp(DAY) + pd.Timedelta(days=1, hours=9)  # the morning after the tiny graph's day
@@ -147,3 +147,12 @@ def test_every_budget_yields_items_when_the_user_has_interests(graph, budget):
     assert sampled_shares(np.array([2.0, 2.0, 3.0]), 1).tolist() == [0, 0, 1]
     assert sampled_shares(np.array([2.0, 2.0, 1.0]), 1).tolist() == [1, 0, 0]  # a tie: the earlier drawn
     assert sampled_shares(np.array([1.0, 5.0, 3.0]), 400).tolist() == [133, 133, 133]
+
+
+def test_proportional_shares_equal_the_old_rule():
+    rng = np.random.default_rng(3)
+    for _ in range(3000):
+        n = int(rng.integers(1, 80))
+        importance = rng.choice([rng.pareto(1.0, n) + 1e-3, rng.integers(1, 4, n).astype(float)])  # ties too
+        budget = int(rng.integers(1, 401))
+        assert proportional_budget(importance, budget).tolist() == old_proportional_budget(importance, budget).tolist()
