@@ -25,6 +25,8 @@ Run: ``make bench-serving`` (or ``.venv/bin/python benchmarks/serving_load.py``)
 from __future__ import annotations
 
 import argparse
+import http.client
+import importlib.metadata
 import json
 import os
 import platform
@@ -185,17 +187,26 @@ def measured(
 
 
 def cache_counts(port: int, workers: int) -> tuple[int, int]:
-    """(hits, misses) of the medoid caches of every worker: /health answers for the worker that
-    takes the connection, so it is asked until each worker has answered."""
+    """(hits, misses) of the medoid caches of every worker. /health answers for the worker that
+    accepted the connection, and one connection after another can land on the same worker every
+    time: connections are opened 16 at once, so that every worker accepts some."""
     seen: dict[int, dict] = {}
-    for _ in range(200):
-        answer = health(port)
-        seen[answer["pid"]] = answer
+    for _ in range(50):
+        connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(16)]
+        try:
+            for connection in connections:
+                connection.connect()
+            for connection in connections:
+                connection.request("GET", "/health")
+            for connection in connections:
+                answer = json.loads(connection.getresponse().read())
+                seen[answer["pid"]] = answer
+        finally:
+            for connection in connections:
+                connection.close()
         if len(seen) == workers:
-            break
-    if len(seen) != workers:
-        raise RuntimeError(f"only {len(seen)} of {workers} workers answered /health")
-    return sum(h["cache_hits"] for h in seen.values()), sum(h["cache_misses"] for h in seen.values())
+            return sum(h["cache_hits"] for h in seen.values()), sum(h["cache_misses"] for h in seen.values())
+    raise RuntimeError(f"only {len(seen)} of {workers} workers answered /health")
 
 
 def warm_up(port: int, users: list[int], args: argparse.Namespace, path: str, workers: int, rng) -> int:
@@ -349,13 +360,12 @@ def stack_phases(cache: Path, env: dict, users: list[int], args: argparse.Namesp
         "uvicorn + httptools + asyncio loop": lambda port: ["-c", uvicorn, str(port), "asyncio"],
     }
     try:
-        import granian
-
-        stacks[f"granian {granian.__version__} (not a dependency; installed for this measurement)"] = lambda port: [
+        granian = importlib.metadata.version("granian")
+        stacks[f"granian {granian} (not a dependency; installed for this measurement)"] = lambda port: [
             "-m", "granian", "--interface", "asgi", "--factory", "--host", "127.0.0.1", "--port", str(port),
             "--workers", "1", "--no-ws", "--log-level", "warning", "pinnersage_dagster.serving.app:worker_app",
         ]  # fmt: skip
-    except ImportError:
+    except importlib.metadata.PackageNotFoundError:
         pass
     repeated = [user for _ in range(10) for user in users]
     path = "/v1/users/{user}/recommendations?policy=sampled"

@@ -104,7 +104,7 @@ class Recommendations(BaseModel):
     impression_id: str = Field(description="this answer's id (in the impression log under an experiment)")
     snapshot: SnapshotInfo
     per_medoid: int = Field(description="the largest share: floor(budget / e) for 'sampled'")
-    sampled: list[SampledMedoid]
+    sampled: list[SampledMedoid] = Field(description="the medoids queried, each with its share of the budget")
     items: list[Item]
 
 
@@ -275,7 +275,13 @@ def create_app(
         user_id: int = Path(ge=INT64_MIN, le=INT64_MAX),
         seed: int | None = Query(None, ge=0, le=2**63 - 1, description="fix the medoid sampling (tests, replays)"),
         exclude_seen: bool = Query(True, description="leave out pins the user already acted on"),
-        budget: int | None = Query(None, ge=1, le=service.settings.max_budget, description="at most this many items"),
+        budget: int | None = Query(
+            None,
+            ge=1,
+            le=service.settings.max_budget,
+            description="at most this many items; 'sampled' gives floor(budget / e) to each of the e medoids drawn, "
+            "and a budget below e one each to the most important drawn",
+        ),
         policy: Literal["sampled", "proportional", "decay_average"] | None = Query(
             None,
             description="'sampled' (the paper, the default): up to 3 medoids drawn by importance, floor(budget / e) "

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from ..reference.retrieval import compare_with_reference
+
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
 OWN_DATA = (REPO / "docs" / "own-data.md").read_text()
@@ -186,6 +188,9 @@ def test_the_readme_top_to_bottom_then_your_own_data(clone):
     demo = shell.run(quick.split("\n")[0]).stdout
     shown_in_order(fenced(README, "")[0], demo)
     assert demo.splitlines()[0].startswith("pinnersage demo · source: synthetic (seed 7, 2000 users")
+    # the demo's snapshot answers as the old request path did (tests/reference/retrieval.py)
+    checked = compare_with_reference(clone / "data" / "serving", requests=1000)
+    assert checked["sampled"] > 300 and checked["proportional"] > 300
 
     # 2. the tour's service session, with the event stamped now: answered and online at once
     tour = next(b for b in fenced(README, "bash") if "pinnersage serve" in b)

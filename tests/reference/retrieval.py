@@ -10,11 +10,15 @@ with numpy scalars throughout.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from pinnersage_dagster.serving.online import user_interests
 from pinnersage_dagster.serving.service import RecommenderService
+from pinnersage_dagster.serving.settings import ServiceSettings
+from pinnersage_dagster.serving.store import SnapshotManager
 
 
 def merge_candidates(
@@ -140,3 +144,34 @@ def check_answer(
             assert np.array_equal(shallow, entry.pins[: len(shallow)])
         neighbours.append((medoid["cluster_id"], medoid["medoid_pin_id"], pins, scores))
     assert answer["items"] == old_items(*merge_candidates(neighbours, ks, budget, seen))
+
+
+def compare_with_reference(serving_root: Path, requests: int, seed: int = 0) -> dict[str, int]:
+    """``requests`` answers of a service on ``serving_root``, each checked against the old path:
+    users, budgets 3..400, both policies, seen pins excluded or not, some users with the day's
+    events (their interests updated online). Returns what was checked, by kind."""
+    service = RecommenderService(SnapshotManager(serving_root), ServiceSettings(events_root=None))
+    assert service.manager.refresh()
+    snapshot = service.snapshot()
+    now = snapshot.batch_time + pd.Timedelta(hours=9)  # the morning after the snapshot's day
+    rng = np.random.default_rng(seed)
+    users = np.unique(snapshot.medoids["user_id"].to_numpy())
+    pool = snapshot.index_pin_ids
+    for user in rng.choice(users, size=min(len(users), 10), replace=False).tolist():  # same-day events
+        pins = rng.choice(pool, size=3, replace=False).tolist()
+        events = [{"user_id": user, "pin_id": p, "action": "click", "ts": now - pd.Timedelta(minutes=5)} for p in pins]
+        assert service.post_events(events, now=now)["accepted"] == 3
+    counts: dict[str, int] = {}
+    for _ in range(requests):
+        user = int(rng.choice(users))
+        budget = int(rng.integers(3, 401))
+        policy = str(rng.choice(["sampled", "proportional"]))
+        exclude_seen = bool(rng.random() < 0.8)
+        answer = service.recommend(
+            user, seed=int(rng.integers(2**63)), budget=budget, now=now, policy=policy, exclude_seen=exclude_seen
+        )
+        check_answer(service, answer, budget=budget, now=now, exclude_seen=exclude_seen)
+        kind = f"{policy}{', online' if any(m['online_updated'] for m in answer['sampled']) else ''}"
+        counts[kind] = counts.get(kind, 0) + 1
+        counts["items"] = counts.get("items", 0) + len(answer["items"])
+    return counts

@@ -3,8 +3,6 @@ explanation fields for the same chosen medoids and shares (``tests/reference/ret
 over thousands of requests of the tiny graph's snapshot (the demo's, in ``test_readme``); the
 draw keeps its distribution; every budget from 1 yields items."""
 
-from pathlib import Path
-
 import numpy as np
 import orjson
 import pandas as pd
@@ -17,40 +15,10 @@ from pinnersage_dagster.serving.service import RecommenderService
 from pinnersage_dagster.serving.settings import ServiceSettings
 from pinnersage_dagster.serving.store import SnapshotManager
 
-from ..reference.retrieval import check_answer, merge_candidates, old_items, old_proportional_budget
+from ..reference.retrieval import compare_with_reference, merge_candidates, old_items, old_proportional_budget
 from ..support import DAY
 
 NOW = pd.Timestamp(DAY) + pd.Timedelta(days=1, hours=9)  # the morning after the tiny graph's day
-
-
-def compare_with_reference(serving_root: Path, requests: int, seed: int = 0) -> dict[str, int]:
-    """``requests`` answers of a service on ``serving_root``, each checked against the old path:
-    users, budgets 3..400, both policies, seen pins excluded or not, some users with the day's
-    events (their interests updated online). Returns what was checked, by kind."""
-    service = RecommenderService(SnapshotManager(serving_root), ServiceSettings(events_root=None))
-    assert service.manager.refresh()
-    snapshot = service.snapshot()
-    rng = np.random.default_rng(seed)
-    users = np.unique(snapshot.medoids["user_id"].to_numpy())
-    pool = snapshot.index_pin_ids
-    for user in rng.choice(users, size=min(len(users), 10), replace=False).tolist():  # same-day events
-        pins = rng.choice(pool, size=3, replace=False).tolist()
-        events = [{"user_id": user, "pin_id": p, "action": "click", "ts": NOW - pd.Timedelta(minutes=5)} for p in pins]
-        assert service.post_events(events, now=NOW)["accepted"] == 3
-    counts: dict[str, int] = {}
-    for _ in range(requests):
-        user = int(rng.choice(users))
-        budget = int(rng.integers(3, 401))
-        policy = str(rng.choice(["sampled", "proportional"]))
-        exclude_seen = bool(rng.random() < 0.8)
-        answer = service.recommend(
-            user, seed=int(rng.integers(2**63)), budget=budget, now=NOW, policy=policy, exclude_seen=exclude_seen
-        )
-        check_answer(service, answer, budget=budget, now=NOW, exclude_seen=exclude_seen)
-        kind = f"{policy}{', online' if any(m['online_updated'] for m in answer['sampled']) else ''}"
-        counts[kind] = counts.get(kind, 0) + 1
-        counts["items"] = counts.get("items", 0) + len(answer["items"])
-    return counts
 
 
 def test_answers_equal_the_old_path_for_the_same_medoids_and_shares(graph):
