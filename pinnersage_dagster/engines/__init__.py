@@ -29,7 +29,7 @@ def pass_runner(kind: str, *, spark_master: str, workers: int, batch_rows: int) 
     under ``<run_uri>/rows``; workers (or the Spark session) live as long as the ``with``."""
     if kind == "spark":
         from .spark import run_spark_pass
-        from .spark_job import spark_session
+        from .spark_job import spark_executors, spark_session
 
         spark = spark_session(spark_master)
 
@@ -39,10 +39,14 @@ def pass_runner(kind: str, *, spark_master: str, workers: int, batch_rows: int) 
                 "exported_actions": counts["window"],
                 "day_pins": counts["pins"],
                 "actions_on_pins_left_catalog": counts["left_catalog"],
-                "clustering_engine": f"spark ({spark_master})",
+                "clustering_engine": f"spark ({spark.sparkContext.master})",  # the master that ran it
+                "spark_executors": spark_executors(spark),
             }
 
-        yield run_spark
+        try:
+            yield run_spark
+        finally:
+            spark.stop()
         return
     from .local import run_local_pass
     from .workers import UserPool

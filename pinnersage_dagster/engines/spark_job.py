@@ -45,7 +45,16 @@ def spark_session(master: str, app_name: str = "pinnersage"):
         builder = builder.config("spark.pyspark.python", sys.executable)
     for key in BLAS_THREADS:  # one Spark task per core, one BLAS thread per task, as in the local workers
         builder = builder.config(f"spark.executorEnv.{key}", "1")
+    active = SparkSession.getActiveSession()
+    if active is not None and active.sparkContext.master != master:
+        active.stop()  # getOrCreate would hand back a session on the other master, silently
     return builder.getOrCreate()
+
+
+def spark_executors(spark) -> int:
+    """Executors the application has now (the driver not counted): 0 in local mode."""
+    status = spark.sparkContext._jsc.sc().getExecutorMemoryStatus()
+    return max(int(status.size()) - 1, 0)
 
 
 def run_user_pass_spark(
