@@ -58,7 +58,15 @@ def test_the_user_pass_on_a_standalone_cluster_writes_the_local_engines_tables(g
     processes = [
         start(
             spark_class,
-            ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(web)],
+            [
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(web),
+            ],
             env,
             tmp_path / "master.log",
         )
