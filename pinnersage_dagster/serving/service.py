@@ -221,7 +221,8 @@ class RecommenderService:
         ks = shares.tolist()
         margin = min(len(seen), self.settings.exclusion_margin)
         # fetched at least ef deep: hnswlib searches max(ef, k) candidates for k neighbours, so a
-        # shallower fetch costs the same search and would be refetched by a deeper request
+        # shallower fetch costs the same search, finds the same head (but for the order of pins at
+        # exactly equal distance) and would be refetched by a deeper request
         ef, count = snapshot.index_manifest.ef, snapshot.index_manifest.count
         lists = [
             self.cache.get(

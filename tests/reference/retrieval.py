@@ -100,6 +100,19 @@ def old_ann(service: RecommenderService, medoid_pin_id: int, depth: int) -> tupl
     return snapshot.index_pin_ids[labels[0]], 1.0 - distances[0].astype(np.float64)
 
 
+def same_up_to_ties(pins: np.ndarray, scores: np.ndarray, deeper_pins: np.ndarray, deeper_scores: np.ndarray) -> bool:
+    """``pins`` (best first) are the head of ``deeper_pins`` but for the order of pins of equal
+    score, and at the cut, which of the pins tied with the last one made it."""
+    n = len(pins)
+    if not np.array_equal(scores, deeper_scores[:n]):
+        return False
+    inside = scores != scores[-1] if n else np.zeros(0, bool)
+    head = deeper_pins[:n]
+    if sorted(zip(scores[inside], pins[inside])) != sorted(zip(scores[inside], head[inside])):
+        return False
+    return set(pins[~inside].tolist()) <= set(deeper_pins[deeper_scores == scores[-1]].tolist()) if n else True
+
+
 def check_answer(
     service: RecommenderService, answer: dict, *, budget: int, now: pd.Timestamp, exclude_seen: bool = True
 ) -> None:
@@ -136,12 +149,15 @@ def check_answer(
         pins, scores = old_ann(service, medoid["medoid_pin_id"], len(entry))
         assert np.array_equal(pins, entry.pins) and np.array_equal(scores, entry.scores)
         # what the old path fetched (share + margin deep) is the entry's head while both are within
-        # the index's ef (hnswlib searches max(ef, k) candidates); a deeper entry, fetched for an
-        # earlier deeper request, served the old path's prefix just the same
+        # the index's ef (hnswlib searches max(ef, k) candidates), up to the order of pins at exactly
+        # the same distance (hnswlib's heap keeps either of two tied pins at the cut); a deeper
+        # entry, fetched for an earlier deeper request, served the old path's prefix just the same
         depth = k + margin
         if max(depth, len(entry)) <= snapshot.index_manifest.ef:
-            shallow, _ = old_ann(service, medoid["medoid_pin_id"], min(depth, snapshot.index_manifest.count))
-            assert np.array_equal(shallow, entry.pins[: len(shallow)])
+            shallow, shallow_scores = old_ann(
+                service, medoid["medoid_pin_id"], min(depth, snapshot.index_manifest.count)
+            )
+            assert same_up_to_ties(shallow, shallow_scores, entry.pins, entry.scores)
         neighbours.append((medoid["cluster_id"], medoid["medoid_pin_id"], pins, scores))
     assert answer["items"] == old_items(*merge_candidates(neighbours, ks, budget, seen))
 
