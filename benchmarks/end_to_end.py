@@ -43,7 +43,7 @@ STAGES = ["candidate_pool", "action_windows", "user_interests", "pin_index", "se
 STAGE_ASSETS = {"user_interests": ["user_clusters", "user_medoids"]}
 
 
-def resources(root: Path, users: int, pins: int) -> dict:
+def resources(root: Path, users: int, pins: int, preset: str = "realistic") -> dict:
     from dagster_duckdb import DuckDBResource
 
     from pinnersage_dagster.config import PinnerSageParams
@@ -55,8 +55,7 @@ def resources(root: Path, users: int, pins: int) -> dict:
         "serving_store": ServingStore(root=str(root / "serving")),
         "exchange": ExchangeStore(root=str(root / "exchange")),
         "event_log": EventLogStore(root=str(root / "events")),
-        # the committed results were measured on the clean world; re-measure before switching to realistic
-        "source": SyntheticSource(n_users=users, n_pins=pins, dirty_share=0.001, preset="clean"),
+        "source": SyntheticSource(n_users=users, n_pins=pins, dirty_share=0.001, preset=preset),
         "params": PinnerSageParams(),
     }
 
@@ -81,7 +80,7 @@ def run_stage(args: argparse.Namespace) -> None:
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     result = dg.materialize(
         all_assets,
-        resources=resources(Path(args.root), args.users, args.pins),
+        resources=resources(Path(args.root), args.users, args.pins, args.preset),
         run_config=quiet,
         raise_on_error=False,
         **kwargs,
@@ -225,6 +224,12 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--pins", type=int, default=1_000_000)
     parser.add_argument("--new-pins", type=int, default=2_000, help="catalog uploads between the two days")
+    parser.add_argument(
+        "--preset",
+        default="realistic",
+        choices=["realistic", "clean"],
+        help="the synthetic world (the product's default)",
+    )
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--partition", help=argparse.SUPPRESS)
     parser.add_argument("--range-start", help=argparse.SUPPRESS)
@@ -233,7 +238,7 @@ def main() -> None:
     if args.stage:
         return run_stage(args)
 
-    root = ROOT / "benchmarks" / ".cache" / f"e2e-{args.users}-{args.pins}"
+    root = ROOT / "benchmarks" / ".cache" / f"e2e-{args.users}-{args.pins}-{args.preset}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     timings: list[dict] = []
@@ -252,6 +257,8 @@ def main() -> None:
             str(args.pins),
             "--new-pins",
             str(args.new_pins),
+            "--preset",
+            args.preset,
         ]
         command += ["--partition", partition] if partition else []
         command += ["--range-start", range_start] if range_start else []
@@ -291,7 +298,7 @@ def main() -> None:
 def report(args: argparse.Namespace, timings: list[dict], uploads: dict) -> None:
     command = (
         f"make bench-e2e  # = .venv/bin/python benchmarks/end_to_end.py --users {args.users} "
-        f"--pins {args.pins} --new-pins {args.new_pins}"
+        f"--pins {args.pins} --new-pins {args.new_pins} --preset {args.preset}"
     )
     days = {}
     for phase in ("cold day", "steady-state day"):
@@ -317,6 +324,9 @@ def report(args: argparse.Namespace, timings: list[dict], uploads: dict) -> None
         "history_peak_rss_gib": max(t["peak_rss_gib"] for t in timings if t["phase"] == "history"),
         "steady_state_over_ward_only": round(days["steady-state day"]["seconds"] / ward, 2),
         "user_interests_over_ward_only": round(interests["seconds"] / ward, 2),
+        # the steady day keeps the cold day's interests for users whose window and pins did not change
+        "users_in_window": interests["metadata"].get("users"),
+        "users_reclustered": interests["metadata"].get("users_reclustered"),
         "cold_candidate_pool_over_pool_build": round(cold_pool / build, 2),
     }
     cold = stage[("cold day", "candidate_pool")]["metadata"]
@@ -342,7 +352,7 @@ def report(args: argparse.Namespace, timings: list[dict], uploads: dict) -> None
         "",
         f"Reproduce: `{command}`",
         "",
-        f"Machine: {results_io.machine()}. Synthetic world: {args.users:,} users, {args.pins:,} pins (d=256), "
+        f"Machine: {results_io.machine()}. Synthetic world ({args.preset}): {args.users:,} users, {args.pins:,} pins (d=256), "
         "90-day windows. Each asset runs as its own Dagster run in its own process, as the run launcher runs "
         "it (process start and Dagster's own overhead included); peak RSS is that process's own (wait4), "
         "worker processes counted by their own peak.",
@@ -363,7 +373,10 @@ def report(args: argparse.Namespace, timings: list[dict], uploads: dict) -> None
         f"| steady-state day / Ward-only | {summary['steady_state_over_ward_only']:.2f} "
         f"({summary['steady_state_seconds']:.0f} s / {ward:.0f} s) | <= 2 | "
         f"{goal[summary['steady_state_over_ward_only'] <= 2]} |",
-        f"| user_interests stage / Ward-only | {summary['user_interests_over_ward_only']:.2f} | | |",
+        f"| user_interests stage / Ward-only | {summary['user_interests_over_ward_only']:.2f} "
+        f"({summary['users_reclustered']:,} of {summary['users_in_window']:,} users clustered again; the others "
+        "keep the day before's interests) | <= 1.0 | "
+        f"{goal[summary['user_interests_over_ward_only'] <= 1.0]} |",
         f"| cold candidate_pool / plain hnswlib build | {summary['cold_candidate_pool_over_pool_build']:.2f} "
         f"({cold_pool:.0f} s / {build:.0f} s) | <= 1.5 | {goal[summary['cold_candidate_pool_over_pool_build'] <= 1.5]} |",
         f"| peak RSS of a daily stage | {summary['peak_rss_gib']:.2f} GiB | <= 3 GiB | {goal[summary['peak_rss_gib'] <= 3]} |",
@@ -393,7 +406,9 @@ def report(args: argparse.Namespace, timings: list[dict], uploads: dict) -> None
             for phase, m in pool.items()
         ),
     ]
-    results_io.write("end_to_end", data, lines)
+    # the published run is the default world; another size or preset is written beside it
+    default = (args.users, args.pins, args.preset) == (100_000, 1_000_000, "realistic")
+    results_io.write("end_to_end" if default else f"end_to_end-{args.users}-{args.pins}-{args.preset}", data, lines)
 
 
 if __name__ == "__main__":

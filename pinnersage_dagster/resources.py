@@ -289,6 +289,11 @@ class ClusteringEngine(dg.ConfigurableResource):
         ge=1,
         description="Distinct (user, pin) rows read and clustered at once; bounds memory whatever the number of users.",
     )
+    reuse_unchanged_users: bool = Field(
+        default=True,
+        description="Keep the day before's interests (importance decayed by a day) for users whose window did not "
+        "change, when that day was built from the same catalog and parameters; false: cluster every user.",
+    )
 
     @contextmanager
     def runner(self) -> Iterator[PassRunner]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 import duckdb
 import numpy as np
@@ -109,6 +109,14 @@ TABLES: dict[str, Table] = {
                 _c("n_actions", "BIGINT", "the cluster's actions in the window"),
                 _c("kind", "VARCHAR", "as in user_clusters"),
             ),
+        ),
+        # the users of day D whose window differs from D-1's (``assets.interests``: when D reuses
+        # D-1's interests, the per-user pass runs for these users only)
+        Table("interest_changed_users", (DAY, _c("user_id", "BIGINT", "a user whose window changed since D-1"))),
+        # the embedding of every pin of D's window as D's interests saw it (kept for D and D-1 only)
+        Table(
+            "interest_pin_fingerprints",
+            (DAY, _c("pin_id", "BIGINT", "a pin of D's window"), _c("fingerprint", "UBIGINT", "hash(embedding)")),
         ),
         Table(
             "pin_embeddings",
@@ -352,8 +360,59 @@ POOL_AT_SQL = """
 # the catalog's embeddings of the pins a day's window acts on
 DAY_PINS_SQL = """
     SELECT pin_id, embedding FROM pins
-    WHERE pin_id IN (SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ?)
+    WHERE pin_id IN (SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ? {users})
     ORDER BY pin_id
+"""
+# the per-user pass's rows of action_windows: every user's, or (a day that reuses the day before)
+# those of the users whose window changed
+CHANGED_ONLY = "AND user_id IN (SELECT user_id FROM interest_changed_users c WHERE c.partition_date = action_windows.partition_date)"
+
+
+def pass_users(only_changed: bool) -> str:
+    """The filter on ``action_windows`` rows of the users the per-user pass runs for."""
+    return CHANGED_ONLY if only_changed else ""
+
+
+# users whose window rows of $day differ from $before's (entered, left, or capped away), exactly,
+# and users with a pin whose embedding changed (or left the catalog) since $before's interests
+CHANGED_USERS_SQL = """
+    INSERT INTO interest_changed_users
+    SELECT DISTINCT CAST($day AS DATE), user_id FROM (
+        (SELECT user_id, pin_id, action, ts FROM action_windows WHERE partition_date = $day
+         EXCEPT ALL SELECT user_id, pin_id, action, ts FROM action_windows WHERE partition_date = $before)
+        UNION ALL
+        (SELECT user_id, pin_id, action, ts FROM action_windows WHERE partition_date = $before
+         EXCEPT ALL SELECT user_id, pin_id, action, ts FROM action_windows WHERE partition_date = $day)
+        UNION ALL
+        SELECT user_id, pin_id, action, ts FROM action_windows WHERE partition_date = $day AND pin_id IN (
+            SELECT w.pin_id FROM (SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = $day) w
+            LEFT JOIN pins p ON p.pin_id = w.pin_id
+            LEFT JOIN interest_pin_fingerprints f ON f.partition_date = $before AND f.pin_id = w.pin_id
+            WHERE (p.pin_id IS NULL) != (f.pin_id IS NULL) OR hash(p.embedding) != f.fingerprint
+        )
+    )
+"""
+PIN_FINGERPRINTS_SQL = """
+    INSERT INTO interest_pin_fingerprints
+    SELECT CAST($day AS DATE), pin_id, hash(embedding) FROM pins
+    WHERE pin_id IN (SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = $day)
+"""
+# yesterday's interests of the users of $day whose window did not change: the same clusters and
+# medoids, every action one day older (Eq. 3: each term times exp(-lambda))
+_REUSED_USERS = (
+    "user_id IN (SELECT user_id FROM action_windows WHERE partition_date = $day) "
+    "AND user_id NOT IN (SELECT user_id FROM interest_changed_users WHERE partition_date = $day)"
+)
+REUSED_CLUSTERS_SQL = f"""
+    INSERT INTO user_clusters (partition_date, user_id, cluster_id, kind, merge_cost, n_pins, pin_ids)
+    SELECT CAST($day AS DATE), user_id, cluster_id, kind, merge_cost, n_pins, pin_ids FROM user_clusters
+    WHERE partition_date = $before AND {_REUSED_USERS}
+"""
+REUSED_MEDOIDS_SQL = f"""
+    INSERT INTO user_medoids (partition_date, user_id, cluster_id, medoid_pin_id, importance, size, n_actions, kind)
+    SELECT CAST($day AS DATE), user_id, cluster_id, medoid_pin_id, importance * exp(-$decay_lambda), size, n_actions,
+           kind
+    FROM user_medoids WHERE partition_date = $before AND {_REUSED_USERS}
 """
 # partitions first .. day, and ts in [first, day + 1): a late event lands in a later partition
 # than its ts (``service_events``) and counts in the windows that cover its ts from then on
@@ -414,13 +473,15 @@ def replace_partition_from_query(
             before_commit(conn)
 
 
-def user_batches(conn: duckdb.DuckDBPyConnection, day: date, max_rows: int) -> list[tuple[int, int, int]]:
+def user_batches(
+    conn: duckdb.DuckDBPyConnection, day: date, max_rows: int, only_changed: bool = False
+) -> list[tuple[int, int, int]]:
     """Contiguous user-id ranges of ``action_windows`` for ``day``, each holding at most
     ``max_rows`` distinct (user, pin) rows (a single heavier user is a batch of its own).
     Returns (first user, last user, rows) per batch."""
     counts = conn.execute(
-        "SELECT user_id, count(DISTINCT pin_id) AS n FROM action_windows WHERE partition_date = ? "
-        "GROUP BY user_id ORDER BY user_id",
+        f"SELECT user_id, count(DISTINCT pin_id) AS n FROM action_windows WHERE partition_date = ? "
+        f"{pass_users(only_changed)} GROUP BY user_id ORDER BY user_id",
         [day],
     ).df()
     batches, start, rows = [], 0, 0
@@ -455,14 +516,27 @@ def replace_interests(
     day: date,
     rows_glob: str,
     before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    reuse_from: date | None = None,
+    decay_lambda: float = 0.0,
 ) -> None:
     """Replace ``day`` of ``user_clusters`` and ``user_medoids`` with the per-user pass's rows
     (Parquet files matching ``rows_glob``), both tables (and ``before_commit``'s writes) in one
-    transaction."""
+    transaction. ``reuse_from`` (the day before): the pass ran for the users in
+    ``interest_changed_users`` only, and every other user of the day's window keeps that day's
+    interests, importance decayed by one day."""
     rows = INTEREST_ROWS.format(glob=rows_glob.replace("'", "''"))
     with transaction(conn):
         for table, sql in (("user_clusters", CLUSTERS_FROM_ROWS_SQL), ("user_medoids", MEDOIDS_FROM_ROWS_SQL)):
             _replace_day_from(conn, table, day, sql.format(rows=rows))
+        if reuse_from is not None:
+            conn.execute(REUSED_CLUSTERS_SQL, {"day": day, "before": reuse_from})
+            conn.execute(REUSED_MEDOIDS_SQL, {"day": day, "before": reuse_from, "decay_lambda": decay_lambda})
+        # what the next day needs to know which embeddings changed; older days are never read again
+        conn.execute(
+            "DELETE FROM interest_pin_fingerprints WHERE partition_date = ? OR partition_date < ?",
+            [day, day - timedelta(days=1)],
+        )
+        conn.execute(PIN_FINGERPRINTS_SQL, {"day": day})
         if before_commit is not None:
             before_commit(conn)
 

@@ -4,7 +4,7 @@
 import shutil
 import time
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -18,7 +18,15 @@ from ..partitions import daily_partitions, partition_days
 from ..readers import day_bounds
 from ..reporting import distribution_of_counts, frame_markdown, histogram_markdown_of_counts, table_schema
 from ..resources import ClusteringEngine, ExchangeStore
-from ..warehouse import TABLES, embedding_matrix, ensure_tables, replace_interests
+from ..warehouse import (
+    CHANGED_USERS_SQL,
+    TABLES,
+    embedding_matrix,
+    ensure_tables,
+    pass_users,
+    replace_interests,
+    transaction,
+)
 from .actions import action_windows
 from .constants import DUCKDB_POOL, GROUP
 
@@ -65,9 +73,18 @@ def user_interests(
     with engine.runner() as run_pass:
         for day in partition_days(context):
             _, now = day_bounds(day)
-            settings = {"alpha": params.alpha, "decay_lambda": params.decay_lambda, "now_us": int(now.value // 1000)}
             with duckdb.get_connection() as conn:
                 inputs = _checked_inputs(conn, day, params)
+                ensure_tables(conn)
+                reuse = _reusable_day_before(conn, day, inputs) if engine.reuse_unchanged_users else None
+                changed, users = _plan_users(conn, day, reuse)
+            inputs["reused_from"] = reuse
+            settings = {
+                "alpha": params.alpha,
+                "decay_lambda": params.decay_lambda,
+                "now_us": int(now.value // 1000),
+                "only_changed": reuse is not None,
+            }
             run_uri = exchange.run_uri(day.isoformat(), context.run_id)
             _remove_stale_runs(exchange, day)
             if exchange.is_local:
@@ -76,24 +93,50 @@ def user_interests(
             figures = run_pass(day, duckdb.get_connection, run_uri, settings)
             seconds = time.perf_counter() - started
 
-            def record(conn, day: date = day) -> None:
-                for asset, columns in (
-                    ("user_clusters", "user_id, cluster_id, kind, pin_ids"),
-                    ("user_medoids", "user_id, cluster_id, medoid_pin_id, importance, size, kind"),
-                ):
+            def record(conn, day: date = day, inputs: dict = inputs, reuse: dict | None = reuse) -> None:
+                if reuse is not None:  # the day before must still be what was checked
+                    for asset in INTEREST_COLUMNS:
+                        now_there = guards.get(conn, asset, date.fromisoformat(reuse["day"]))
+                        guards.same(
+                            reuse[asset],
+                            now_there.version if now_there else None,
+                            what=f"{asset} of {reuse['day']} was rewritten while {day} reused it",
+                            rematerialize=f"user_clusters/user_medoids for {day}",
+                        )
+                for asset, columns in INTEREST_COLUMNS.items():
                     version, rows = guards.table_version(conn, asset, columns, day)
                     guards.record(conn, asset, day, version, inputs, rows)
                     versions[asset] = version
 
             with duckdb.get_connection() as conn:
                 ensure_tables(conn)
-                replace_interests(conn, day, f"{run_uri}/rows/*.parquet", before_commit=record)
+                replace_interests(
+                    conn,
+                    day,
+                    f"{run_uri}/rows/*.parquet",
+                    before_commit=record,
+                    reuse_from=date.fromisoformat(reuse["day"]) if reuse else None,
+                    decay_lambda=params.decay_lambda,
+                )
             if exchange.is_local:
                 shutil.rmtree(run_uri, ignore_errors=True)
-            context.log.info(f"{day}: per-user pass in {seconds:.1f}s ({figures['clustering_engine']})")
+            context.log.info(
+                f"{day}: per-user pass in {seconds:.1f}s for {changed} of {users} users "
+                f"({figures['clustering_engine']}; "
+                + (f"the others keep {reuse['day']}'s interests)" if reuse else "every user clustered)")
+            )
     with duckdb.get_connection() as conn:
         clusters_meta, medoids_meta = interest_metadata(conn, day, params)
-    clusters_meta.update({"alpha": params.alpha, "pass_seconds": round(seconds, 2), **figures})
+    clusters_meta.update(
+        {
+            "alpha": params.alpha,
+            "pass_seconds": round(seconds, 2),
+            "users": users,
+            "users_reclustered": changed,
+            "interests_reused_from": reuse["day"] if reuse else "none: every user clustered",
+            **figures,
+        }
+    )
     yield dg.MaterializeResult(
         asset_key="user_clusters",
         metadata=clusters_meta,
@@ -125,6 +168,57 @@ def _checked_inputs(conn: duckdb.DuckDBPyConnection, day: date, params: PinnerSa
         "decay_lambda": params.decay_lambda,
         "max_actions_per_user": params.max_actions_per_user,
     }
+
+
+INTEREST_COLUMNS = {
+    "user_clusters": "user_id, cluster_id, kind, pin_ids",
+    "user_medoids": "user_id, cluster_id, medoid_pin_id, importance, size, kind",
+}
+
+
+def _reusable_day_before(conn: duckdb.DuckDBPyConnection, day: date, inputs: dict) -> dict | None:
+    """The day before's interests, when they are provably what this day would compute for the
+    users whose window did not change and whose pins kept their embeddings: built with the same
+    parameters, from the window of that day as it stands now, unchanged since (their content is
+    hashed again), with the embeddings they saw recorded (``interest_pin_fingerprints``).
+    Otherwise None: every user is clustered (first days, backfills out of order)."""
+    before = day - timedelta(days=1)
+    window = guards.get(conn, "action_windows", before)
+    found = {asset: guards.get(conn, asset, before) for asset in INTEREST_COLUMNS}
+    if window is None or any(f is None for f in found.values()):
+        return None
+    ((fingerprints,),) = conn.execute(
+        "SELECT count(*) FROM interest_pin_fingerprints WHERE partition_date = ?", [before]
+    ).fetchall()
+    if not fingerprints:
+        return None
+    for lineage in found.values():
+        assert lineage is not None
+        same = {k: lineage.inputs.get(k) for k in ("alpha", "decay_lambda", "max_actions_per_user")}
+        if same != {k: inputs[k] for k in same} or lineage.inputs.get("action_windows") != window.version:
+            return None
+    for asset, columns in INTEREST_COLUMNS.items():
+        if guards.table_version(conn, asset, columns, before)[0] != found[asset].version:  # type: ignore[union-attr]
+            return None
+    return {"day": before.isoformat(), **{asset: f.version for asset, f in found.items() if f is not None}}
+
+
+def _plan_users(conn: duckdb.DuckDBPyConnection, day: date, reuse: dict | None) -> tuple[int, int]:
+    """Record the users whose window changed since the day before (for the pass to run on);
+    returns (users the pass clusters, users of the day's window)."""
+    with transaction(conn):
+        conn.execute("DELETE FROM interest_changed_users WHERE partition_date = ?", [day])
+        if reuse is not None:
+            conn.execute(CHANGED_USERS_SQL, {"day": day, "before": date.fromisoformat(reuse["day"])})
+    ((users,),) = conn.execute(
+        "SELECT count(DISTINCT user_id) FROM action_windows WHERE partition_date = ?", [day]
+    ).fetchall()
+    if reuse is None:
+        return int(users), int(users)
+    ((changed,),) = conn.execute(
+        f"SELECT count(DISTINCT user_id) FROM action_windows WHERE partition_date = ? {pass_users(True)}", [day]
+    ).fetchall()
+    return int(changed), int(users)
 
 
 def _remove_stale_runs(exchange: ExchangeStore, day: date) -> None:

@@ -20,12 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core.user_pass import ROW_SCHEMA
-from ..warehouse import DAY_PINS_SQL, embedding_dim, fill_embeddings, user_batches
+from ..warehouse import DAY_PINS_SQL, embedding_dim, fill_embeddings, pass_users, user_batches
 from .workers import SharedMatrix, UserPool
 
 BATCH_SQL = """
     SELECT user_id, pin_id, epoch_us(ts) AS ts_us FROM action_windows
-    WHERE partition_date = ? AND user_id BETWEEN ? AND ?
+    WHERE partition_date = ? AND user_id BETWEEN ? AND ? {users}
     ORDER BY user_id, pin_id, ts
 """
 STREAM_ROWS = 65_536
@@ -41,19 +41,23 @@ class PassStats:
     actions_on_pins_left_catalog: int = 0
 
 
-def day_embeddings(connect: Callable[[], duckdb.DuckDBPyConnection], day: date) -> tuple[np.ndarray, SharedMatrix]:
-    """The sorted ids and a shared matrix of the embeddings of every pin in ``day``'s window,
-    streamed from the catalog in bounded chunks (never a second copy of the matrix)."""
+def day_embeddings(
+    connect: Callable[[], duckdb.DuckDBPyConnection], day: date, only_changed: bool = False
+) -> tuple[np.ndarray, SharedMatrix]:
+    """The sorted ids and a shared matrix of the embeddings of every pin in ``day``'s window (of
+    the users the pass runs for), streamed from the catalog in bounded chunks (never a second
+    copy of the matrix)."""
+    users = pass_users(only_changed)
     with connect() as conn:
         dim = embedding_dim(conn)
         ((rows,),) = conn.execute(
             "SELECT count(*) FROM pins WHERE pin_id IN "
-            "(SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ?)",
+            f"(SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ? {users})",
             [day],
         ).fetchall()
         matrix = SharedMatrix(int(rows), dim)
         try:
-            ids = fill_embeddings(conn, DAY_PINS_SQL, [day], matrix.array, STREAM_ROWS)
+            ids = fill_embeddings(conn, DAY_PINS_SQL.format(users=users), [day], matrix.array, STREAM_ROWS)
         except BaseException:
             matrix.__exit__(None, None, None)
             raise
@@ -70,20 +74,23 @@ def run_local_pass(
     alpha: float,
     decay_lambda: float,
     now_us: int,
+    only_changed: bool = False,
 ) -> PassStats:
-    """Write the pass's rows for ``day`` as Parquet parts into ``out_dir``."""
+    """Write the pass's rows for ``day`` as Parquet parts into ``out_dir`` (``only_changed``: for
+    the users of ``interest_changed_users`` alone)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = PassStats()
     with connect() as conn:
-        batches = user_batches(conn, day, batch_rows)
-    ids, matrix = day_embeddings(connect, day)
+        batches = user_batches(conn, day, batch_rows, only_changed)
+    ids, matrix = day_embeddings(connect, day, only_changed)
+    batch_sql = BATCH_SQL.format(users=pass_users(only_changed))
     stats.day_pins, stats.batches = len(ids), len(batches)
     stats.largest_batch_rows = max((b[2] for b in batches), default=0)
     with matrix:
         pending: Callable[[], pa.Table] | None = None
         for number, (first, last, _) in enumerate(batches):
             with connect() as conn:
-                rows = conn.execute(BATCH_SQL, [day, first, last]).fetchnumpy()
+                rows = conn.execute(batch_sql, [day, first, last]).fetchnumpy()
             user_ids, pin_ids, ts_us = (np.asarray(rows[c], dtype=np.int64) for c in ("user_id", "pin_id", "ts_us"))
             pin_rows = np.minimum(np.searchsorted(ids, pin_ids), max(len(ids) - 1, 0))
             known = ids[pin_rows] == pin_ids if len(ids) else np.zeros(len(pin_ids), bool)

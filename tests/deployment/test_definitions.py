@@ -142,7 +142,7 @@ def test_overlapping_backfills_leave_identical_tables(tmp_path):
 
     import duckdb
 
-    tables = ["raw_actions", "raw_actions_quarantine", "action_windows", "user_clusters", "user_medoids"]
+    tables = ["raw_actions", "raw_actions_quarantine", "action_windows", "user_clusters"]
 
     def state(resources):
         with duckdb.connect(resources["duckdb"].database, read_only=True) as conn:
@@ -150,10 +150,18 @@ def test_overlapping_backfills_leave_identical_tables(tmp_path):
             dupes = conn.execute(
                 "SELECT count(*) FROM (SELECT partition_date, user_id, cluster_id FROM user_medoids GROUP BY ALL HAVING count(*) > 1)"
             ).fetchone()[0]
-        return hashes, dupes
+            medoids = conn.execute(
+                "SELECT * EXCLUDE (importance), importance FROM user_medoids ORDER BY ALL"
+            ).fetchall()
+        return hashes, dupes, medoids
 
-    assert state(overlapping) == state(clean)
-    assert state(overlapping)[1] == 0
+    (hashes, dupes, medoids), (clean_hashes, _, clean_medoids) = state(overlapping), state(clean)
+    assert hashes == clean_hashes and dupes == 0
+    # a day keeps the day before's interests for unchanged users (importance decayed by a day) when
+    # that day is still the one it checked; the two histories reuse different days, so importance
+    # agrees to rounding, everything else exactly (docs/performance.md, the per-user pass)
+    assert [m[:-1] for m in medoids] == [m[:-1] for m in clean_medoids]
+    assert [m[-1] for m in medoids] == pytest.approx([m[-1] for m in clean_medoids], rel=1e-12)
 
 
 @pytest.mark.slow
@@ -223,6 +231,10 @@ def test_make_dev_starts_without_warnings_and_loads_the_code(tmp_path):
             time.sleep(0.5)
     finally:
         os.killpg(server.pid, signal.SIGINT)
-        output = server.communicate(timeout=60)[0]
+        try:
+            output = server.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:  # seen once on a loaded machine: its daemon stopped, the rest lingered
+            os.killpg(server.pid, signal.SIGKILL)
+            output = server.communicate(timeout=30)[0]
     assert status == [("pinnersage_dagster", "LOADED")], output[-3000:]
     assert "warn" not in output.lower(), output[-3000:]
