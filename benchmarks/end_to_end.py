@@ -47,9 +47,17 @@ def resources(root: Path, users: int, pins: int, preset: str = "realistic") -> d
     from dagster_duckdb import DuckDBResource
 
     from pinnersage_dagster.config import PinnerSageParams
-    from pinnersage_dagster.resources import EventLogStore, ExchangeStore, IndexStore, ServingStore, SyntheticSource
+    from pinnersage_dagster.resources import (
+        ClusteringEngine,
+        EventLogStore,
+        ExchangeStore,
+        IndexStore,
+        ServingStore,
+        SyntheticSource,
+    )
 
     return {
+        "engine": ClusteringEngine(),  # the product's default: local workers, one per core
         "duckdb": DuckDBResource(database=str(root / "warehouse.duckdb")),
         "index_store": IndexStore(root=str(root / "pin_index")),
         "serving_store": ServingStore(root=str(root / "serving")),
