@@ -11,7 +11,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    """Architecture, CPU model, cores and Python: where a result's absolute figures came from."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    model = models[0] if models else platform.processor() or "unknown CPU"
+    return f"{platform.machine()}, {model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def write(name: str, data: dict, lines: list[str]) -> None:

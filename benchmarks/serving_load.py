@@ -29,7 +29,6 @@ import http.client
 import importlib.metadata
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -45,6 +44,9 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import results_io
 
 from pinnersage_dagster.config import PinnerSageParams
 from pinnersage_dagster.core.hnsw import build_index, publish_index
@@ -463,22 +465,6 @@ def stack_lines(stacks: dict) -> list[str]:
     return lines
 
 
-def machine() -> str:
-    model = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if "model name" in line
-            ),
-            platform.processor() or "unknown CPU",
-        )
-        if Path("/proc/cpuinfo").exists()
-        else platform.processor()
-    )
-    return f"{platform.machine()}, {model}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 def report(info: dict, phases: dict, args: argparse.Namespace, stacks: dict | None = None) -> None:
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
@@ -487,7 +473,9 @@ def report(info: dict, phases: dict, args: argparse.Namespace, stacks: dict | No
         f"--users {args.users} --requests {args.requests} --connections {args.connections}"
     )
     saved = out / "serving.json"
-    where = json.loads(saved.read_text()).get("machine") if args.report_only and saved.exists() else machine()
+    where = (
+        json.loads(saved.read_text()).get("machine") if args.report_only and saved.exists() else results_io.machine()
+    )
     stacks = stacks or {}
     saved.write_text(
         json.dumps(
