@@ -1,7 +1,9 @@
 """The pin catalog and the refined candidate pool (paper, section 4.1.1)."""
 
+import shutil
 import time
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -173,6 +175,7 @@ def candidate_pool(
     )
     del table, good
     previous = _previous_graph(context, index_store)
+    workdir = _clear_scratch(index_store.pool_graph_dir())
     started = time.perf_counter()
     refined = refine_candidate_pool(
         *columns,
@@ -183,14 +186,18 @@ def candidate_pool(
         M=params.hnsw_m,
         ef_construction=params.hnsw_ef_construction,
         previous=previous,
+        workdir=workdir,
     )
     seconds = time.perf_counter() - started
     del columns
     update = refined.update
-    if previous is not None and update.mode == "incremental" and update.inserted == update.retired == 0:
-        graph_manifest = read_manifest(index_store.pool_graph_dir())  # unchanged: the published build stands
-    else:  # the graph goes first: pin_index refuses a graph that does not cover the pool it reads
-        graph_manifest = publish_pool_graph(index_store.pool_graph_dir(), refined.graph)
+    try:
+        if previous is not None and update.mode == "incremental" and update.inserted == update.retired == 0:
+            graph_manifest = read_manifest(index_store.pool_graph_dir())  # unchanged: the published build stands
+        else:  # the graph goes first: pin_index refuses a graph that does not cover the pool it reads
+            graph_manifest = publish_pool_graph(index_store.pool_graph_dir(), refined.graph)
+    finally:
+        _clear_scratch(index_store.pool_graph_dir())
     with duckdb.get_connection() as conn:
         ensure_tables(conn)
         with transaction(conn):
@@ -232,6 +239,7 @@ def candidate_pool(
         "duplicate_edges": update.edges,
         "graph_insert_seconds": round(update.insert_seconds, 2),
         "duplicate_self_join_seconds": round(update.self_join_seconds, 2),
+        "graph_unreachable_pins": update.unreachable,
         "graph_build_id": graph_manifest["build_id"],
         "dagster/column_schema": table_schema(TABLES["candidate_pool"]),
         "duplicate_examples": dg.MetadataValue.md(
@@ -246,6 +254,17 @@ def candidate_pool(
         f"{update.inserted} inserted, {update.retired} retired"
     )
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
+
+
+def _clear_scratch(directory: Path) -> Path:
+    """The pool graph's folder, without the graph files a killed run saved and never published
+    (one candidate_pool runs at a time: the warehouse pool admits one step)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stray in directory.glob("index-*.bin"):
+        stray.unlink(missing_ok=True)
+    for stray in directory.glob(".graph-*"):
+        shutil.rmtree(stray, ignore_errors=True)
+    return directory
 
 
 def _previous_graph(context: dg.AssetExecutionContext, index_store: IndexStore) -> PoolGraph | None:

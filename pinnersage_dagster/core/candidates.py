@@ -11,6 +11,7 @@ day of uploads, never the O(n^2) all-pairs pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,7 @@ def refine_candidate_pool(
     M: int = 32,
     ef_construction: int = 200,
     previous: PoolGraph | None = None,
+    workdir: Path | None = None,
     num_threads: int = -1,
 ) -> RefinedPool:
     """Quality filter then near-duplicate collapse. ``embeddings`` must be unit rows: one per pin,
@@ -54,6 +56,7 @@ def refine_candidate_pool(
     the asset reads, so the low-quality pins' embeddings never take memory).
 
     ``previous`` is the graph of the last run (consumed); without it the graph is built anew.
+    ``workdir`` (on the publishing filesystem) keeps the graph's saved file for its publish.
     """
     n = len(pin_ids)
     good = quality >= quality_threshold
@@ -70,7 +73,7 @@ def refine_candidate_pool(
     x = embeddings[good] if embeddings.shape[0] == n else embeddings
     ids, q, created = pin_ids[good], quality[good], created_at[good]
     params = GraphParams(int(embeddings.shape[1]), M, ef_construction, float(duplicate_cosine), neighbours, ef)
-    graph, update = update_pool_graph(previous, ids, x, params, num_threads=num_threads)
+    graph, update = update_pool_graph(previous, ids, x, params, workdir=workdir, num_threads=num_threads)
     component = duplicate_components(graph, graph.labels_of(ids))
 
     # representative of each component: earliest created, then best quality, then lowest id

@@ -8,11 +8,25 @@ comes back under a new label). Duplicate pairs found so far are kept as label ed
 near-duplicate groups are recomputed from all edges every run, exactly as a rebuild would
 group them. A rebuild happens when there is no usable graph, the parameters changed, or
 tombstones would exceed ``MAX_TOMBSTONE_SHARE`` of the graph.
+
+Duplicate pairs come from three searches, because one approximate search misses pairs in
+worlds with hubs (noisy embeddings): some pins are linked to by no other pin, so no search can
+return them, and a pin and its copy that are both unreachable are never paired (0.3-2% of the
+planted duplicates of the realistic synthetic world, whatever the search's ef). So:
+
+- each queried pin's approximate ``neighbours`` nearest at ``ef`` (batched kNN);
+- the queried pins' own level-0 neighbour lists in the saved graph (the insertion's search,
+  at ``ef_construction``, for free);
+- exactly, every queried pin against every pin no search can reach (``core.hnsw_file``): a
+  breadth-first pass over the graph's links names them, and they are few (about 2%).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,8 +36,9 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .artifacts import ArtifactIntegrityError, publish, verified_build
+from .artifacts import ArtifactIntegrityError, check_file, publish, read_manifest, verified_build
 from .hnsw import threads
+from .hnsw_file import SavedGraph
 
 MAX_TOMBSTONE_SHARE = 0.10
 SPACE = "ip"  # inner product on unit vectors; hnswlib distance is 1 - cosine
@@ -53,6 +68,7 @@ class PoolGraph:
     live: np.ndarray
     edges: np.ndarray
     params: GraphParams
+    saved: Path | None = None  # a file holding exactly this index, saved by the update: publish moves it
 
     @property
     def elements(self) -> int:
@@ -60,16 +76,21 @@ class PoolGraph:
 
     def labels_of(self, pin_ids: np.ndarray) -> np.ndarray:
         """The live label of each pin id; -1 for pins that are not live in the graph."""
-        result = np.full(len(pin_ids), -1, dtype=np.int64)
-        live = np.flatnonzero(self.live)
-        if len(live) == 0:
-            return result
-        order = np.argsort(self.pin_ids[live], kind="stable")
-        sorted_ids = self.pin_ids[live][order]
-        pos = np.minimum(np.searchsorted(sorted_ids, pin_ids), len(sorted_ids) - 1)
-        found = sorted_ids[pos] == pin_ids
-        result[found] = live[order[pos[found]]]
+        return live_labels(self.pin_ids, self.live, pin_ids)
+
+
+def live_labels(label_pins: np.ndarray, live: np.ndarray, pin_ids: np.ndarray) -> np.ndarray:
+    """The live label of each of ``pin_ids`` in a graph whose labels hold ``label_pins``; -1 if none."""
+    result = np.full(len(pin_ids), -1, dtype=np.int64)
+    alive = np.flatnonzero(live)
+    if len(alive) == 0:
         return result
+    order = np.argsort(label_pins[alive], kind="stable")
+    sorted_ids = label_pins[alive][order]
+    pos = np.minimum(np.searchsorted(sorted_ids, pin_ids), len(sorted_ids) - 1)
+    found = sorted_ids[pos] == pin_ids
+    result[found] = alive[order[pos[found]]]
+    return result
 
 
 @dataclass(frozen=True)
@@ -84,7 +105,8 @@ class GraphUpdate:
     live: int
     edges: int
     insert_seconds: float = 0.0  # hnswlib add_items
-    self_join_seconds: float = 0.0  # the duplicate self-join: one kNN query per inserted pin
+    self_join_seconds: float = 0.0  # the duplicate search: kNN, neighbour lists, unreachable pins
+    unreachable: int = 0  # live pins no search of the graph can return
 
 
 def fingerprints(x: np.ndarray) -> np.ndarray:
@@ -100,16 +122,20 @@ def update_pool_graph(
     x: np.ndarray,
     params: GraphParams,
     *,
+    workdir: Path | None = None,
     num_threads: int = -1,
     seed: int = 100,
 ) -> tuple[PoolGraph, GraphUpdate]:
     """The graph over exactly ``pin_ids`` (unit rows ``x``), reusing ``previous`` when it can.
 
-    ``previous`` is consumed: its index is updated in place.
+    ``previous`` is consumed: its index is updated in place. When pins enter the graph, the
+    index is saved to ``workdir`` (a temporary folder without one) to read its links; the
+    returned graph's ``saved`` names that file, for ``publish_pool_graph`` to move.
     """
     pin_ids = np.asarray(pin_ids, dtype=np.int64)
     if len(np.unique(pin_ids)) != len(pin_ids):
         raise ValueError("pin ids must be unique")
+    x = np.ascontiguousarray(x, dtype=np.float32)
     fp = fingerprints(x)
     reason = _rebuild_reason(previous, params)
     if reason is None:
@@ -121,47 +147,54 @@ def update_pool_graph(
         tombstones = int((~previous.live).sum()) + len(retire)
         if tombstones > MAX_TOMBSTONE_SHARE * (previous.elements + int((~same).sum())):
             reason = f"{tombstones} tombstones would exceed {MAX_TOMBSTONE_SHARE:.0%} of the graph"
-    if reason is not None:
-        graph, seconds = _build(pin_ids, np.ascontiguousarray(x, dtype=np.float32), fp, params, num_threads, seed)
-        update = GraphUpdate(
-            "rebuild", reason, len(pin_ids), 0, graph.elements, len(pin_ids), len(graph.edges), *seconds
-        )
-        return graph, update
-
-    assert previous is not None  # reason is None only when there is a previous graph to update
-    graph = previous
-    for label_ in retire.tolist():
-        graph.index.mark_deleted(label_)
-    graph.live[retire] = False
-    keep = graph.live[graph.edges[:, 0]] & graph.live[graph.edges[:, 1]] if len(graph.edges) else np.empty(0, bool)
-    new = np.flatnonzero(~same)
-    first = graph.elements
-    new_labels = np.arange(first, first + len(new), dtype=np.int64)
     started = time.perf_counter()
-    if len(new):
-        graph.index.resize_index(first + len(new))
-        graph.index.set_num_threads(threads(num_threads))
-        graph.index.add_items(np.ascontiguousarray(x[new], dtype=np.float32), new_labels)
+    if reason is not None:
+        graph = _build(pin_ids, fp, params, num_threads, seed)
+        mode, retired, new = "rebuild", 0, np.arange(len(pin_ids))
+        x_new, new_labels = x, np.arange(len(pin_ids), dtype=np.int64)
+        if len(pin_ids):
+            graph.index.add_items(x, new_labels)
+    else:
+        assert previous is not None  # reason is None only when there is a previous graph to update
+        mode, reason, retired = "incremental", "catalog changed by inserts/retirements only", len(retire)
+        for label_ in retire.tolist():
+            previous.index.mark_deleted(label_)
+        previous.live[retire] = False
+        kept = previous.edges
+        if len(kept):
+            kept = kept[previous.live[kept[:, 0]] & previous.live[kept[:, 1]]]
+        new = np.flatnonzero(~same)
+        first = previous.elements
+        new_labels = np.arange(first, first + len(new), dtype=np.int64)
+        x_new = x[new]
+        if len(new):
+            previous.index.resize_index(first + len(new))
+            previous.index.set_num_threads(threads(num_threads))
+            previous.index.add_items(x_new, new_labels)
+        graph = PoolGraph(
+            index=previous.index,
+            pin_ids=np.r_[previous.pin_ids, pin_ids[new]],
+            fingerprints=np.r_[previous.fingerprints, fp[new]],
+            live=np.r_[previous.live, np.ones(len(new), bool)],
+            edges=kept,
+            params=params,
+        )
     inserted = time.perf_counter()
-    graph = PoolGraph(
-        index=graph.index,
-        pin_ids=np.r_[graph.pin_ids, pin_ids[new]],
-        fingerprints=np.r_[graph.fingerprints, fp[new]],
-        live=np.r_[graph.live, np.ones(len(new), bool)],
-        edges=graph.edges[keep],
-        params=params,
-    )
-    graph.edges = _unique_edges(np.vstack([graph.edges, _duplicate_edges(graph, x[new], new_labels)]))
+    unreachable = 0
+    if len(new):
+        found, unreachable = _search_duplicates(graph, x_new, new_labels, workdir)
+        graph.edges = _unique_edges(np.vstack([graph.edges, found]))
     update = GraphUpdate(
-        "incremental",
-        "catalog changed by inserts/retirements only",
+        mode,
+        reason,
         len(new),
-        len(retire),
+        retired,
         graph.elements,
         int(graph.live.sum()),
         len(graph.edges),
         inserted - started,
         time.perf_counter() - inserted,
+        unreachable,
     )
     return graph, update
 
@@ -186,35 +219,90 @@ def _rebuild_reason(previous: PoolGraph | None, params: GraphParams) -> str | No
     return None
 
 
-def _build(
-    pin_ids: np.ndarray, x: np.ndarray, fp: np.ndarray, params: GraphParams, num_threads: int, seed: int
-) -> tuple[PoolGraph, tuple[float, float]]:
+def _build(pin_ids: np.ndarray, fp: np.ndarray, params: GraphParams, num_threads: int, seed: int) -> PoolGraph:
     n = len(pin_ids)
     index = hnswlib.Index(space=SPACE, dim=params.dimension)
     index.init_index(max_elements=max(n, 1), ef_construction=params.ef_construction, M=params.M, random_seed=seed)
     index.set_num_threads(threads(num_threads))
-    labels = np.arange(n, dtype=np.int64)
-    started = time.perf_counter()
-    if n:
-        index.add_items(x, labels)
-    inserted = time.perf_counter()
-    graph = PoolGraph(index, pin_ids.copy(), fp, np.ones(n, bool), np.empty((0, 2), np.int64), params)
-    graph.edges = _unique_edges(_duplicate_edges(graph, x, labels))
-    return graph, (inserted - started, time.perf_counter() - inserted)
+    return PoolGraph(index, pin_ids.copy(), fp, np.ones(n, bool), np.empty((0, 2), np.int64), params)
 
 
-def _duplicate_edges(graph: PoolGraph, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def _search_duplicates(
+    graph: PoolGraph, x_new: np.ndarray, new_labels: np.ndarray, workdir: Path | None
+) -> tuple[np.ndarray, int]:
+    """Duplicate edges of the pins that just entered the graph (see the module docstring), and
+    how many live pins no search can reach."""
+    knn = _duplicate_edges(graph, x_new, new_labels)
+    with tempfile.TemporaryDirectory(prefix=".graph-", dir=workdir) as scratch:
+        path = Path(scratch) / "index.bin"
+        graph.index.save_index(str(path))
+        saved = SavedGraph(path, graph.params.dimension)
+        internal = np.empty(saved.elements, dtype=np.int64)
+        internal[saved.labels] = np.arange(saved.elements)
+        listed = _listed_edges(graph, saved, np.sort(internal[new_labels]))
+        hidden = np.flatnonzero(~saved.reachable() & graph.live[saved.labels])
+        hidden_labels, hidden_x = saved.labels[hidden], saved.vectors(hidden)
+        fresh = hidden_labels >= new_labels[0]  # new labels follow every old one
+        # the new pins meet the old hidden ones exactly, and the new hidden pins each other; a
+        # new hidden pin's pair that a search can reach is found by a deeper kNN query of it
+        exact = np.vstack(
+            [
+                _exact_edges(graph, x_new, new_labels, hidden_labels[~fresh], hidden_x[~fresh]),
+                _exact_edges(graph, hidden_x[fresh], hidden_labels[fresh], hidden_labels[fresh], hidden_x[fresh]),
+                _duplicate_edges(graph, hidden_x[fresh], hidden_labels[fresh], ef=graph.params.ef_construction),
+            ]
+        )
+        del saved
+        if workdir is not None:  # keep the file: it is exactly the graph to publish
+            kept = Path(workdir) / f"index-{os.getpid()}-{time.monotonic_ns()}.bin"
+            os.replace(path, kept)
+            graph.saved = kept
+    return np.vstack([knn, listed, exact]), len(hidden)
+
+
+def _duplicate_edges(graph: PoolGraph, x: np.ndarray, labels: np.ndarray, ef: int | None = None) -> np.ndarray:
     """Pairs (query label, neighbour label) at cosine >= duplicate_cosine among approximate kNN."""
     live = int(graph.live.sum())
     if len(labels) == 0 or live < 2:
         return np.empty((0, 2), np.int64)
     k = min(graph.params.neighbours + 1, live)
-    graph.index.set_ef(max(graph.params.ef, k))
-    found, distances = graph.index.knn_query(np.ascontiguousarray(x, dtype=np.float32), k=k)
+    graph.index.set_ef(max(ef or graph.params.ef, k))
+    found, distances = graph.index.knn_query(x, k=k)
     rows = np.repeat(labels, k)
     cols = found.ravel().astype(np.int64)
     edge = (1.0 - distances.ravel() >= graph.params.duplicate_cosine) & (rows != cols)
     return np.column_stack([rows[edge], cols[edge]])
+
+
+def _listed_edges(graph: PoolGraph, saved: SavedGraph, rows: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Pairs among the level-0 neighbour lists of the given internal ids at cosine >= threshold."""
+    found = []
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]  # sorted; an update's new rows are contiguous
+        links = saved.links(int(part[0]), int(part[-1]) + 1)[part - part[0]]
+        row, slot = np.nonzero(links >= 0)
+        neighbour = links[row, slot]
+        a, b = saved.labels[part[row]], saved.labels[neighbour]
+        live = graph.live[b]
+        a, b, row, neighbour = a[live], b[live], row[live], neighbour[live]
+        cosine = np.einsum("ij,ij->i", saved.vectors(part)[row], saved.vectors(neighbour))
+        close = cosine >= graph.params.duplicate_cosine
+        found.append(np.column_stack([a[close], b[close]]))
+    return np.vstack(found) if found else np.empty((0, 2), np.int64)
+
+
+def _exact_edges(
+    graph: PoolGraph, x: np.ndarray, labels: np.ndarray, hidden: np.ndarray, hidden_x: np.ndarray, chunk: int = 4096
+) -> np.ndarray:
+    """Exact pairs between the queried pins and the pins no search can reach."""
+    if len(hidden) == 0 or len(labels) == 0:
+        return np.empty((0, 2), np.int64)
+    found = []
+    for start in range(0, len(labels), chunk):
+        row, col = np.nonzero(x[start : start + chunk] @ hidden_x.T >= graph.params.duplicate_cosine)
+        a, b = labels[start + row], hidden[col]
+        found.append(np.column_stack([a[a != b], b[a != b]]))
+    return np.vstack(found)
 
 
 def _unique_edges(edges: np.ndarray) -> np.ndarray:
@@ -227,7 +315,11 @@ def publish_pool_graph(directory: Path, graph: PoolGraph) -> dict:
     """Publish the graph atomically (``core.artifacts``); returns the manifest."""
 
     def write(build: Path) -> dict:
-        graph.index.save_index(str(build / "index.bin"))
+        if graph.saved is not None and graph.saved.exists():
+            shutil.move(graph.saved, build / "index.bin")  # saved by the update, exactly this graph
+            graph.saved = None
+        else:
+            graph.index.save_index(str(build / "index.bin"))
         np.save(build / "pin_ids.npy", graph.pin_ids)
         np.save(build / "fingerprints.npy", graph.fingerprints)
         np.save(build / "live.npy", graph.live)
@@ -241,6 +333,37 @@ def publish_pool_graph(directory: Path, graph: PoolGraph) -> dict:
         }
 
     return publish(directory, write)
+
+
+@dataclass(frozen=True)
+class PublishedLabels:
+    """What a day's index needs of the published graph without loading it: where its build is,
+    the checksums it was published with, and its labels' pins and liveness (both verified)."""
+
+    build: Path
+    files: dict[str, str]
+    pin_ids: np.ndarray
+    live: np.ndarray
+    params: GraphParams
+
+
+def published_labels(directory: Path) -> PublishedLabels:
+    """The published graph's labels, checking the small files' checksums; ``index.bin`` is
+    hashed by whoever opens it (the index check, the service), never loaded here."""
+    manifest = read_manifest(directory)
+    try:
+        build = directory / "builds" / manifest["build_id"]
+        files, params = manifest["files"], GraphParams(**manifest["params"])
+        for name in ("pin_ids.npy", "live.npy"):
+            check_file(build / name, files.get(name))
+        pin_ids, live = np.load(build / "pin_ids.npy"), np.load(build / "live.npy")
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise ArtifactIntegrityError(f"unreadable pool graph in {directory}: {exc}") from exc
+    if not (len(pin_ids) == len(live) == manifest["elements"]) or int(live.sum()) != manifest["live"]:
+        raise ArtifactIntegrityError(f"pool graph in {build} does not match its manifest")
+    if "index.bin" not in files or not (build / "index.bin").is_file():
+        raise ArtifactIntegrityError(f"{build}/index.bin is missing")
+    return PublishedLabels(build, files, pin_ids, live, params)
 
 
 def load_pool_graph(directory: Path) -> PoolGraph:

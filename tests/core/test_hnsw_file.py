@@ -1,0 +1,135 @@
+"""Reading a saved hnswlib index without loading it (core.hnsw_file), checked against hnswlib
+itself, and the duplicate search that relies on it finding pairs no approximate search returns."""
+
+import hnswlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from pinnersage_dagster.core.candidates import refine_candidate_pool
+from pinnersage_dagster.core.hnsw_file import SavedGraph
+from pinnersage_dagster.core.metrics import pool_refinement_scores
+from pinnersage_dagster.core.pool_graph import GraphParams, publish_pool_graph, update_pool_graph
+from pinnersage_dagster.core.synthetic import SyntheticWorld, generate_pins
+
+DIM = 24
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_the_saved_file_is_read_as_hnswlib_wrote_it(tmp_path):
+    rng = np.random.default_rng(3)
+    x = unit(rng.standard_normal((3000, DIM)))
+    labels = rng.permutation(3000).astype(np.int64) + 10_000  # labels are not internal ids
+    index = hnswlib.Index(space="ip", dim=DIM)
+    index.init_index(max_elements=3000, M=8, ef_construction=60, random_seed=1)
+    index.set_num_threads(2)
+    index.add_items(x, labels)
+    deleted = labels[rng.choice(3000, 40, replace=False)]
+    for label in deleted.tolist():
+        index.mark_deleted(label)
+    index.save_index(str(tmp_path / "index.bin"))
+
+    saved = SavedGraph(tmp_path / "index.bin", DIM)
+    assert saved.elements == 3000 and sorted(saved.labels) == sorted(labels)
+    assert sorted(saved.labels[saved.deleted]) == sorted(deleted)
+    row_of = {label: row for row, label in enumerate(labels.tolist())}
+    rows = np.arange(3000)
+    np.testing.assert_array_equal(saved.vectors(rows), x[[row_of[label] for label in saved.labels.tolist()]])
+    links = saved.links(0, 3000)
+    assert ((links >= 0).sum(axis=1) == saved.counts).all() and (saved.counts <= 16).all()
+    assert links.max() < 3000 and (saved.counts > 0).all()
+    # each element links to pins near it: its links are closer on average than random pins
+    vectors = saved.vectors(rows)
+    near = np.nanmean(np.where(links >= 0, np.einsum("id,ikd->ik", vectors, vectors[np.maximum(links, 0)]), np.nan))
+    assert near > 0.3
+    assert saved.reachable()[saved.entry_point] and saved.reachable().mean() > 0.9
+
+
+def test_a_file_of_another_dimension_or_no_index_is_refused(tmp_path):
+    index = hnswlib.Index(space="ip", dim=DIM)
+    index.init_index(max_elements=10, M=8)
+    index.add_items(unit(np.random.default_rng(0).standard_normal((10, DIM))))
+    index.save_index(str(tmp_path / "index.bin"))
+    with pytest.raises(ValueError, match="dimension 32"):
+        SavedGraph(tmp_path / "index.bin", 32)
+    (tmp_path / "short.bin").write_bytes(b"\0" * 10)
+    with pytest.raises(ValueError, match="shorter than its header"):
+        SavedGraph(tmp_path / "short.bin", DIM)
+
+
+def test_an_element_no_link_leads_to_is_unreachable(tmp_path):
+    """An isolated pin in a world of tight clusters: nothing links to it."""
+    rng = np.random.default_rng(5)
+    centres = unit(rng.standard_normal((4, DIM)))
+    x = unit(np.repeat(centres, 200, axis=0) + 0.05 * rng.standard_normal((800, DIM)))
+    index = hnswlib.Index(space="ip", dim=DIM)
+    index.init_index(max_elements=1000, M=4, ef_construction=20, random_seed=1)
+    index.add_items(x, np.arange(800))
+    saved_before = tmp_path / "a.bin"
+    index.save_index(str(saved_before))
+    reach = SavedGraph(saved_before, DIM).reachable()
+    saved = SavedGraph(saved_before, DIM)
+    incoming = np.zeros(saved.elements, dtype=int)
+    links = saved.links(0, saved.elements)
+    np.add.at(incoming, links[links >= 0], 1)
+    lonely = (incoming == 0) & (np.arange(saved.elements) != saved.entry_point)
+    assert not reach[lonely].any()  # no incoming link: never reached
+
+
+def world(preset: str, n_pins: int):
+    pins = generate_pins(SyntheticWorld(n_pins=n_pins, preset=preset, seed=11))
+    truth = pd.DataFrame({"pin_id": pins.pin_id, "duplicate_of": pins.duplicate_of, "low_quality": pins.quality < 0.25})
+    return pins, truth
+
+
+def refine(pins, keep, previous=None, workdir=None):
+    return refine_candidate_pool(
+        pins.pin_id[keep],
+        pins.embedding[keep],
+        pins.quality[keep],
+        pins.created_at[keep],
+        quality_threshold=0.25,
+        duplicate_cosine=0.95,
+        neighbours=4,
+        ef=32,
+        M=32,
+        ef_construction=200,
+        previous=previous,
+    )
+
+
+def test_the_realistic_world_loses_no_planted_duplicate_cold_or_day_by_day():
+    """The realistic world has hubs: some pins no search reaches. The duplicate search finds
+    their pairs anyway, in a rebuild and when the copies arrive a day later."""
+    pins, truth = world("realistic", 30_000)
+    everything = np.ones(len(pins.pin_id), dtype=bool)
+    cold = refine(pins, everything)
+    assert cold.update.unreachable > 0  # the failure mode is present
+    scores = pool_refinement_scores(truth, cold.excluded)
+    assert scores["duplicate_precision"] == 1.0 and scores["duplicate_recall"] >= 0.998, scores
+
+    # day by day: the graph of 80% of the pins, then the rest inserted (most copies among them)
+    first = np.random.default_rng(0).random(len(pins.pin_id)) < 0.8
+    incremental = refine(pins, everything, previous=refine(pins, first).graph)
+    assert (
+        incremental.update.mode == "incremental"
+        and incremental.update.inserted == (~first).sum() - (pins.quality[~first] < 0.25).sum()
+    )
+    scores = pool_refinement_scores(truth, incremental.excluded)
+    assert scores["duplicate_precision"] == 1.0 and scores["duplicate_recall"] >= 0.998, scores
+
+
+def test_the_update_saves_the_graph_once_and_publish_moves_that_file(tmp_path):
+    rng = np.random.default_rng(2)
+    x = unit(rng.standard_normal((500, DIM)))
+    params = GraphParams(DIM, 8, 40, 0.95, 4, 32)
+    graph, _ = update_pool_graph(None, np.arange(500), x, params, workdir=tmp_path)
+    assert graph.saved is not None and graph.saved.parent == tmp_path
+    saved_inode = graph.saved.stat().st_ino
+    manifest = publish_pool_graph(tmp_path / "graph", graph)
+    published = tmp_path / "graph" / "builds" / manifest["build_id"] / "index.bin"
+    assert published.stat().st_ino == saved_inode and graph.saved is None
+    assert not list(tmp_path.glob("index-*.bin")) and not list(tmp_path.glob(".graph-*"))
