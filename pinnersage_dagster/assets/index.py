@@ -11,8 +11,8 @@ from dagster_duckdb import DuckDBResource
 from .. import guards
 from ..config import PinnerSageParams
 from ..core.artifacts import ArtifactIntegrityError, read_manifest as read_artifact_manifest
-from ..core.hnsw import build_index, publish_index
-from ..core.pool_graph import load_pool_graph
+from ..core.hnsw import build_index, publish_index, publish_linked_index
+from ..core.pool_graph import live_labels, published_labels
 from ..core.retention import days, prune_artifacts
 from ..partitions import daily_partitions, partition_days
 from ..resources import IndexStore
@@ -41,9 +41,10 @@ def pin_index(
     that existed by the end of D, published with a manifest (dimension, count, parameters,
     source partition, checksums). The recommender pairs it with ``user_medoids`` of D.
 
-    It is the pool graph that ``candidate_pool`` publishes, with every pin outside the day's
-    pool (duplicates, pins created after D) marked deleted; a day whose pool is under half
-    the graph gets a compact index built from its own pins instead.
+    It is the pool graph that ``candidate_pool`` publishes, hard-linked, not copied: the pins
+    outside the day's pool (duplicates, pins created after D) are listed in ``deleted.npy`` and
+    marked deleted when the index is opened. A day whose pool is under half the graph gets a
+    compact index built from its own pins instead.
     """
     versions = []
     for day in partition_days(context):
@@ -52,25 +53,40 @@ def pin_index(
             inputs = checked_index_inputs(conn, index_store, needed_by=f"pin_index of {day}")
             guards.publish_into(conn, index_store.root, duckdb.database)
         try:
-            graph = load_pool_graph(index_store.pool_graph_dir())
+            graph = published_labels(index_store.pool_graph_dir())
         except ArtifactIntegrityError as exc:
             raise dg.Failure(f"no usable pool graph, materialize candidate_pool first: {exc}") from exc
         with duckdb.get_connection() as conn:
             pool_ids = conn.execute(POOL_IDS_AT_SQL, [day + timedelta(days=1)]).fetchnumpy()["pin_id"]
-        labels = graph.labels_of(np.asarray(pool_ids, dtype=np.int64))
+        if graph.build.name != inputs["graph_build"]:
+            raise guards.StaleInputError(
+                f"the pool graph was republished while pin_index of {day} ran: re-run pin_index"
+            )
+        labels = live_labels(graph.pin_ids, graph.live, np.asarray(pool_ids, dtype=np.int64))
         if (labels < 0).any():
             raise dg.Failure(
                 f"{int((labels < 0).sum())} candidate_pool pins are missing from the pool graph in "
                 f"{index_store.pool_graph_dir()}: re-materialize candidate_pool"
             )
-        in_pool = np.zeros(graph.elements, dtype=bool)
+        in_pool = np.zeros(len(graph.pin_ids), dtype=bool)
         in_pool[labels] = True
-        live: np.ndarray | None = None  # a compact build has no tombstones
-        if in_pool.sum() >= MIN_LIVE_SHARE * graph.elements:
-            for label in np.flatnonzero(graph.live & ~in_pool).tolist():
-                graph.index.mark_deleted(label)
-            index, pin_ids, live, mode = graph.index, graph.pin_ids, in_pool, "pool graph with tombstones"
-            built_with = graph.params.M, graph.params.ef_construction
+        directory = index_store.partition_dir(day.isoformat())
+        deletions = 0
+        if in_pool.sum() >= MIN_LIVE_SHARE * len(graph.pin_ids):
+            mode, deletions = "linked pool graph", int((graph.live & ~in_pool).sum())
+            manifest = publish_linked_index(
+                directory,
+                graph.build,
+                graph.files,
+                graph.pin_ids,
+                graph.live,
+                in_pool,
+                dimension=graph.params.dimension,
+                source_partition=day.isoformat(),
+                M=graph.params.M,
+                ef_construction=graph.params.ef_construction,
+                ef=params.hnsw_ef,
+            )
         else:
             del graph
             with duckdb.get_connection() as conn:
@@ -78,25 +94,24 @@ def pin_index(
             index = build_index(
                 embedding_matrix(table), M=params.hnsw_m, ef_construction=params.hnsw_ef_construction, ef=params.hnsw_ef
             )
-            pin_ids, mode = table.column("pin_id").to_numpy(), "compact build"
-            built_with = params.hnsw_m, params.hnsw_ef_construction
-            del table
-        directory = index_store.partition_dir(day.isoformat())
-        manifest = publish_index(
-            directory,
-            index,
-            pin_ids,
-            live=live,
-            source_partition=day.isoformat(),
-            M=built_with[0],
-            ef_construction=built_with[1],
-            ef=params.hnsw_ef,
-        )
+            mode = "compact build"
+            manifest = publish_index(
+                directory,
+                index,
+                table.column("pin_id").to_numpy(),
+                source_partition=day.isoformat(),
+                M=params.hnsw_m,
+                ef_construction=params.hnsw_ef_construction,
+                ef=params.hnsw_ef,
+            )
+            del table, index
         with duckdb.get_connection() as conn, transaction(conn):
             guards.record(conn, "pin_index", day, manifest.build_id, inputs, manifest.count)
         versions.append(manifest.build_id)
         seconds = time.perf_counter() - started
-        size = sum(f.stat().st_size for f in (directory / "builds" / manifest.build_id).iterdir())
+        build_files = list((directory / "builds" / manifest.build_id).iterdir())
+        size = sum(f.stat().st_size for f in build_files)
+        written = sum(f.stat().st_size for f in build_files if f.stat().st_nlink == 1)
         removed = prune_artifacts(Path(index_store.root), keep_days=params.retention_days, protect={day.isoformat()})
         context.log.info(
             f"{day}: indexed {manifest.count} pins ({mode}) in {seconds:.1f}s at {directory}"
@@ -119,6 +134,8 @@ def pin_index(
             "ef": manifest.ef,
             "seconds": round(seconds, 2),
             "size_on_disk_mb": round(size / 2**20, 2),
+            "written_mb": dg.MetadataValue.float(round(written / 2**20, 2)),
+            "deleted_at_load": deletions,
             "retention_days": params.retention_days,
             "retention_removed": removed,
             "days_on_disk": len(days(Path(index_store.root))),

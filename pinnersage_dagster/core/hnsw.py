@@ -2,10 +2,13 @@
 
 Labels inside hnswlib are row numbers 0..n-1; ``pin_ids.npy`` maps them to pin ids, so any
 int64 pin id (negative included) can be indexed. An index may carry deleted labels
-(tombstones, never returned by a query): the day's index is the pool graph with the pins
-not in that day's pool marked deleted. ``live.npy`` says which labels are live; the
-manifest's ``count`` and ``pin_ids_sha256`` describe the live pins only. Publishing follows
-``core.artifacts``: a reader only ever sees a complete, checksum-verified build.
+(tombstones, never returned by a query). A day's index is usually the pool graph itself:
+its ``index.bin`` and ``pin_ids.npy`` are hard links to the pool graph's files (one graph
+written per day, not two), and ``deleted.npy`` lists the labels outside that day's pool, marked
+deleted when the index is opened. ``live.npy`` says which labels are served; the manifest's
+``count`` and ``pin_ids_sha256`` describe the live pins only, and opening an index checks that
+the graph file's own tombstones and ``deleted.npy`` leave exactly ``live.npy``. Publishing
+follows ``core.artifacts``: a reader only ever sees a complete, checksum-verified build.
 """
 
 from __future__ import annotations
@@ -20,11 +23,33 @@ import hnswlib
 import numpy as np
 
 from .artifacts import ArtifactIntegrityError, check_file, publish, read_manifest as read_artifact_manifest
+from .hnsw_file import SavedGraph
 
 INDEX_FILE = "index.bin"
 IDS_FILE = "pin_ids.npy"
 LIVE_FILE = "live.npy"
+DELETED_FILE = "deleted.npy"
 SPACE = "ip"  # inner product on unit vectors = cosine; hnswlib distance is 1 - cosine
+
+
+@dataclass(frozen=True)
+class IndexFiles:
+    """Where the files of one index build are: in a pin_index build, or linked into a serving
+    snapshot under an ``index_`` prefix. ``deleted.npy`` is absent from builds that predate it."""
+
+    index: Path
+    pin_ids: Path
+    live: Path
+    deleted: Path
+
+    @classmethod
+    def of(cls, build: Path, prefix: str = "") -> IndexFiles:
+        return cls(
+            build / INDEX_FILE,
+            build / f"{prefix}{IDS_FILE}",
+            build / f"{prefix}{LIVE_FILE}",
+            build / f"{prefix}{DELETED_FILE}",
+        )
 
 
 @dataclass(frozen=True)
@@ -76,50 +101,78 @@ def publish_index(
     index: hnswlib.Index,
     pin_ids: np.ndarray,
     *,
-    live: np.ndarray | None = None,
     source_partition: str,
     M: int,
     ef_construction: int,
     ef: int,
 ) -> IndexManifest:
-    """Write the build aside, verify it loads, then swap the manifest in atomically.
-
-    ``pin_ids`` maps every label to its pin; ``live`` (default: all) marks the labels not
-    deleted in ``index``.
-    """
+    """Write a built index aside, verify it reads back, then swap the manifest in atomically.
+    ``pin_ids`` maps every label to its pin; every label is live."""
     pin_ids = np.asarray(pin_ids, dtype=np.int64)
-    live = np.ones(len(pin_ids), bool) if live is None else np.asarray(live, dtype=bool)
 
     def write(build_dir: Path) -> dict:
         index.save_index(str(build_dir / INDEX_FILE))
         np.save(build_dir / IDS_FILE, pin_ids)
-        np.save(build_dir / LIVE_FILE, live)
-        return {
-            "source_partition": source_partition,
-            "dimension": int(index.dim),
-            "count": int(live.sum()),
-            "elements": len(pin_ids),
-            "space": SPACE,
-            "M": M,
-            "ef_construction": ef_construction,
-            "ef": ef,
-            "pin_ids_sha256": pin_ids_checksum(pin_ids[live]),
-            "hnswlib_version": getattr(hnswlib, "__version__", "unknown"),
-        }
+        np.save(build_dir / LIVE_FILE, np.ones(len(pin_ids), bool))
+        np.save(build_dir / DELETED_FILE, np.empty(0, np.int64))
+        return _fields(source_partition, int(index.dim), pin_ids, np.ones(len(pin_ids), bool), M, ef_construction, ef)
 
-    manifest = publish(
-        partition_dir,
-        write,
-        verify=_readable,
-    )
-    return IndexManifest(**manifest)
+    return IndexManifest(**publish(partition_dir, write, verify=_readable))
+
+
+def publish_linked_index(
+    partition_dir: Path,
+    graph_build: Path,
+    graph_files: dict[str, str],
+    pin_ids: np.ndarray,
+    graph_live: np.ndarray,
+    served: np.ndarray,
+    *,
+    dimension: int,
+    source_partition: str,
+    M: int,
+    ef_construction: int,
+    ef: int,
+) -> IndexManifest:
+    """Publish the graph of ``graph_build`` (its ``index.bin`` and ``pin_ids.npy``, hard-linked with
+    the checksums ``graph_files`` published them with) as an index serving the labels ``served``:
+    the graph's live labels outside it are listed in ``deleted.npy``, marked deleted at load."""
+    pin_ids = np.asarray(pin_ids, dtype=np.int64)
+    served = np.asarray(served, dtype=bool)
+    if len(served) != len(pin_ids) or len(graph_live) != len(pin_ids) or (served & ~graph_live).any():
+        raise ValueError("an index can only serve live labels of its graph")
+    deleted = np.flatnonzero(graph_live & ~served).astype(np.int64)
+
+    def write(build_dir: Path) -> tuple[dict, dict[str, tuple[Path, str]]]:
+        np.save(build_dir / LIVE_FILE, served)
+        np.save(build_dir / DELETED_FILE, deleted)
+        linked = {name: (graph_build / name, graph_files[name]) for name in (INDEX_FILE, IDS_FILE)}
+        return _fields(source_partition, dimension, pin_ids, served, M, ef_construction, ef), linked
+
+    return IndexManifest(**publish(partition_dir, write, verify=_readable))
+
+
+def _fields(
+    source_partition: str, dimension: int, pin_ids: np.ndarray, live: np.ndarray, M: int, ef_construction: int, ef: int
+) -> dict:
+    return {
+        "source_partition": source_partition,
+        "dimension": dimension,
+        "count": int(live.sum()),
+        "elements": len(pin_ids),
+        "space": SPACE,
+        "M": M,
+        "ef_construction": ef_construction,
+        "ef": ef,
+        "pin_ids_sha256": pin_ids_checksum(pin_ids[live]),
+        "hnswlib_version": getattr(hnswlib, "__version__", "unknown"),
+    }
 
 
 def _readable(build: Path, manifest: dict[str, Any]) -> None:
-    """Refuse to publish an index that cannot be opened as its manifest describes."""
-    open_index_files(
-        build / INDEX_FILE, build / IDS_FILE, build / LIVE_FILE, IndexManifest(**manifest), checksums=False
-    )
+    """Refuse to publish an index whose files do not serve what its manifest says (without
+    hashing again, publish just did, and without loading the graph)."""
+    verified_index_ids(IndexFiles.of(build), IndexManifest(**manifest), checksums=False)
 
 
 def read_index_manifest(partition_dir: Path) -> IndexManifest:
@@ -135,47 +188,81 @@ def load_index(partition_dir: Path) -> tuple[hnswlib.Index, np.ndarray, IndexMan
     Returns the pin id of every label (query results index it) and the manifest.
     """
     manifest = read_index_manifest(partition_dir)
-    build_dir = partition_dir / "builds" / manifest.build_id
-    index, pin_ids = open_index_files(build_dir / INDEX_FILE, build_dir / IDS_FILE, build_dir / LIVE_FILE, manifest)
+    index, pin_ids = open_index_files(IndexFiles.of(partition_dir / "builds" / manifest.build_id), manifest)
     return index, pin_ids, manifest
 
 
 def live_pin_ids(partition_dir: Path) -> np.ndarray:
-    """The pins a partition's published index can return, after verifying the build."""
+    """The pins a partition's published index serves, after verifying the build."""
     manifest = read_index_manifest(partition_dir)
-    build_dir = partition_dir / "builds" / manifest.build_id
-    pin_ids, live = verified_index_ids(build_dir / INDEX_FILE, build_dir / IDS_FILE, build_dir / LIVE_FILE, manifest)
+    pin_ids, live = verified_index_ids(IndexFiles.of(partition_dir / "builds" / manifest.build_id), manifest)
     return pin_ids[live]
 
 
 def open_index_files(
-    index_path: Path, ids_path: Path, live_path: Path, manifest: IndexManifest, checksums: bool = True
+    files: IndexFiles, manifest: IndexManifest, checksums: bool = True
 ) -> tuple[hnswlib.Index, np.ndarray]:
-    """Verify an index file and its label files against ``manifest`` and open them
+    """Verify an index's files against ``manifest``, open it and mark the day's deletions
     (``checksums=False``: the files were hashed a moment ago by the publish reading them back)."""
-    pin_ids, _ = verified_index_ids(index_path, ids_path, live_path, manifest, checksums)
+    pin_ids, _ = verified_index_ids(files, manifest, checksums)
     index = hnswlib.Index(space=manifest.space, dim=manifest.dimension)
-    index.load_index(str(index_path), max_elements=max(manifest.elements, 1))
+    index.load_index(str(files.index), max_elements=max(manifest.elements, 1))
     if index.get_current_count() != manifest.elements:
         raise ArtifactIntegrityError(
-            f"{index_path} holds {index.get_current_count()} items, manifest says {manifest.elements}"
+            f"{files.index} holds {index.get_current_count()} items, manifest says {manifest.elements}"
         )
+    for label in _deleted_at_load(files, manifest).tolist():
+        index.mark_deleted(label)
     index.set_ef(manifest.ef)
     return index, pin_ids
 
 
 def verified_index_ids(
-    index_path: Path, ids_path: Path, live_path: Path, manifest: IndexManifest, checksums: bool = True
+    files: IndexFiles, manifest: IndexManifest, checksums: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The label -> pin id map and live mask of an index, checked against its manifest."""
-    for path, name in ((index_path, INDEX_FILE), (ids_path, IDS_FILE), (live_path, LIVE_FILE)):
+    """The label -> pin id map and live mask of an index, checked against its manifest: the
+    labels the graph file does not hold deleted, less ``deleted.npy``, are exactly the live ones."""
+    named = [(files.index, INDEX_FILE), (files.pin_ids, IDS_FILE), (files.live, LIVE_FILE)]
+    if DELETED_FILE in manifest.files:
+        named.append((files.deleted, DELETED_FILE))
+    for path, name in named:
         if checksums:
             check_file(path, manifest.files.get(name))
         elif not path.is_file():
             raise ArtifactIntegrityError(f"{path} is missing")
-    pin_ids, live = np.load(ids_path), np.load(live_path)
+    pin_ids, live = np.load(files.pin_ids), np.load(files.live)
     if len(pin_ids) != manifest.elements or len(live) != manifest.elements or int(live.sum()) != manifest.count:
-        raise ArtifactIntegrityError(f"{ids_path} does not hold the {manifest.elements} labels of its manifest")
+        raise ArtifactIntegrityError(f"{files.pin_ids} does not hold the {manifest.elements} labels of its manifest")
     if pin_ids_checksum(pin_ids[live]) != manifest.pin_ids_sha256:
-        raise ArtifactIntegrityError(f"{ids_path} does not hold the {manifest.count} live pins of its manifest")
+        raise ArtifactIntegrityError(f"{files.pin_ids} does not hold the {manifest.count} live pins of its manifest")
+    try:
+        graph = SavedGraph(files.index, manifest.dimension)
+        if (
+            graph.elements != manifest.elements
+            or graph.labels.min(initial=0) < 0
+            or graph.labels.max(initial=0) >= max(manifest.elements, 1)
+        ):
+            raise ValueError(f"it holds {graph.elements} elements, its manifest {manifest.elements} labels")
+        served = np.ones(manifest.elements, dtype=bool)
+        served[graph.labels[graph.deleted]] = False
+    except (ValueError, OSError) as exc:
+        raise ArtifactIntegrityError(f"{files.index} is not the graph of its manifest: {exc}") from exc
+    deleted = _deleted_at_load(files, manifest)
+    if not served[deleted].all():
+        raise ArtifactIntegrityError(f"{files.deleted} deletes labels {files.index} already holds deleted")
+    served[deleted] = False
+    if not np.array_equal(served, live):
+        raise ArtifactIntegrityError(
+            f"{files.index} with {files.deleted} serves {int(served.sum())} labels, not the {manifest.count} "
+            f"of {files.live}"
+        )
     return pin_ids, live
+
+
+def _deleted_at_load(files: IndexFiles, manifest: IndexManifest) -> np.ndarray:
+    if DELETED_FILE not in manifest.files:
+        return np.empty(0, np.int64)
+    deleted = np.load(files.deleted)
+    if deleted.dtype.kind not in "iu" or (len(deleted) and (deleted.min() < 0 or deleted.max() >= manifest.elements)):
+        raise ArtifactIntegrityError(f"{files.deleted} does not list labels of its index")
+    return deleted.astype(np.int64)

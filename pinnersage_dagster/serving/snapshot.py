@@ -11,7 +11,7 @@ A snapshot is a self-contained, checksummed artifact (``core.artifacts``) per pa
 | ``popular.npy`` | the most acted-on pool pins of the window, for users with no interests (cold start) |
 | ``decay_users.npy``, ``decay_sums.npy`` | each user's decay-weighted sum of action-pin embeddings at the batch time (``core.decay``): the ``decay_average`` arm |
 | ``catalog_*.npy`` | every catalog pin's unit embedding, as a base hard-linked from an earlier snapshot plus the day's delta (``serving.catalog``), memory-mapped |
-| ``index.bin``, ``index_pin_ids.npy``, ``index_live.npy`` | the ``pin_index`` build of day D, hard-linked (immutable) |
+| ``index.bin``, ``index_pin_ids.npy``, ``index_live.npy``, ``index_deleted.npy`` | the ``pin_index`` build of day D, hard-linked (immutable) |
 
 The manifest records the index manifest it was paired with, so medoids are never served
 against another day's index, and loading verifies every checksum before anything is served.
@@ -30,9 +30,11 @@ import pyarrow.parquet as pq
 from ..core.artifacts import ArtifactIntegrityError, publish, verified_build
 from ..core.decay import decay_sums, segment_sums
 from ..core.hnsw import (
+    DELETED_FILE,
     IDS_FILE,
     INDEX_FILE,
     LIVE_FILE,
+    IndexFiles,
     IndexManifest,
     open_index_files,
     read_index_manifest,
@@ -42,6 +44,7 @@ from .catalog import CatalogSource, CatalogView, find_base, write_catalog
 from .settings import ServingParams
 
 FORMAT_VERSION = 4  # 2: the index may carry tombstones (index_live.npy); 3: catalog as base + delta; 4: decay sums
+INDEX_PREFIX = "index_"  # the pin_index build's files, linked in beside the snapshot's own
 MEDOID_COLUMNS = ["user_id", "cluster_id", "medoid_pin_id", "importance", "size", "n_actions", "kind"]
 
 
@@ -93,9 +96,11 @@ def publish_snapshot(
             target: (index_build / name, index_manifest.files[name])
             for target, name in (
                 (INDEX_FILE, INDEX_FILE),
-                ("index_pin_ids.npy", IDS_FILE),
-                ("index_live.npy", LIVE_FILE),
+                (f"{INDEX_PREFIX}{IDS_FILE}", IDS_FILE),
+                (f"{INDEX_PREFIX}{LIVE_FILE}", LIVE_FILE),
+                (f"{INDEX_PREFIX}{DELETED_FILE}", DELETED_FILE),
             )
+            if name in index_manifest.files
         }
         catalog_section, base_files = write_catalog(build, catalog, base, origin=f"{partition}/{build.name}")
         linked.update(base_files)
@@ -131,9 +136,7 @@ def _readable(build: Path, manifest: dict) -> None:
     without loading the HNSW graph: it is the pin_index build, verified when that was published."""
     try:
         index_manifest = IndexManifest(**manifest["index"])
-        pin_ids, _ = verified_index_ids(
-            build / INDEX_FILE, build / "index_pin_ids.npy", build / "index_live.npy", index_manifest, checksums=False
-        )
+        pin_ids, _ = verified_index_ids(IndexFiles.of(build, INDEX_PREFIX), index_manifest, checksums=False)
         clusters = pq.read_metadata(build / "medoids.parquet").num_rows
         if np.load(build / "centroids.npy", mmap_mode="r").shape[0] != clusters:
             raise ArtifactIntegrityError(f"{build}: centroids do not line up with medoids")
@@ -292,9 +295,7 @@ def _open(build: Path, manifest: dict) -> ServingSnapshot:
                 f"{build}: paired with index build {index_manifest.build_id}, built from {lineage['pin_index']}"
             )
         # the linked files are verified against the index manifest the snapshot was paired with
-        index, index_pin_ids = open_index_files(
-            build / INDEX_FILE, build / "index_pin_ids.npy", build / "index_live.npy", index_manifest
-        )
+        index, index_pin_ids = open_index_files(IndexFiles.of(build, INDEX_PREFIX), index_manifest)
         medoids = pd.read_parquet(build / "medoids.parquet")
         centroids = np.load(build / "centroids.npy")
         if len(centroids) != len(medoids):

@@ -5,12 +5,21 @@ import pytest
 
 from pinnersage_dagster.core.artifacts import ArtifactIntegrityError
 from pinnersage_dagster.core.candidates import refine_candidate_pool
-from pinnersage_dagster.core.hnsw import live_pin_ids, load_index, publish_index
+from pinnersage_dagster.core.hnsw import (
+    IndexFiles,
+    build_index,
+    live_pin_ids,
+    load_index,
+    publish_index,
+    publish_linked_index,
+    verified_index_ids,
+)
 from pinnersage_dagster.core.pool_graph import (
     GraphParams,
     fingerprints,
     load_pool_graph,
     publish_pool_graph,
+    published_labels,
     update_pool_graph,
 )
 
@@ -139,19 +148,82 @@ def test_pool_graph_publish_load_and_refusal(tmp_path):
         load_pool_graph(tmp_path)
 
 
-def test_an_index_with_tombstones_never_returns_them(tmp_path):
+def test_a_day_index_is_the_pool_graph_linked_with_its_deletions(tmp_path):
+    """One graph on disk: the day's index links the pool graph's files and only lists the
+    labels it does not serve; opening it marks them deleted, so no query returns them."""
     ids, x, *_ = catalog(400)
     graph, _ = update_pool_graph(None, ids, x, PARAMS)
-    live = np.ones(graph.elements, bool)
-    live[::3] = False
-    for label in np.flatnonzero(~live).tolist():
-        graph.index.mark_deleted(label)
-    manifest = publish_index(
-        tmp_path, graph.index, graph.pin_ids, live=live, source_partition="2026-03-01", M=16, ef_construction=100, ef=64
+    graph.index.mark_deleted(5)  # a pin the catalog lost: a tombstone inside the graph file
+    graph.live[5] = False
+    published = publish_pool_graph(tmp_path / "graph", graph)
+    labels = published_labels(tmp_path / "graph")
+    served = labels.live.copy()
+    served[::3] = False  # outside the day's pool
+    manifest = publish_linked_index(
+        tmp_path / "day",
+        labels.build,
+        labels.files,
+        labels.pin_ids,
+        labels.live,
+        served,
+        dimension=DIM,
+        source_partition="2026-03-01",
+        M=16,
+        ef_construction=100,
+        ef=64,
     )
-    assert manifest.count == live.sum() and manifest.elements == len(ids)
-    index, pin_ids, _ = load_index(tmp_path)
-    labels, _ = index.knn_query(x[:50], k=20)
-    assert live[labels].all()
-    assert set(pin_ids[labels.ravel()]) <= set(ids[live])
-    assert sorted(live_pin_ids(tmp_path)) == sorted(ids[live])
+    build = tmp_path / "day" / "builds" / manifest.build_id
+    graph_file = labels.build / "index.bin"
+    assert (build / "index.bin").stat().st_ino == graph_file.stat().st_ino  # linked, not written again
+    assert manifest.files["index.bin"] == published["files"]["index.bin"]
+    assert sorted(np.load(build / "deleted.npy")) == sorted(np.flatnonzero(labels.live & ~served))
+    assert manifest.count == served.sum() and manifest.elements == len(ids)
+    index, pin_ids, _ = load_index(tmp_path / "day")
+    found, _ = index.knn_query(x[:80], k=30)
+    assert served[found].all()
+    assert set(pin_ids[found.ravel()]) <= set(ids[served])
+    assert sorted(live_pin_ids(tmp_path / "day")) == sorted(labels.pin_ids[served])
+
+
+def test_an_index_whose_files_do_not_serve_its_manifest_is_refused(tmp_path):
+    ids, x, *_ = catalog(200)
+    graph, _ = update_pool_graph(None, ids, x, PARAMS)
+    publish_pool_graph(tmp_path / "graph", graph)
+    labels = published_labels(tmp_path / "graph")
+    served = labels.live.copy()
+    served[:10] = False
+    args = (labels.build, labels.files, labels.pin_ids, labels.live)
+    kwargs = dict(dimension=DIM, source_partition="2026-03-01", M=16, ef_construction=100, ef=64)
+    manifest = publish_linked_index(tmp_path / "day", *args, served, **kwargs)
+    build = tmp_path / "day" / "builds" / manifest.build_id
+    files = IndexFiles.of(build)
+    # deletions that leave a served pin deleted, or serve one the manifest does not list
+    np.save(build / "deleted.npy", np.arange(11))
+    with pytest.raises(ArtifactIntegrityError, match=r"serves \d+ labels, not the \d+"):
+        verified_index_ids(files, manifest, checksums=False)
+    np.save(build / "deleted.npy", np.arange(9))
+    with pytest.raises(ArtifactIntegrityError, match=r"serves \d+ labels"):
+        verified_index_ids(files, manifest, checksums=False)
+    with pytest.raises(ArtifactIntegrityError, match="checksum"):
+        load_index(tmp_path / "day")
+    with pytest.raises(ValueError, match="only serve live labels"):
+        live = labels.live.copy()
+        live[0] = False
+        publish_linked_index(
+            tmp_path / "other", labels.build, labels.files, labels.pin_ids, live, labels.live, **kwargs
+        )
+
+
+def test_a_compact_index_serves_every_label(tmp_path):
+    ids, x, *_ = catalog(200)
+    manifest = publish_index(
+        tmp_path,
+        build_index(x, M=16, ef_construction=100, ef=64),
+        ids,
+        source_partition="2026-03-01",
+        M=16,
+        ef_construction=100,
+        ef=64,
+    )
+    assert manifest.count == manifest.elements == len(ids)
+    assert sorted(live_pin_ids(tmp_path)) == sorted(ids)
