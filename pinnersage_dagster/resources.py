@@ -331,7 +331,9 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
             epoch=settings.start_date.isoformat(),
         )
     return {
-        "duckdb": Warehouse(database=settings.duckdb_path),
+        "duckdb": Warehouse(
+            database=settings.duckdb_path, connection_config={"memory_limit": settings.duckdb_memory_limit}
+        ),
         "index_store": IndexStore(root=settings.index_root),
         "serving_store": ServingStore(root=settings.serving_root),
         "exchange": ExchangeStore(root=settings.exchange_root),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from datetime import date
@@ -100,6 +101,12 @@ class Settings(BaseModel):
     duckdb_path: str = Field(
         "", description="the warehouse file", json_schema_extra={"read_by": "every asset, summary, calibrate"}
     )
+    duckdb_memory_limit: str = Field(
+        "1GB",
+        description="DuckDB's memory_limit for every warehouse connection; past it DuckDB evicts cached blocks "
+        "and spills big joins and sorts to disk, so a step's memory stays its own arrays' (e.g. '4GB')",
+        json_schema_extra={"read_by": "every asset"},
+    )
     index_root: str = Field(
         "",
         description="pin_index builds and the pool graph",
@@ -150,6 +157,13 @@ class Settings(BaseModel):
             if not getattr(self, name):
                 object.__setattr__(self, name, str(Path(self.data_root) / default))
         return self
+
+    @field_validator("duckdb_memory_limit")
+    @classmethod
+    def _memory_size(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value.strip(), flags=re.IGNORECASE):
+            raise ValueError("a size DuckDB reads, a number and a unit, e.g. '1GB' or '512MiB'")
+        return value.strip()
 
     @field_validator("params", mode="before")
     @classmethod

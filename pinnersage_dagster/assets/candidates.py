@@ -191,11 +191,14 @@ def candidate_pool(
     seconds = time.perf_counter() - started
     del columns
     update = refined.update
+    graph_written = 0
     try:
         if previous is not None and update.mode == "incremental" and update.inserted == update.retired == 0:
             graph_manifest = read_manifest(index_store.pool_graph_dir())  # unchanged: the published build stands
         else:  # the graph goes first: pin_index refuses a graph that does not cover the pool it reads
             graph_manifest = publish_pool_graph(index_store.pool_graph_dir(), refined.graph)
+            build = index_store.pool_graph_dir() / "builds" / graph_manifest["build_id"]
+            graph_written = sum(path.stat().st_size for path in build.iterdir())
     finally:
         _clear_scratch(index_store.pool_graph_dir())
     with duckdb.get_connection() as conn:
@@ -241,6 +244,7 @@ def candidate_pool(
         "duplicate_self_join_seconds": round(update.self_join_seconds, 2),
         "graph_unreachable_pins": update.unreachable,
         "graph_build_id": graph_manifest["build_id"],
+        "graph_bytes_written_mib": round(graph_written / 2**20, 1),
         "dagster/column_schema": table_schema(TABLES["candidate_pool"]),
         "duplicate_examples": dg.MetadataValue.md(
             frame_markdown(refined.excluded[refined.excluded["reason"] == "near_duplicate"].head(8))

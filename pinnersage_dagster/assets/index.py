@@ -134,7 +134,7 @@ def pin_index(
             "ef": manifest.ef,
             "seconds": round(seconds, 2),
             "size_on_disk_mb": round(size / 2**20, 2),
-            "written_mb": dg.MetadataValue.float(round(written / 2**20, 2)),
+            "bytes_written_mib": round(written / 2**20, 1),
             "deleted_at_load": deletions,
             "retention_days": params.retention_days,
             "retention_removed": removed,

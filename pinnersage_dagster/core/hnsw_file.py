@@ -2,7 +2,8 @@
 neighbour lists and which elements a search can reach.
 
 hnswlib's Python API does not expose its graph, and a loaded copy of a graph of millions of
-pins costs its whole size in memory; the saved file is memory-mapped instead. The layout is
+pins costs its whole size in memory; the saved file is read a slice at a time instead (not
+memory-mapped: mapped pages would count in the reading process's resident memory). The layout is
 hnswlib 0.8's ``saveIndex`` (pinned in pyproject.toml): a 96-byte header, then one fixed-size
 record per element (level-0 link list: a 32-bit word holding the neighbour count in its low 16
 bits and the deleted mark in bit 16, then ``maxM0`` 32-bit internal ids; the vector; the 64-bit
@@ -49,37 +50,45 @@ class SavedGraph:
             raise ValueError(f"{self.path} is not an hnswlib index: shorter than its header")
         self.header = header[0]
         self.elements = int(self.header["count"])
-        size = int(self.header["size_per_element"])
+        self.record = int(self.header["size_per_element"])
         self.max_m0 = int(self.header["max_m0"])
         self.dim = dim
-        if int(self.header["offset_data"]) != 4 + 4 * self.max_m0 or size != 4 + 4 * self.max_m0 + 4 * dim + 8:
+        if int(self.header["offset_data"]) != 4 + 4 * self.max_m0 or self.record != 4 + 4 * self.max_m0 + 4 * dim + 8:
             raise ValueError(f"{self.path} is not an hnswlib 0.8 index of dimension {dim}")
-        self._records = np.memmap(
-            self.path, dtype=np.uint8, mode="r", offset=HEADER.itemsize, shape=(self.elements, size)
-        )
-        words = self._column(0, 4, "<u4")
-        self.counts = (words & 0xFFFF).astype(np.int64)
-        self.deleted = (words & DELETED_BIT) != 0
-        self.labels = self._column(int(self.header["label_offset"]), 8, "<u8").astype(np.int64)
+        if self.path.stat().st_size < HEADER.itemsize + self.elements * self.record:
+            raise ValueError(f"{self.path} is shorter than its {self.elements} elements")
+        words, labels = [], []
+        label_offset = int(self.header["label_offset"])
+        for start in range(0, self.elements, CHUNK):
+            records = self._records(start, min(start + CHUNK, self.elements))
+            words.append(records[:, :4].copy().view("<u4").reshape(-1))
+            labels.append(records[:, label_offset : label_offset + 8].copy().view("<u8").reshape(-1))
+        word = np.concatenate(words) if words else np.empty(0, np.uint32)
+        self.counts = (word & 0xFFFF).astype(np.int64)
+        self.deleted = (word & DELETED_BIT) != 0
+        self.labels = np.concatenate(labels).astype(np.int64) if labels else np.empty(0, np.int64)
 
     @property
     def entry_point(self) -> int:
         return int(self.header["entry_point"])
 
-    def _column(self, offset: int, width: int, dtype: str, rows: slice = slice(None)) -> np.ndarray:
-        return np.ascontiguousarray(self._records[rows, offset : offset + width]).view(dtype).reshape(-1)
+    def _records(self, start: int, stop: int) -> np.ndarray:
+        raw = np.fromfile(
+            self.path, dtype=np.uint8, count=(stop - start) * self.record, offset=HEADER.itemsize + start * self.record
+        )
+        return raw.reshape(stop - start, self.record)
 
     def links(self, start: int, stop: int) -> np.ndarray:
         """Level-0 neighbours (internal ids) of rows start..stop; -1 past each row's count."""
-        raw = np.ascontiguousarray(self._records[start:stop, 4 : 4 + 4 * self.max_m0]).view("<u4")
+        raw = self._records(start, stop)[:, 4 : 4 + 4 * self.max_m0].copy().view("<u4")
         links = raw.reshape(stop - start, self.max_m0).astype(np.int64)
         links[np.arange(self.max_m0)[None, :] >= self.counts[start:stop, None]] = -1
         return links
 
-    def vectors(self, rows: np.ndarray) -> np.ndarray:
-        """The stored vectors of the given internal ids (float32, one row each)."""
+    def vectors(self, start: int, stop: int) -> np.ndarray:
+        """The stored vectors of rows start..stop (float32)."""
         offset = int(self.header["offset_data"])
-        return np.ascontiguousarray(self._records[rows, offset : offset + 4 * self.dim]).view("<f4")
+        return self._records(start, stop)[:, offset : offset + 4 * self.dim].copy().view("<f4")
 
     def reachable(self) -> np.ndarray:
         """Per internal id: can a search get there? Breadth-first over the level-0 links from the

@@ -151,7 +151,7 @@ def update_pool_graph(
     if reason is not None:
         graph = _build(pin_ids, fp, params, num_threads, seed)
         mode, retired, new = "rebuild", 0, np.arange(len(pin_ids))
-        x_new, new_labels = x, np.arange(len(pin_ids), dtype=np.int64)
+        new_labels = row_of_label = np.arange(len(pin_ids), dtype=np.int64)
         if len(pin_ids):
             graph.index.add_items(x, new_labels)
     else:
@@ -166,11 +166,13 @@ def update_pool_graph(
         new = np.flatnonzero(~same)
         first = previous.elements
         new_labels = np.arange(first, first + len(new), dtype=np.int64)
-        x_new = x[new]
+        row_of_label = np.full(first + len(new), -1, dtype=np.int64)
+        row_of_label[label[same]] = np.flatnonzero(same)
+        row_of_label[new_labels] = new
         if len(new):
             previous.index.resize_index(first + len(new))
             previous.index.set_num_threads(threads(num_threads))
-            previous.index.add_items(x_new, new_labels)
+            previous.index.add_items(x[new], new_labels)
         graph = PoolGraph(
             index=previous.index,
             pin_ids=np.r_[previous.pin_ids, pin_ids[new]],
@@ -182,7 +184,7 @@ def update_pool_graph(
     inserted = time.perf_counter()
     unreachable = 0
     if len(new):
-        found, unreachable = _search_duplicates(graph, x_new, new_labels, workdir)
+        found, unreachable = _search_duplicates(graph, x, row_of_label, new_labels, workdir)
         graph.edges = _unique_edges(np.vstack([graph.edges, found]))
     update = GraphUpdate(
         mode,
@@ -228,10 +230,11 @@ def _build(pin_ids: np.ndarray, fp: np.ndarray, params: GraphParams, num_threads
 
 
 def _search_duplicates(
-    graph: PoolGraph, x_new: np.ndarray, new_labels: np.ndarray, workdir: Path | None
+    graph: PoolGraph, x: np.ndarray, row_of_label: np.ndarray, new_labels: np.ndarray, workdir: Path | None
 ) -> tuple[np.ndarray, int]:
     """Duplicate edges of the pins that just entered the graph (see the module docstring), and
-    how many live pins no search can reach."""
+    how many live pins no search can reach. Live label ``l`` is the pin of row ``row_of_label[l]`` of ``x``."""
+    x_new = x[row_of_label[new_labels]]
     knn = _duplicate_edges(graph, x_new, new_labels)
     with tempfile.TemporaryDirectory(prefix=".graph-", dir=workdir) as scratch:
         path = Path(scratch) / "index.bin"
@@ -239,24 +242,24 @@ def _search_duplicates(
         saved = SavedGraph(path, graph.params.dimension)
         internal = np.empty(saved.elements, dtype=np.int64)
         internal[saved.labels] = np.arange(saved.elements)
-        listed = _listed_edges(graph, saved, np.sort(internal[new_labels]))
-        hidden = np.flatnonzero(~saved.reachable() & graph.live[saved.labels])
-        hidden_labels, hidden_x = saved.labels[hidden], saved.vectors(hidden)
-        fresh = hidden_labels >= new_labels[0]  # new labels follow every old one
-        # the new pins meet the old hidden ones exactly, and the new hidden pins each other; a
-        # new hidden pin's pair that a search can reach is found by a deeper kNN query of it
-        exact = np.vstack(
-            [
-                _exact_edges(graph, x_new, new_labels, hidden_labels[~fresh], hidden_x[~fresh]),
-                _exact_edges(graph, hidden_x[fresh], hidden_labels[fresh], hidden_labels[fresh], hidden_x[fresh]),
-                _duplicate_edges(graph, hidden_x[fresh], hidden_labels[fresh], ef=graph.params.ef_construction),
-            ]
-        )
+        hidden = np.sort(saved.labels[~saved.reachable() & graph.live[saved.labels]])
+        listed = _listed_edges(graph, saved, np.sort(internal[new_labels]), x, row_of_label)
         del saved
         if workdir is not None:  # keep the file: it is exactly the graph to publish
             kept = Path(workdir) / f"index-{os.getpid()}-{time.monotonic_ns()}.bin"
             os.replace(path, kept)
             graph.saved = kept
+    hidden_x = x[row_of_label[hidden]]
+    fresh = hidden >= new_labels[0]  # new labels follow every old one
+    # the new pins meet the old hidden ones exactly, and the new hidden pins each other; a new
+    # hidden pin's pair that a search can reach is found by a deeper kNN query of it
+    exact = np.vstack(
+        [
+            _exact_edges(graph, x_new, new_labels, hidden[~fresh], hidden_x[~fresh]),
+            _exact_edges(graph, hidden_x[fresh], hidden[fresh], hidden[fresh], hidden_x[fresh]),
+            _duplicate_edges(graph, hidden_x[fresh], hidden[fresh], ef=graph.params.ef_construction),
+        ]
+    )
     return np.vstack([knn, listed, exact]), len(hidden)
 
 
@@ -274,21 +277,22 @@ def _duplicate_edges(graph: PoolGraph, x: np.ndarray, labels: np.ndarray, ef: in
     return np.column_stack([rows[edge], cols[edge]])
 
 
-def _listed_edges(graph: PoolGraph, saved: SavedGraph, rows: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    """Pairs among the level-0 neighbour lists of the given internal ids at cosine >= threshold."""
-    found = []
+def _listed_edges(
+    graph: PoolGraph, saved: SavedGraph, rows: np.ndarray, x: np.ndarray, row_of_label: np.ndarray, chunk: int = 2048
+) -> np.ndarray:
+    """Pairs among the level-0 neighbour lists of the given (sorted) internal ids at cosine >= threshold."""
+    found = [np.empty((0, 2), np.int64)]
     for start in range(0, len(rows), chunk):
-        part = rows[start : start + chunk]  # sorted; an update's new rows are contiguous
+        part = rows[start : start + chunk]  # an update's new rows are contiguous: one slice of the file
         links = saved.links(int(part[0]), int(part[-1]) + 1)[part - part[0]]
         row, slot = np.nonzero(links >= 0)
-        neighbour = links[row, slot]
-        a, b = saved.labels[part[row]], saved.labels[neighbour]
+        a, b = saved.labels[part[row]], saved.labels[links[row, slot]]
         live = graph.live[b]
-        a, b, row, neighbour = a[live], b[live], row[live], neighbour[live]
-        cosine = np.einsum("ij,ij->i", saved.vectors(part)[row], saved.vectors(neighbour))
+        a, b = a[live], b[live]
+        cosine = np.einsum("ij,ij->i", x[row_of_label[a]], x[row_of_label[b]])
         close = cosine >= graph.params.duplicate_cosine
         found.append(np.column_stack([a[close], b[close]]))
-    return np.vstack(found) if found else np.empty((0, 2), np.int64)
+    return np.vstack(found)
 
 
 def _exact_edges(

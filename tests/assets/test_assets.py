@@ -92,7 +92,7 @@ def test_rematerializing_a_partition_replaces_it_exactly(graph_copy):
     index = metadata_of(result, "pin_index")
     assert index["index_mode"] == "linked pool graph" and index["tombstones"] > 0
     # one graph on disk: the day's index writes only its label files, not a second graph
-    assert index["deleted_at_load"] > 0 and index["written_mb"] < index["size_on_disk_mb"] / 10
+    assert index["deleted_at_load"] > 0 and index["bytes_written_mib"] < index["size_on_disk_mb"] / 10
 
     clusters = metadata_of(result, "user_clusters")
     assert {"users", "clusters_per_user", "clusters_per_user_histogram", "example_user"} <= set(clusters)

@@ -36,13 +36,12 @@ def test_the_saved_file_is_read_as_hnswlib_wrote_it(tmp_path):
     assert saved.elements == 3000 and sorted(saved.labels) == sorted(labels)
     assert sorted(saved.labels[saved.deleted]) == sorted(deleted)
     row_of = {label: row for row, label in enumerate(labels.tolist())}
-    rows = np.arange(3000)
-    np.testing.assert_array_equal(saved.vectors(rows), x[[row_of[label] for label in saved.labels.tolist()]])
+    np.testing.assert_array_equal(saved.vectors(0, 3000), x[[row_of[label] for label in saved.labels.tolist()]])
     links = saved.links(0, 3000)
     assert ((links >= 0).sum(axis=1) == saved.counts).all() and (saved.counts <= 16).all()
     assert links.max() < 3000 and (saved.counts > 0).all()
     # each element links to pins near it: its links are closer on average than random pins
-    vectors = saved.vectors(rows)
+    vectors = saved.vectors(0, 3000)
     near = np.nanmean(np.where(links >= 0, np.einsum("id,ikd->ik", vectors, vectors[np.maximum(links, 0)]), np.nan))
     assert near > 0.3
     assert saved.reachable()[saved.entry_point] and saved.reachable().mean() > 0.9
@@ -58,6 +57,9 @@ def test_a_file_of_another_dimension_or_no_index_is_refused(tmp_path):
     (tmp_path / "short.bin").write_bytes(b"\0" * 10)
     with pytest.raises(ValueError, match="shorter than its header"):
         SavedGraph(tmp_path / "short.bin", DIM)
+    (tmp_path / "cut.bin").write_bytes((tmp_path / "index.bin").read_bytes()[:500])
+    with pytest.raises(ValueError, match="shorter than its 10 elements"):
+        SavedGraph(tmp_path / "cut.bin", DIM)
 
 
 def test_an_element_no_link_leads_to_is_unreachable(tmp_path):

@@ -64,6 +64,17 @@ def test_every_setting_comes_from_its_variable_and_a_bad_one_names_it():
         Settings.from_environ({"PINNERSAGE_SOURCE": "files"})
     with pytest.warns(UserWarning, match="PINNERSAGE_DUCKDB_PAHT"):
         Settings.from_environ({"PINNERSAGE_DUCKDB_PAHT": "x.duckdb"})
+    with pytest.raises(SettingsError, match="PINNERSAGE_DUCKDB_MEMORY_LIMIT='lots'"):
+        Settings.from_environ({"PINNERSAGE_DUCKDB_MEMORY_LIMIT": "lots"})
+
+
+def test_every_warehouse_connection_has_the_memory_limit(tmp_path):
+    settings = Settings.from_environ(
+        {"PINNERSAGE_DATA_ROOT": str(tmp_path), "PINNERSAGE_DUCKDB_MEMORY_LIMIT": "300MiB"}
+    )
+    with build_resources(settings)["duckdb"].get_connection() as conn:
+        limit = conn.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    assert limit.replace(" ", "") in ("300.0MiB", "314.5MB"), limit
 
 
 def test_importing_the_definitions_creates_nothing_and_the_core_needs_no_dagster(tmp_path):
