@@ -319,21 +319,34 @@ def replace_table(
         return replace_table(conn, table, rows, atomic=False)
 
 
+PIN_WRITE_ROWS = 131_072  # rows of an unsorted catalog inserted at a time
+
+
 def write_pins(conn: duckdb.DuckDBPyConnection, accepted: pd.DataFrame, embeddings: np.ndarray) -> None:
-    """Replace the pin catalog, inside the caller's transaction. The embedding column is
-    ``FLOAT[d]`` for the data's dimension d."""
+    """Replace the pin catalog, inside the caller's transaction, stored in pin id order. The
+    embedding column is ``FLOAT[d]`` for the data's dimension d. Unsorted rows go in by slices
+    of that order, so the catalog's matrix is never copied whole (1 GiB at 1M pins)."""
     dim = int(embeddings.shape[1])
-    table = pa.table(
-        {
-            "pin_id": pa.array(accepted["pin_id"].to_numpy(), pa.int64()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.astype(np.float32).ravel()), dim),
-            "quality": pa.array(accepted["quality"].to_numpy(), pa.float64()),
-            "created_at": pa.array(pd.to_datetime(accepted["created_at"]).astype("datetime64[us]"), pa.timestamp("us")),
-        }
-    ).sort_by("pin_id")
+    ids = accepted["pin_id"].to_numpy()
+    order = None if bool(np.all(ids[1:] > ids[:-1])) else np.argsort(ids, kind="stable")
+    quality = accepted["quality"].to_numpy()
+    created = pd.to_datetime(accepted["created_at"]).astype("datetime64[us]").to_numpy()
     ddl = PINS.ddl.replace("FLOAT[]", f"FLOAT[{dim}]")
     conn.execute(f"CREATE OR REPLACE TABLE pins ({ddl})")
-    _insert(conn, "pins", PINS.column_names, table)
+    step = len(ids) if order is None else PIN_WRITE_ROWS
+    for start in range(0, max(len(ids), 1), step):
+        rows = slice(start, start + step) if order is None else order[start : start + step]
+        table = pa.table(
+            {
+                "pin_id": pa.array(ids[rows], pa.int64()),
+                "embedding": pa.FixedSizeListArray.from_arrays(
+                    pa.array(np.ascontiguousarray(embeddings[rows], dtype=np.float32).ravel()), dim
+                ),
+                "quality": pa.array(quality[rows], pa.float64()),
+                "created_at": pa.array(created[rows], pa.timestamp("us")),
+            }
+        )
+        _insert(conn, "pins", PINS.column_names, table)
 
 
 def embedding_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:

@@ -66,6 +66,8 @@ def pins(
             learned_day = _embedding_day(context, conn)
             raw = learned_raw_pins(conn, raw, learned_day)
     validated, embeddings = validate_pins(raw, expected_dim=source.expected_dim)
+    rows_read, files = len(raw), raw.files
+    del raw  # the raw embeddings are as big as the validated ones
     if learned_day is not None:  # a pin of the pins file the log gave too little evidence to embed
         validated.quarantine["reason"] = validated.quarantine["reason"].replace("null_embedding", "not_embedded")
     pin_truth, interest_truth = source.pin_truth(), source.interest_truth()
@@ -77,7 +79,7 @@ def pins(
         catalog_change(
             previous.rows if previous else None,
             len(validated.accepted),
-            len(raw),
+            rows_read,
             validated.reasons,
             params.max_catalog_shrink,
         ),
@@ -97,7 +99,7 @@ def pins(
             "pins",
             None,
             version,
-            {"ids": ids_version, "dimension": int(embeddings.shape[1]), "source": raw.files[:500]},
+            {"ids": ids_version, "dimension": int(embeddings.shape[1]), "source": files[:500]},
             rows,
         )
     context.log.info(f"{len(validated.accepted)} pins accepted, {len(validated.quarantine)} quarantined")
@@ -107,11 +109,11 @@ def pins(
             "catalog_version": version,
             "previous_catalog_pins": previous.rows if previous else "none",
             "accepted_implausible": accepted_change or "no",
-            "source": raw.files,
+            "source": files,
             "embeddings": f"learned from the log before {learned_day} (pin_embeddings)"
             if learned_day
             else "from the source",
-            "rows_read": len(raw),
+            "rows_read": rows_read,
             "dagster/row_count": len(validated.accepted),
             "rows_quarantined": len(validated.quarantine),
             "quarantine_reasons": validated.reasons,

@@ -192,8 +192,12 @@ def validate_pins(raw: RawPins, *, expected_dim: int | None) -> tuple[Validated,
     matrix = np.zeros((n, dim), dtype=np.float32)
     shaped = lengths == dim
     if shaped.any() and dim > 0:
-        values = pc.list_flatten(embedding.filter(pa.array(shaped))).cast(pa.float32())
-        matrix[shaped] = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        # every row shaped (the usual case): flatten in place, no filtered copy of the column
+        values = pc.list_flatten(embedding if shaped.all() else embedding.filter(pa.array(shaped))).cast(pa.float32())
+        if shaped.all():
+            matrix[:] = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        else:
+            matrix[shaped] = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
         del values
     finite = np.isfinite(matrix).all(axis=1)
     matrix[~finite] = 0.0

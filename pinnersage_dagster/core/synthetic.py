@@ -182,7 +182,8 @@ def generate_pins(world: SyntheticWorld) -> PinCatalog:
     low, high = real.noise_range
     noise = np.full(n_base, low) if low == high else np.random.default_rng([world.seed, 11]).uniform(low, high, n_base)
     signal = (1.0 - noise) / (CATEGORY_WEIGHT + TOPIC_WEIGHT)
-    base = np.empty((n_base, d), dtype=np.float32)
+    embedding = np.empty((world.n_pins, d), dtype=np.float32)  # the originals, then their copies: no vstack
+    base = embedding[:n_base]
     for start in range(0, n_base, _CHUNK):  # chunks keep the float64 temporaries small at 1M pins
         end = min(start + _CHUNK, n_base)
         part = slice(start, end)
@@ -196,14 +197,13 @@ def generate_pins(world: SyntheticWorld) -> PinCatalog:
 
     original = rng.integers(0, n_base, size=n_dup)
     eps = rng.uniform(0.1, 0.2, size=n_dup)  # cosine 1/sqrt(1+eps^2): 0.98-0.995
-    copies = np.empty((n_dup, d), dtype=np.float32)
+    copies = embedding[n_base:]
     for start in range(0, n_dup, _CHUNK):
         end = min(start + _CHUNK, n_dup)
         noise = _unit(rng.standard_normal((end - start, d)))
         copies[start:end] = _unit(base[original[start:end]] + eps[start:end, None] * noise)
     copy_created = created_days[original] + rng.uniform(0, 60, size=n_dup)
 
-    embedding = np.vstack([base, copies])
     del base, copies
     all_topic = np.r_[topic, topic[original]]
     all_created = np.r_[created_days, copy_created]

@@ -36,3 +36,29 @@ def test_replace_partitions_is_idempotent_and_atomic(tmp_path):
         replace_partitions(conn, "raw_actions", broken, d1, d1)
     counts = dict(conn.execute("SELECT partition_date, count(*) FROM raw_actions GROUP BY 1").fetchall())
     assert counts == {d1: 2, d2: 4}  # the failed write rolled back its delete too
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_the_catalog_is_stored_in_pin_id_order_in_slices(tmp_path, monkeypatch, shuffled):
+    """An unsorted catalog goes in by slices of its pin id order (no whole copy of its matrix)."""
+    import numpy as np
+
+    from pinnersage_dagster import warehouse
+
+    monkeypatch.setattr(warehouse, "PIN_WRITE_ROWS", 64)
+    rng = np.random.default_rng(1)
+    ids = np.arange(300, dtype=np.int64) * 7 - 100
+    if shuffled:
+        ids = rng.permutation(ids)
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    accepted = pd.DataFrame(
+        {"pin_id": ids, "quality": rng.uniform(0, 1, 300), "created_at": pd.Timestamp("2026-01-01")}
+    )
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    ensure_tables(conn)
+    warehouse.write_pins(conn, accepted, x)
+    stored = conn.execute("SELECT pin_id, embedding, quality FROM pins").fetchnumpy()  # physical order
+    order = np.argsort(ids)
+    assert stored["pin_id"].tolist() == ids[order].tolist()
+    np.testing.assert_array_equal(np.vstack(stored["embedding"]), x[order])
+    np.testing.assert_array_equal(stored["quality"], accepted["quality"].to_numpy()[order])
