@@ -41,6 +41,7 @@ from .hnsw import threads
 from .hnsw_file import SavedGraph
 
 MAX_TOMBSTONE_SHARE = 0.10
+EXACT_BLOCK = 1 << 25  # cosines computed at once by the exact pass over unreachable pins
 SPACE = "ip"  # inner product on unit vectors; hnswlib distance is 1 - cosine
 FILES = ("index.bin", "pin_ids.npy", "fingerprints.npy", "live.npy", "edges.npy")
 
@@ -278,7 +279,7 @@ def _duplicate_edges(graph: PoolGraph, x: np.ndarray, labels: np.ndarray, ef: in
 
 
 def _listed_edges(
-    graph: PoolGraph, saved: SavedGraph, rows: np.ndarray, x: np.ndarray, row_of_label: np.ndarray, chunk: int = 2048
+    graph: PoolGraph, saved: SavedGraph, rows: np.ndarray, x: np.ndarray, row_of_label: np.ndarray, chunk: int = 1024
 ) -> np.ndarray:
     """Pairs among the level-0 neighbour lists of the given (sorted) internal ids at cosine >= threshold."""
     found = [np.empty((0, 2), np.int64)]
@@ -286,22 +287,26 @@ def _listed_edges(
         part = rows[start : start + chunk]  # an update's new rows are contiguous: one slice of the file
         links = saved.links(int(part[0]), int(part[-1]) + 1)[part - part[0]]
         row, slot = np.nonzero(links >= 0)
-        a, b = saved.labels[part[row]], saved.labels[links[row, slot]]
+        b = saved.labels[links[row, slot]]
         live = graph.live[b]
-        a, b = a[live], b[live]
-        cosine = np.einsum("ij,ij->i", x[row_of_label[a]], x[row_of_label[b]])
+        row, b = row[live], b[live]
+        a = saved.labels[part]
+        # each queried pin's vector once, its neighbours' gathered: (chunk x M0) rows at most
+        cosine = np.einsum("ij,ij->i", x[row_of_label[a]][row], x[row_of_label[b]])
         close = cosine >= graph.params.duplicate_cosine
-        found.append(np.column_stack([a[close], b[close]]))
+        found.append(np.column_stack([a[row[close]], b[close]]))
     return np.vstack(found)
 
 
 def _exact_edges(
-    graph: PoolGraph, x: np.ndarray, labels: np.ndarray, hidden: np.ndarray, hidden_x: np.ndarray, chunk: int = 4096
+    graph: PoolGraph, x: np.ndarray, labels: np.ndarray, hidden: np.ndarray, hidden_x: np.ndarray
 ) -> np.ndarray:
-    """Exact pairs between the queried pins and the pins no search can reach."""
+    """Exact pairs between the queried pins and the pins no search can reach, one bounded block
+    of cosines at a time (about 32M: 128 MiB whatever the number of hidden pins)."""
     if len(hidden) == 0 or len(labels) == 0:
         return np.empty((0, 2), np.int64)
     found = []
+    chunk = max(1, EXACT_BLOCK // len(hidden))
     for start in range(0, len(labels), chunk):
         row, col = np.nonzero(x[start : start + chunk] @ hidden_x.T >= graph.params.duplicate_cosine)
         a, b = labels[start + row], hidden[col]
