@@ -17,6 +17,7 @@ hash function changed, or delta and dead base pins would pass ``REBASE_SHARE`` o
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,8 +167,14 @@ def _write_rows(
 class CatalogView:
     """Lookups of a snapshot's catalog: the delta first, then the live base."""
 
-    def __init__(self, build: Path, elsewhere: dict[str, tuple[Path, str]] | None = None) -> None:
-        """``elsewhere``: base files not linked into ``build`` yet (while it is being written)."""
+    def __init__(
+        self, build: Path, elsewhere: dict[str, tuple[Path, str]] | None = None, release_pages: bool = False
+    ) -> None:
+        """``elsewhere``: base files not linked into ``build`` yet (while it is being written).
+        ``release_pages``: drop the mapped pages after each lookup, so a one-pass reader (the
+        snapshot writer gathering every member) does not hold the whole mapped catalog in its
+        resident memory; a server keeps them (they are shared between its workers)."""
+        self.release_pages = release_pages
 
         def path(name: str) -> Path:
             return (elsewhere or {}).get(name, (build / name, ""))[0]
@@ -210,10 +217,16 @@ class CatalogView:
             raise KeyError(f"pins not in the catalog: {np.asarray(pin_ids)[missing][:5].tolist()}")
         in_delta = delta >= 0
         if not in_delta.any():  # the common case: one gather from the base
-            return np.asarray(self.base_embeddings[base])
-        out = np.empty((len(delta), self.dimension), dtype=np.float32)
-        out[in_delta] = self.delta_embeddings[delta[in_delta]]
-        out[~in_delta] = self.base_embeddings[base[~in_delta]]
+            out = np.asarray(self.base_embeddings[base])
+        else:
+            out = np.empty((len(delta), self.dimension), dtype=np.float32)
+            out[in_delta] = self.delta_embeddings[delta[in_delta]]
+            out[~in_delta] = self.base_embeddings[base[~in_delta]]
+        if self.release_pages:
+            for mapped in (self.base_embeddings, self.delta_embeddings):
+                handle = getattr(mapped, "_mmap", None)  # np.memmap's mapping (None for an empty file)
+                if handle is not None:
+                    handle.madvise(mmap.MADV_DONTNEED)  # clean file pages: they stay in the page cache
         return out
 
     @property

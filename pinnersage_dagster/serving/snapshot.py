@@ -104,7 +104,7 @@ def publish_snapshot(
         }
         catalog_section, base_files = write_catalog(build, catalog, base, origin=f"{partition}/{build.name}")
         linked.update(base_files)
-        view = CatalogView(build, elsewhere=base_files)
+        view = CatalogView(build, elsewhere=base_files, release_pages=True)
         np.save(build / "centroids.npy", _centroids(medoids, members, view))
         medoids.to_parquet(build / "medoids.parquet", index=False)
         members[["user_id", "cluster_id", "pin_id"]].to_parquet(build / "members.parquet", index=False)
