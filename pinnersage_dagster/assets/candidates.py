@@ -60,6 +60,8 @@ def pins(
     with duckdb.get_connection() as conn:
         ensure_tables(conn)
         guards.require_source(conn, source.identity(), duckdb.database)
+    # the synthetic truth regenerates the world's catalog: before the catalog is in memory, not beside it
+    pin_truth, interest_truth = source.pin_truth(), source.interest_truth()
     raw, learned_day = source.read_pins(), None
     if raw is None or not raw.has_embeddings:
         with duckdb.get_connection() as conn:
@@ -70,7 +72,6 @@ def pins(
     del raw  # the raw embeddings are as big as the validated ones
     if learned_day is not None:  # a pin of the pins file the log gave too little evidence to embed
         validated.quarantine["reason"] = validated.quarantine["reason"].replace("null_embedding", "not_embedded")
-    pin_truth, interest_truth = source.pin_truth(), source.interest_truth()
     with duckdb.get_connection() as conn:
         ensure_tables(conn)
         previous = guards.get(conn, "pins")
