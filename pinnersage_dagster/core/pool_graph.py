@@ -235,7 +235,9 @@ def _search_duplicates(
 ) -> tuple[np.ndarray, int]:
     """Duplicate edges of the pins that just entered the graph (see the module docstring), and
     how many live pins no search can reach. Live label ``l`` is the pin of row ``row_of_label[l]`` of ``x``."""
-    x_new = x[row_of_label[new_labels]]
+    rows = row_of_label[new_labels]
+    contiguous = bool(len(rows)) and rows[-1] - rows[0] + 1 == len(rows) and bool(np.all(np.diff(rows) == 1))
+    x_new = x[rows[0] : rows[-1] + 1] if contiguous else x[rows]  # a rebuild's is all of x: a view, not a copy
     knn = _duplicate_edges(graph, x_new, new_labels)
     with tempfile.TemporaryDirectory(prefix=".graph-", dir=workdir) as scratch:
         path = Path(scratch) / "index.bin"

@@ -86,11 +86,11 @@ def run_local_pass(
     batch_sql = BATCH_SQL.format(users=pass_users(only_changed))
     stats.day_pins, stats.batches = len(ids), len(batches)
     stats.largest_batch_rows = max((b[2] for b in batches), default=0)
-    with matrix:
+    # one connection for every batch: opening the warehouse costs a read of its catalog each time
+    with matrix, connect() as conn:
         pending: Callable[[], pa.Table] | None = None
         for number, (first, last, _) in enumerate(batches):
-            with connect() as conn:
-                rows = conn.execute(batch_sql, [day, first, last]).fetchnumpy()
+            rows = conn.execute(batch_sql, [day, first, last]).fetchnumpy()
             user_ids, pin_ids, ts_us = (np.asarray(rows[c], dtype=np.int64) for c in ("user_id", "pin_id", "ts_us"))
             pin_rows = np.minimum(np.searchsorted(ids, pin_ids), max(len(ids) - 1, 0))
             known = ids[pin_rows] == pin_ids if len(ids) else np.zeros(len(pin_ids), bool)
