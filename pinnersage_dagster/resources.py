@@ -91,6 +91,10 @@ class DataSource(dg.ConfigurableResource):
     def pin_truth(self) -> pd.DataFrame | None:
         return None
 
+    def release_memory(self) -> None:
+        """Forget what the source keeps between calls (the pins asset calls it once the catalog
+        is validated: later steps of an in-process run must not carry it)."""
+
     def interest_truth(self) -> pd.DataFrame | None:
         return None
 
@@ -154,6 +158,9 @@ class SyntheticSource(DataSource):
 
     def pin_truth(self) -> pd.DataFrame:
         return generate_pins(self.world).truth()
+
+    def release_memory(self) -> None:
+        generate_pins.cache_clear()  # the world's catalog: 1 GiB at 1M pins
 
     def interest_truth(self) -> pd.DataFrame:
         return generate_population(self.world).truth(self.world.epoch)

@@ -70,6 +70,7 @@ def pins(
     validated, embeddings = validate_pins(raw, expected_dim=source.expected_dim)
     rows_read, files = len(raw), raw.files
     del raw  # the raw embeddings are as big as the validated ones
+    source.release_memory()
     if learned_day is not None:  # a pin of the pins file the log gave too little evidence to embed
         validated.quarantine["reason"] = validated.quarantine["reason"].replace("null_embedding", "not_embedded")
     with duckdb.get_connection() as conn:

@@ -149,6 +149,9 @@ def validate_actions(
     return Validated(accepted, quarantine)
 
 
+VALIDATE_ROWS = 65_536
+
+
 def validate_pins(raw: RawPins, *, expected_dim: int | None) -> tuple[Validated, np.ndarray]:
     """Validate pin rows; returns (accepted ``pin_id, quality, created_at``, unit embeddings).
 
@@ -199,9 +202,13 @@ def validate_pins(raw: RawPins, *, expected_dim: int | None) -> tuple[Validated,
         else:
             matrix[shaped] = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
         del values
-    finite = np.isfinite(matrix).all(axis=1)
-    matrix[~finite] = 0.0
-    norm = np.linalg.norm(matrix, axis=1)
+    # by slices: a whole-matrix temporary (isfinite's mask, norm's squares) is another GiB at 1M pins
+    finite, norm = np.empty(n, dtype=bool), np.empty(n, dtype=matrix.dtype)
+    for start in range(0, n, VALIDATE_ROWS):
+        part = matrix[start : start + VALIDATE_ROWS]
+        finite[start : start + len(part)] = np.isfinite(part).all(axis=1)
+        part[~finite[start : start + len(part)]] = 0.0
+        norm[start : start + len(part)] = np.linalg.norm(part, axis=1)  # row by row: the same values
     _assign_reason(reason, ~finite, "non_finite_embedding")
     _assign_reason(reason, norm <= 1e-12, "zero_norm_embedding")
 
