@@ -333,8 +333,8 @@ def write_pins(conn: duckdb.DuckDBPyConnection, accepted: pd.DataFrame, embeddin
     created = pd.to_datetime(accepted["created_at"]).astype("datetime64[us]").to_numpy()
     ddl = PINS.ddl.replace("FLOAT[]", f"FLOAT[{dim}]")
     conn.execute(f"CREATE OR REPLACE TABLE pins ({ddl})")
-    step = len(ids) if order is None else PIN_WRITE_ROWS
-    for start in range(0, max(len(ids), 1), step):
+    step = max(len(ids), 1) if order is None else PIN_WRITE_ROWS
+    for start in range(0, len(ids), step):  # an empty catalog is the empty table
         rows = slice(start, start + step) if order is None else order[start : start + step]
         table = pa.table(
             {

@@ -62,3 +62,15 @@ def test_the_catalog_is_stored_in_pin_id_order_in_slices(tmp_path, monkeypatch, 
     assert stored["pin_id"].tolist() == ids[order].tolist()
     np.testing.assert_array_equal(np.vstack(stored["embedding"]), x[order])
     np.testing.assert_array_equal(stored["quality"], accepted["quality"].to_numpy()[order])
+
+
+def test_an_empty_catalog_is_written_as_an_empty_table(tmp_path):
+    import numpy as np
+
+    from pinnersage_dagster.warehouse import write_pins
+
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    ensure_tables(conn)
+    empty = pd.DataFrame({"pin_id": np.empty(0, np.int64), "quality": np.empty(0), "created_at": pd.to_datetime([])})
+    write_pins(conn, empty, np.empty((0, 8), np.float32))
+    assert conn.execute("SELECT count(*) FROM pins").fetchall()[0][0] == 0
