@@ -195,12 +195,10 @@ def validate_pins(raw: RawPins, *, expected_dim: int | None) -> tuple[Validated,
     matrix = np.zeros((n, dim), dtype=np.float32)
     shaped = lengths == dim
     if shaped.any() and dim > 0:
-        # every row shaped (the usual case): flatten in place, no filtered copy of the column
+        # every row shaped (the usual case): no filtered copy of the column
+        rows = slice(None) if shaped.all() else shaped
         values = pc.list_flatten(embedding if shaped.all() else embedding.filter(pa.array(shaped))).cast(pa.float32())
-        if shaped.all():
-            matrix[:] = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
-        else:
-            matrix[shaped] = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        matrix[rows] = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
         del values
     # by slices: a whole-matrix temporary (isfinite's mask, norm's squares) is another GiB at 1M pins
     finite, norm = np.empty(n, dtype=bool), np.empty(n, dtype=matrix.dtype)

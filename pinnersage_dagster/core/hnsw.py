@@ -218,10 +218,12 @@ def open_index_files(
 
 
 def verified_index_ids(
-    files: IndexFiles, manifest: IndexManifest, checksums: bool = True
+    files: IndexFiles, manifest: IndexManifest, checksums: bool = True, graph: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """The label -> pin id map and live mask of an index, checked against its manifest: the
-    labels the graph file does not hold deleted, less ``deleted.npy``, are exactly the live ones."""
+    labels the graph file does not hold deleted, less ``deleted.npy``, are exactly the live ones
+    (``graph=False`` skips reading the graph file for that: a serving snapshot linking a
+    ``pin_index`` build that was checked so when it was published)."""
     named = [(files.index, INDEX_FILE), (files.pin_ids, IDS_FILE), (files.live, LIVE_FILE)]
     if DELETED_FILE in manifest.files:
         named.append((files.deleted, DELETED_FILE))
@@ -235,16 +237,18 @@ def verified_index_ids(
         raise ArtifactIntegrityError(f"{files.pin_ids} does not hold the {manifest.elements} labels of its manifest")
     if pin_ids_checksum(pin_ids[live]) != manifest.pin_ids_sha256:
         raise ArtifactIntegrityError(f"{files.pin_ids} does not hold the {manifest.count} live pins of its manifest")
+    if not graph:
+        return pin_ids, live
     try:
-        graph = SavedGraph(files.index, manifest.dimension)
+        saved = SavedGraph(files.index, manifest.dimension)
         if (
-            graph.elements != manifest.elements
-            or graph.labels.min(initial=0) < 0
-            or graph.labels.max(initial=0) >= max(manifest.elements, 1)
+            saved.elements != manifest.elements
+            or saved.labels.min(initial=0) < 0
+            or saved.labels.max(initial=0) >= max(manifest.elements, 1)
         ):
-            raise ValueError(f"it holds {graph.elements} elements, its manifest {manifest.elements} labels")
+            raise ValueError(f"it holds {saved.elements} elements, its manifest {manifest.elements} labels")
         served = np.ones(manifest.elements, dtype=bool)
-        served[graph.labels[graph.deleted]] = False
+        served[saved.labels[saved.deleted]] = False
     except (ValueError, OSError) as exc:
         raise ArtifactIntegrityError(f"{files.index} is not the graph of its manifest: {exc}") from exc
     deleted = _deleted_at_load(files, manifest)

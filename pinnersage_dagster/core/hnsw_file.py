@@ -35,11 +35,11 @@ HEADER = np.dtype(
     ]
 )
 DELETED_BIT = 1 << 16
-CHUNK = 65_536  # elements per slice of the memory map: bounds the copies of link lists and vectors
+CHUNK = 65_536  # elements read at a time: bounds the copies of their records
 
 
 class SavedGraph:
-    """A memory-mapped hnswlib index file. Rows are hnswlib's internal ids, not labels."""
+    """An hnswlib index file, read a slice at a time. Rows are hnswlib's internal ids, not labels."""
 
     def __init__(self, path: Path, dim: int) -> None:
         self.path = Path(path)
@@ -82,11 +82,6 @@ class SavedGraph:
         links = raw.reshape(stop - start, self.max_m0).astype(np.int64)
         links[np.arange(self.max_m0)[None, :] >= self.counts[start:stop, None]] = -1
         return links
-
-    def vectors(self, start: int, stop: int) -> np.ndarray:
-        """The stored vectors of rows start..stop (float32)."""
-        offset = int(self.header["offset_data"])
-        return self._records(start, stop)[:, offset : offset + 4 * self.dim].copy().view("<f4")
 
     def reachable(self) -> np.ndarray:
         """Per internal id: can a search get there? Breadth-first over the level-0 links from the

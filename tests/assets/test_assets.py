@@ -278,3 +278,15 @@ def test_offline_evaluation_asset_writes_its_report(graph_copy, tmp_path):
     )
     assert json.loads((report / "report.json").read_text())["settings"]["search"] == "exact"
     assert "exact search over the whole catalog" in (report / "report.md").read_text()
+
+
+def test_the_catalog_load_leaves_no_cached_catalog_behind(graph_copy):
+    """In an in-process run (the daily job's default) every later step would carry the synthetic
+    world's catalog if the pins step left it cached: 1 GiB at 1M pins."""
+    from pinnersage_dagster.core.synthetic import generate_pins
+
+    source = graph_copy.resources["source"]
+    source.read_pins()
+    assert generate_pins.cache_info().currsize >= 1
+    assert dg.materialize(all_assets, selection=["pins"], resources=graph_copy.resources).success
+    assert generate_pins.cache_info().currsize == 0
