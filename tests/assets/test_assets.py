@@ -290,3 +290,16 @@ def test_the_catalog_load_leaves_no_cached_catalog_behind(graph_copy):
     assert generate_pins.cache_info().currsize >= 1
     assert dg.materialize(all_assets, selection=["pins"], resources=graph_copy.resources).success
     assert generate_pins.cache_info().currsize == 0
+
+
+def test_graph_files_a_killed_pool_run_left_behind_are_cleared_by_the_next_run(graph_copy):
+    """A candidate_pool killed between saving its graph and publishing it leaves a saved graph and
+    a scratch folder beside the published builds; the next run removes them and publishes normally."""
+    directory = Path(graph_copy.resources["index_store"].root) / "pool_graph"
+    stray_file, stray_dir = directory / "index-123-456.bin", directory / ".graph-abc"
+    stray_file.write_bytes(b"\0" * 64)
+    stray_dir.mkdir()
+    (stray_dir / "index.bin").write_bytes(b"\0" * 64)
+    assert dg.materialize(all_assets, selection=["candidate_pool"], resources=graph_copy.resources).success
+    assert not stray_file.exists() and not stray_dir.exists()
+    assert sorted(p.name for p in directory.iterdir()) == ["builds", "manifest.json"]
