@@ -524,8 +524,8 @@ def report(args: argparse.Namespace, timings: list[dict], uploads: dict) -> None
         ],
         "",
         "Cold candidate_pool, by part: hnswlib insertion {graph_insert_seconds} s (the work of the plain build), "
-        "duplicate search {duplicate_self_join_seconds} s (each pool pin's kNN at the dedup ef, the graph's own "
-        "neighbour lists, and an exact pass against the pins no search reaches), "
+        "duplicate search {duplicate_self_join_seconds} s (random-hyperplane hashing with every bucket's pairs "
+        "compared exactly, and the graph's own neighbour lists), "
         "everything else {rest_seconds} s (process start, reading the catalog, fingerprints, publishing the "
         "graph, writing the pool tables).".format(**summary["cold_candidate_pool_breakdown"]),
         "",

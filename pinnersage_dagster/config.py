@@ -55,18 +55,20 @@ class PinnerSageParams(dg.ConfigurableResource):
     duplicate_cosine: float = Field(
         default=0.95, gt=0, le=1, description="Pins at cosine >= this are near-duplicates; one representative is kept."
     )
-    dedup_neighbours: int = Field(
-        default=4,
+    dedup_hash_tables: int = Field(
+        default=16,
         ge=1,
-        description="Neighbours per pin in the approximate duplicate kNN (its neighbour lists and the "
-        "unreachable pins are searched too; components join longer chains).",
+        le=64,
+        description="Hash tables of the near-duplicate search (random hyperplanes; the new pins' graph "
+        "neighbour lists are searched too). A pair at duplicate_cosine 0.95 shares a bucket with "
+        "probability 0.973 at the defaults, at 0.975 with 0.998 (docs/model.md).",
     )
-    dedup_ef: int = Field(
-        default=32,
-        ge=8,
-        description="HNSW ef of the duplicate kNN. With the neighbour lists and the exact search of "
-        "unreachable pins, 32 finds 99.8% (realistic) and 99.9% (clean) of planted duplicates at 200k "
-        "pins; raising it mostly costs time (docs/performance.md).",
+    dedup_hash_bits: int = Field(
+        default=15,
+        ge=4,
+        le=30,
+        description="Hyperplanes per table: each bit halves the pairs compared and lowers the collision "
+        "probability; add one per doubling of the catalog beyond about a million pins (docs/model.md).",
     )
     embedding_dim: int = Field(
         default=64,

@@ -16,6 +16,7 @@ from ..core.artifacts import ArtifactIntegrityError, read_manifest
 from ..core.candidates import refine_candidate_pool
 from ..core.contract import validate_pins
 from ..core.metrics import pool_refinement_scores
+from ..core.near_duplicates import collision_probability
 from ..core.plausibility import catalog_change
 from ..core.pool_graph import PoolGraph, load_pool_graph, publish_pool_graph
 from ..readers import learned_raw_pins
@@ -185,8 +186,8 @@ def candidate_pool(
         *columns,
         quality_threshold=params.quality_threshold,
         duplicate_cosine=params.duplicate_cosine,
-        neighbours=params.dedup_neighbours,
-        ef=params.dedup_ef,
+        hash_tables=params.dedup_hash_tables,
+        hash_bits=params.dedup_hash_bits,
         M=params.hnsw_m,
         ef_construction=params.hnsw_ef_construction,
         previous=previous,
@@ -247,6 +248,9 @@ def candidate_pool(
         "graph_insert_seconds": round(update.insert_seconds, 2),
         "duplicate_self_join_seconds": round(update.self_join_seconds, 2),
         "graph_unreachable_pins": update.unreachable,
+        "duplicate_hash_probability_at_threshold": round(
+            collision_probability(params.duplicate_cosine, params.dedup_hash_bits, params.dedup_hash_tables), 4
+        ),
         "graph_build_id": graph_manifest["build_id"],
         "graph_bytes_written_mib": round(graph_written / 2**20, 1),
         "dagster/column_schema": table_schema(TABLES["candidate_pool"]),

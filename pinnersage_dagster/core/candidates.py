@@ -43,8 +43,8 @@ def refine_candidate_pool(
     *,
     quality_threshold: float,
     duplicate_cosine: float,
-    neighbours: int = 16,
-    ef: int = 128,
+    hash_tables: int = 16,
+    hash_bits: int = 15,
     M: int = 32,
     ef_construction: int = 200,
     previous: PoolGraph | None = None,
@@ -72,7 +72,7 @@ def refine_candidate_pool(
     )
     x = embeddings[good] if embeddings.shape[0] == n else embeddings
     ids, q, created = pin_ids[good], quality[good], created_at[good]
-    params = GraphParams(int(embeddings.shape[1]), M, ef_construction, float(duplicate_cosine), neighbours, ef)
+    params = GraphParams(int(embeddings.shape[1]), M, ef_construction, float(duplicate_cosine), hash_tables, hash_bits)
     graph, update = update_pool_graph(previous, ids, x, params, workdir=workdir, num_threads=num_threads)
     component = duplicate_components(graph, graph.labels_of(ids))
 

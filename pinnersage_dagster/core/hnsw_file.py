@@ -88,7 +88,8 @@ class SavedGraph:
         entry point. A search descends the upper levels to one level-0 element and walks the
         level-0 links from there, so an element no level-0 path leads to is never returned. (An
         element only an upper level leads to counts as unreachable here: conservative.) Memory:
-        the links as int32, 4 bytes per link (256 MiB at 1M elements of M=32)."""
+        the links as int32, 4 bytes per link (256 MiB at 1M elements of M=32), and a bounded
+        slice of the frontier's links at a time."""
         reached = np.zeros(self.elements, dtype=bool)
         if self.elements == 0:
             return reached
@@ -99,8 +100,12 @@ class SavedGraph:
         frontier = np.array([self.entry_point])
         reached[frontier] = True
         while len(frontier):
-            found = links[frontier].ravel()
-            found = np.unique(found[found >= 0])
-            frontier = found[~reached[found]]
-            reached[frontier] = True
+            step = []
+            for start in range(0, len(frontier), CHUNK):
+                found = links[frontier[start : start + CHUNK]].ravel()
+                found = found[found >= 0]
+                found = found[~reached[found]]
+                reached[found] = True  # marked at once: a later slice never lists it again
+                step.append(np.unique(found))
+            frontier = np.concatenate(step)
         return reached

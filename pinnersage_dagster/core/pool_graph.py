@@ -9,17 +9,15 @@ near-duplicate groups are recomputed from all edges every run, exactly as a rebu
 group them. A rebuild happens when there is no usable graph, the parameters changed, or
 tombstones would exceed ``MAX_TOMBSTONE_SHARE`` of the graph.
 
-Duplicate pairs come from three searches, because one approximate search misses pairs in
-worlds with hubs (noisy embeddings): some pins are linked to by no other pin, so no search can
-return them, and a pin and its copy that are both unreachable are never paired (0.3-2% of the
-planted duplicates of the realistic synthetic world, whatever the search's ef). So:
+Duplicate pairs come from two searches of the pins that entered the graph:
 
-- each queried pin's approximate ``neighbours`` nearest at ``ef`` (batched kNN);
-- the queried pins' own level-0 neighbour lists in the saved graph (the insertion's search,
-  at ``ef_construction``, for free);
-- exactly, every queried pin against every pin no search can reach (``core.hnsw_file``): a
-  breadth-first pass over the graph's links names them (2% of the realistic world's graph at
-  100k pins, 12% at 1M).
+- random-hyperplane hashing (``core.near_duplicates``): every pair that shares a bucket of one
+  of ``hash_tables`` tables is compared exactly. Its recall at a given cosine is a known
+  probability whatever the data looks like, which a graph search cannot promise: in worlds with
+  hubs (noisy embeddings) some pins are linked to by no other pin, so no search of the graph
+  returns them (2% of the realistic world's graph at 100k pins, 12% at 1M);
+- the new pins' own level-0 neighbour lists in the saved graph (the insertion's search, at
+  ``ef_construction``, for free), which pairs what the hashing separated by chance.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import hnswlib
@@ -40,9 +38,9 @@ from scipy.sparse.csgraph import connected_components
 from .artifacts import ArtifactIntegrityError, check_file, publish, read_manifest
 from .hnsw import threads
 from .hnsw_file import SavedGraph
+from .near_duplicates import hashed_pairs
 
 MAX_TOMBSTONE_SHARE = 0.10
-EXACT_BLOCK = 1 << 25  # cosines computed at once by the exact pass over unreachable pins
 SPACE = "ip"  # inner product on unit vectors; hnswlib distance is 1 - cosine
 FILES = ("index.bin", "pin_ids.npy", "fingerprints.npy", "live.npy", "edges.npy")
 
@@ -55,8 +53,14 @@ class GraphParams:
     M: int
     ef_construction: int
     duplicate_cosine: float
-    neighbours: int
-    ef: int
+    hash_tables: int
+    hash_bits: int
+
+    @classmethod
+    def from_manifest(cls, raw: dict) -> GraphParams:
+        """The parameters a published graph records; one published by another version of the
+        search lacks some and gets 0 for them, so it differs from any usable parameters (a rebuild)."""
+        return cls(**{field.name: raw.get(field.name, 0) for field in fields(cls)})
 
 
 @dataclass
@@ -107,8 +111,8 @@ class GraphUpdate:
     live: int
     edges: int
     insert_seconds: float = 0.0  # hnswlib add_items
-    self_join_seconds: float = 0.0  # the duplicate search: kNN, neighbour lists, unreachable pins
-    unreachable: int = 0  # live pins no search of the graph can return
+    self_join_seconds: float = 0.0  # the duplicate search: hashing and the neighbour lists
+    unreachable: int = 0  # live pins no search of the graph can return (the service never serves them)
 
 
 def fingerprints(x: np.ndarray) -> np.ndarray:
@@ -186,7 +190,7 @@ def update_pool_graph(
     inserted = time.perf_counter()
     unreachable = 0
     if len(new):
-        found, unreachable = _search_duplicates(graph, x, row_of_label, new_labels, workdir)
+        found, unreachable = _search_duplicates(graph, x, row_of_label, new_labels, seed, workdir)
         graph.edges = _unique_edges(np.vstack([graph.edges, found]))
     update = GraphUpdate(
         mode,
@@ -232,53 +236,35 @@ def _build(pin_ids: np.ndarray, fp: np.ndarray, params: GraphParams, num_threads
 
 
 def _search_duplicates(
-    graph: PoolGraph, x: np.ndarray, row_of_label: np.ndarray, new_labels: np.ndarray, workdir: Path | None
+    graph: PoolGraph, x: np.ndarray, row_of_label: np.ndarray, new_labels: np.ndarray, seed: int, workdir: Path | None
 ) -> tuple[np.ndarray, int]:
     """Duplicate edges of the pins that just entered the graph (see the module docstring), and
     how many live pins no search can reach. Live label ``l`` is the pin of row ``row_of_label[l]`` of ``x``."""
-    rows = row_of_label[new_labels]
-    contiguous = bool(len(rows)) and rows[-1] - rows[0] + 1 == len(rows) and bool(np.all(np.diff(rows) == 1))
-    x_new = x[rows[0] : rows[-1] + 1] if contiguous else x[rows]  # a rebuild's is all of x: a view, not a copy
-    knn = _duplicate_edges(graph, x_new, new_labels)
+    live = np.flatnonzero(graph.live)
+    hashed = hashed_pairs(
+        x,
+        row_of_label[live],
+        live,
+        live >= new_labels[0],  # new labels follow every old one
+        graph.params.duplicate_cosine,
+        tables=graph.params.hash_tables,
+        bits=graph.params.hash_bits,
+        seed=seed,
+    )
     with tempfile.TemporaryDirectory(prefix=".graph-", dir=workdir) as scratch:
         path = Path(scratch) / "index.bin"
         graph.index.save_index(str(path))
         saved = SavedGraph(path, graph.params.dimension)
         internal = np.empty(saved.elements, dtype=np.int64)
         internal[saved.labels] = np.arange(saved.elements)
-        hidden = np.sort(saved.labels[~saved.reachable() & graph.live[saved.labels]])
+        unreachable = int((~saved.reachable() & graph.live[saved.labels]).sum())
         listed = _listed_edges(graph, saved, np.sort(internal[new_labels]), x, row_of_label)
         del saved
         if workdir is not None:  # keep the file: it is exactly the graph to publish
             kept = Path(workdir) / f"index-{os.getpid()}-{time.monotonic_ns()}.bin"
             os.replace(path, kept)
             graph.saved = kept
-    hidden_x = x[row_of_label[hidden]]
-    fresh = hidden >= new_labels[0]  # new labels follow every old one
-    # the new pins meet the old hidden ones exactly, and the new hidden pins each other; a new
-    # hidden pin's pair that a search can reach is found by a deeper kNN query of it
-    exact = np.vstack(
-        [
-            _exact_edges(graph, x_new, new_labels, hidden[~fresh], hidden_x[~fresh]),
-            _exact_edges(graph, hidden_x[fresh], hidden[fresh], hidden[fresh], hidden_x[fresh]),
-            _duplicate_edges(graph, hidden_x[fresh], hidden[fresh], ef=graph.params.ef_construction),
-        ]
-    )
-    return np.vstack([knn, listed, exact]), len(hidden)
-
-
-def _duplicate_edges(graph: PoolGraph, x: np.ndarray, labels: np.ndarray, ef: int | None = None) -> np.ndarray:
-    """Pairs (query label, neighbour label) at cosine >= duplicate_cosine among approximate kNN."""
-    live = int(graph.live.sum())
-    if len(labels) == 0 or live < 2:
-        return np.empty((0, 2), np.int64)
-    k = min(graph.params.neighbours + 1, live)
-    graph.index.set_ef(max(ef or graph.params.ef, k))
-    found, distances = graph.index.knn_query(x, k=k)
-    rows = np.repeat(labels, k)
-    cols = found.ravel().astype(np.int64)
-    edge = (1.0 - distances.ravel() >= graph.params.duplicate_cosine) & (rows != cols)
-    return np.column_stack([rows[edge], cols[edge]])
+    return np.vstack([hashed, listed]), unreachable
 
 
 def _listed_edges(
@@ -298,22 +284,6 @@ def _listed_edges(
         cosine = np.einsum("ij,ij->i", x[row_of_label[a]][row], x[row_of_label[b]])
         close = cosine >= graph.params.duplicate_cosine
         found.append(np.column_stack([a[row[close]], b[close]]))
-    return np.vstack(found)
-
-
-def _exact_edges(
-    graph: PoolGraph, x: np.ndarray, labels: np.ndarray, hidden: np.ndarray, hidden_x: np.ndarray
-) -> np.ndarray:
-    """Exact pairs between the queried pins and the pins no search can reach, one bounded block
-    of cosines at a time (about 32M: 128 MiB whatever the number of hidden pins)."""
-    if len(hidden) == 0 or len(labels) == 0:
-        return np.empty((0, 2), np.int64)
-    found = []
-    chunk = max(1, EXACT_BLOCK // len(hidden))
-    for start in range(0, len(labels), chunk):
-        row, col = np.nonzero(x[start : start + chunk] @ hidden_x.T >= graph.params.duplicate_cosine)
-        a, b = labels[start + row], hidden[col]
-        found.append(np.column_stack([a[a != b], b[a != b]]))
     return np.vstack(found)
 
 
@@ -365,11 +335,11 @@ def published_labels(directory: Path) -> PublishedLabels:
     manifest = read_manifest(directory)
     try:
         build = directory / "builds" / manifest["build_id"]
-        files, params = manifest["files"], GraphParams(**manifest["params"])
+        files, params = manifest["files"], GraphParams.from_manifest(manifest["params"])
         for name in ("pin_ids.npy", "live.npy"):
             check_file(build / name, files.get(name))
         pin_ids, live = np.load(build / "pin_ids.npy"), np.load(build / "live.npy")
-    except (KeyError, TypeError, ValueError, OSError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError, OSError) as exc:
         raise ArtifactIntegrityError(f"unreadable pool graph in {directory}: {exc}") from exc
     if not (len(pin_ids) == len(live) == manifest["elements"]) or int(live.sum()) != manifest["live"]:
         raise ArtifactIntegrityError(f"pool graph in {build} does not match its manifest")

@@ -94,8 +94,6 @@ def refine(pins, keep, previous=None, workdir=None):
         pins.created_at[keep],
         quality_threshold=0.25,
         duplicate_cosine=0.95,
-        neighbours=4,
-        ef=32,
         M=32,
         ef_construction=200,
         previous=previous,
@@ -126,7 +124,7 @@ def test_the_realistic_world_loses_no_planted_duplicate_cold_or_day_by_day():
 def test_the_update_saves_the_graph_once_and_publish_moves_that_file(tmp_path):
     rng = np.random.default_rng(2)
     x = unit(rng.standard_normal((500, DIM)))
-    params = GraphParams(DIM, 8, 40, 0.95, 4, 32)
+    params = GraphParams(DIM, 8, 40, 0.95, 16, 15)
     graph, _ = update_pool_graph(None, np.arange(500), x, params, workdir=tmp_path)
     assert graph.saved is not None and graph.saved.parent == tmp_path
     saved_inode = graph.saved.stat().st_ino

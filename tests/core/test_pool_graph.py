@@ -24,7 +24,7 @@ from pinnersage_dagster.core.pool_graph import (
 )
 
 DIM = 32
-PARAMS = GraphParams(dimension=DIM, M=16, ef_construction=100, duplicate_cosine=0.95, neighbours=16, ef=64)
+PARAMS = GraphParams(dimension=DIM, M=16, ef_construction=100, duplicate_cosine=0.95, hash_tables=16, hash_bits=15)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -55,8 +55,6 @@ def refine(ids, x, quality, created, previous=None):
         created,
         quality_threshold=0.25,
         duplicate_cosine=0.95,
-        neighbours=16,
-        ef=64,
         M=16,
         ef_construction=100,
         previous=previous,
@@ -146,6 +144,24 @@ def test_pool_graph_publish_load_and_refusal(tmp_path):
         handle.write(b"x")
     with pytest.raises(ArtifactIntegrityError, match="checksum"):
         load_pool_graph(tmp_path)
+
+
+def test_a_graph_of_the_previous_duplicate_search_is_rebuilt_for_its_parameters(tmp_path):
+    """A graph published by the kNN duplicate search (neighbours, ef) loads, and the next run
+    rebuilds it for changed parameters rather than calling it damaged or reusing its edges."""
+    import json
+
+    ids, x, *_ = catalog(300)
+    graph, _ = update_pool_graph(None, ids, x, PARAMS)
+    publish_pool_graph(tmp_path, graph)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    old = {k: v for k, v in manifest["params"].items() if not k.startswith("hash_")}
+    manifest["params"] = {**old, "neighbours": 4, "ef": 32}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_pool_graph(tmp_path)
+    assert loaded.params.hash_tables == loaded.params.hash_bits == 0
+    _, update = update_pool_graph(loaded, ids, x, PARAMS)
+    assert update.mode == "rebuild" and "parameters changed" in update.reason
 
 
 def test_a_day_index_is_the_pool_graph_linked_with_its_deletions(tmp_path):
