@@ -88,8 +88,10 @@ def pins(
         ),
         params.accept_implausible_inputs,
     )
+    dimension = int(embeddings.shape[1])
     with duckdb.get_connection() as conn, transaction(conn):
         write_pins(conn, validated.accepted, embeddings)
+        del embeddings  # in the table now: the version's pass over it must not meet a second copy
         replace_table(conn, "pins_quarantine", validated.quarantine, atomic=False)
         if pin_truth is not None:
             replace_table(conn, "synthetic_pin_truth", pin_truth, atomic=False)
@@ -102,7 +104,7 @@ def pins(
             "pins",
             None,
             version,
-            {"ids": ids_version, "dimension": int(embeddings.shape[1]), "source": files[:500]},
+            {"ids": ids_version, "dimension": dimension, "source": files[:500]},
             rows,
         )
     context.log.info(f"{len(validated.accepted)} pins accepted, {len(validated.quarantine)} quarantined")
@@ -120,7 +122,7 @@ def pins(
             "dagster/row_count": len(validated.accepted),
             "rows_quarantined": len(validated.quarantine),
             "quarantine_reasons": validated.reasons,
-            "dimension": int(embeddings.shape[1]),
+            "dimension": dimension,
             "ground_truth": "synthetic_pin_truth, synthetic_interest_truth" if pin_truth is not None else "none",
             "dagster/column_schema": table_schema(PINS),
         },
