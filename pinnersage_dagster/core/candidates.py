@@ -56,7 +56,8 @@ def refine_candidate_pool(
     the asset reads, so the low-quality pins' embeddings never take memory).
 
     ``previous`` is the graph of the last run (consumed); without it the graph is built anew.
-    ``workdir`` (on the publishing filesystem) keeps the graph's saved file for its publish.
+    ``workdir`` (on the publishing filesystem) keeps the graph's saved file for its publish, and
+    the returned graph holds no index in memory: it is for ``publish_pool_graph``, not queries.
     """
     n = len(pin_ids)
     good = quality >= quality_threshold
@@ -73,7 +74,9 @@ def refine_candidate_pool(
     x = embeddings[good] if embeddings.shape[0] == n else embeddings
     ids, q, created = pin_ids[good], quality[good], created_at[good]
     params = GraphParams(int(embeddings.shape[1]), M, ef_construction, float(duplicate_cosine), hash_tables, hash_bits)
-    graph, update = update_pool_graph(previous, ids, x, params, workdir=workdir, num_threads=num_threads)
+    graph, update = update_pool_graph(
+        previous, ids, x, params, workdir=workdir, release_index=workdir is not None, num_threads=num_threads
+    )
     component = duplicate_components(graph, graph.labels_of(ids))
 
     # representative of each component: earliest created, then best quality, then lowest id

@@ -68,7 +68,7 @@ class PoolGraph:
     """``pin_ids``, ``fingerprints`` and ``live`` are per label; ``edges`` are label pairs (a < b)
     of live pins at cosine >= ``duplicate_cosine``."""
 
-    index: hnswlib.Index
+    index: hnswlib.Index | None  # None once released: the update's saved file holds it
     pin_ids: np.ndarray
     fingerprints: np.ndarray
     live: np.ndarray
@@ -129,14 +129,17 @@ def update_pool_graph(
     params: GraphParams,
     *,
     workdir: Path | None = None,
+    release_index: bool = False,
     num_threads: int = -1,
     seed: int = 100,
 ) -> tuple[PoolGraph, GraphUpdate]:
     """The graph over exactly ``pin_ids`` (unit rows ``x``), reusing ``previous`` when it can.
 
-    ``previous`` is consumed: its index is updated in place. When pins enter the graph, the
-    index is saved to ``workdir`` (a temporary folder without one) to read its links; the
-    returned graph's ``saved`` names that file, for ``publish_pool_graph`` to move.
+    ``previous`` is consumed: its index is updated in place, or dropped before a rebuild. When
+    pins enter the graph, the index is saved to ``workdir`` (a temporary folder without one) to
+    read its links; the returned graph's ``saved`` names that file, for ``publish_pool_graph``
+    to move. ``release_index`` then drops the in-memory index as soon as it is saved (a caller
+    that only publishes the graph: the duplicate search runs beside the embeddings alone).
     """
     pin_ids = np.asarray(pin_ids, dtype=np.int64)
     if len(np.unique(pin_ids)) != len(pin_ids):
@@ -155,13 +158,16 @@ def update_pool_graph(
             reason = f"{tombstones} tombstones would exceed {MAX_TOMBSTONE_SHARE:.0%} of the graph"
     started = time.perf_counter()
     if reason is not None:
+        if previous is not None:
+            previous.index = None  # the old graph is not needed to build the new one
         graph = _build(pin_ids, fp, params, num_threads, seed)
+        assert graph.index is not None
         mode, retired, new = "rebuild", 0, np.arange(len(pin_ids))
         new_labels = row_of_label = np.arange(len(pin_ids), dtype=np.int64)
         if len(pin_ids):
             graph.index.add_items(x, new_labels)
     else:
-        assert previous is not None  # reason is None only when there is a previous graph to update
+        assert previous is not None and previous.index is not None  # a previous graph to update
         mode, reason, retired = "incremental", "catalog changed by inserts/retirements only", len(retire)
         for label_ in retire.tolist():
             previous.index.mark_deleted(label_)
@@ -187,10 +193,13 @@ def update_pool_graph(
             edges=kept,
             params=params,
         )
+        previous.index = None  # the new graph's now
     inserted = time.perf_counter()
     unreachable = 0
     if len(new):
-        found, unreachable = _search_duplicates(graph, x, row_of_label, new_labels, seed, workdir)
+        found, unreachable = _search_duplicates(
+            graph, x, row_of_label, new_labels, seed, workdir, release_index and workdir is not None
+        )
         graph.edges = _unique_edges(np.vstack([graph.edges, found]))
     update = GraphUpdate(
         mode,
@@ -222,6 +231,8 @@ def duplicate_components(graph: PoolGraph, labels: np.ndarray) -> np.ndarray:
 def _rebuild_reason(previous: PoolGraph | None, params: GraphParams) -> str | None:
     if previous is None:
         return "no previous graph"
+    if previous.index is None:
+        return "the previous graph's index was released"
     if previous.params != params:
         return f"parameters changed: {asdict(previous.params)} -> {asdict(params)}"
     return None
@@ -236,24 +247,33 @@ def _build(pin_ids: np.ndarray, fp: np.ndarray, params: GraphParams, num_threads
 
 
 def _search_duplicates(
-    graph: PoolGraph, x: np.ndarray, row_of_label: np.ndarray, new_labels: np.ndarray, seed: int, workdir: Path | None
+    graph: PoolGraph,
+    x: np.ndarray,
+    row_of_label: np.ndarray,
+    new_labels: np.ndarray,
+    seed: int,
+    workdir: Path | None,
+    release: bool,
 ) -> tuple[np.ndarray, int]:
     """Duplicate edges of the pins that just entered the graph (see the module docstring), and
     how many live pins no search can reach. Live label ``l`` is the pin of row ``row_of_label[l]`` of ``x``."""
-    live = np.flatnonzero(graph.live)
-    hashed = hashed_pairs(
-        x,
-        row_of_label[live],
-        live,
-        live >= new_labels[0],  # new labels follow every old one
-        graph.params.duplicate_cosine,
-        tables=graph.params.hash_tables,
-        bits=graph.params.hash_bits,
-        seed=seed,
-    )
+    assert graph.index is not None
     with tempfile.TemporaryDirectory(prefix=".graph-", dir=workdir) as scratch:
         path = Path(scratch) / "index.bin"
         graph.index.save_index(str(path))
+        if release:
+            graph.index = None
+        live = np.flatnonzero(graph.live)
+        hashed = hashed_pairs(
+            x,
+            row_of_label[live],
+            live,
+            live >= new_labels[0],  # new labels follow every old one
+            graph.params.duplicate_cosine,
+            tables=graph.params.hash_tables,
+            bits=graph.params.hash_bits,
+            seed=seed,
+        )
         saved = SavedGraph(path, graph.params.dimension)
         internal = np.empty(saved.elements, dtype=np.int64)
         internal[saved.labels] = np.arange(saved.elements)
@@ -300,8 +320,10 @@ def publish_pool_graph(directory: Path, graph: PoolGraph) -> dict:
         if graph.saved is not None and graph.saved.exists():
             shutil.move(graph.saved, build / "index.bin")  # saved by the update, exactly this graph
             graph.saved = None
-        else:
+        elif graph.index is not None:
             graph.index.save_index(str(build / "index.bin"))
+        else:
+            raise ValueError("the graph's index was released and its saved file is gone: nothing to publish")
         np.save(build / "pin_ids.npy", graph.pin_ids)
         np.save(build / "fingerprints.npy", graph.fingerprints)
         np.save(build / "live.npy", graph.live)

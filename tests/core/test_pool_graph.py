@@ -243,3 +243,22 @@ def test_a_compact_index_serves_every_label(tmp_path):
     )
     assert manifest.count == manifest.elements == len(ids)
     assert sorted(live_pin_ids(tmp_path)) == sorted(ids)
+
+
+def test_a_released_index_is_published_from_its_saved_file_and_never_updated(tmp_path):
+    """The asset's update drops the in-memory graph once it is saved (1.2 GB at 1M pins): the
+    publish moves the file, the published graph loads and updates, and the released graph
+    itself is never updated in place (a rebuild says why)."""
+    ids, x, *_ = catalog(400)
+    graph, _ = update_pool_graph(None, ids[:300], x[:300], PARAMS, workdir=tmp_path, release_index=True)
+    assert graph.index is None and graph.saved is not None
+    publish_pool_graph(tmp_path / "graph", graph)
+    loaded = load_pool_graph(tmp_path / "graph")
+    assert loaded.index is not None and loaded.index.get_current_count() == 300
+    updated, update = update_pool_graph(loaded, ids, x, PARAMS, workdir=tmp_path, release_index=True)
+    assert update.mode == "incremental" and update.inserted == len(ids) - 300 and loaded.index is None
+    _, update = update_pool_graph(updated, ids, x, PARAMS)
+    assert update.mode == "rebuild" and "released" in update.reason
+    with pytest.raises(ValueError, match="released"):
+        updated.saved.unlink()
+        publish_pool_graph(tmp_path / "graph", updated)
