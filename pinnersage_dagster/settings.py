@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
 from collections.abc import Mapping
 from datetime import date
@@ -25,6 +24,7 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .provenance import SourceIdentity, files_identity, synthetic_identity
+from .warehouse import duckdb_size_bytes
 
 PREFIX = "PINNERSAGE_"
 # variables the product reads that are not deployment settings: the serve command's own
@@ -161,7 +161,7 @@ class Settings(BaseModel):
     @field_validator("duckdb_memory_limit")
     @classmethod
     def _memory_size(cls, value: str) -> str:
-        if not re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value.strip(), flags=re.IGNORECASE):
+        if duckdb_size_bytes(value) is None:
             raise ValueError("a size DuckDB reads, a number and a unit, e.g. '1GB' or '512MiB'")
         return value.strip()
 

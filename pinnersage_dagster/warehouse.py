@@ -7,6 +7,7 @@ re-run replaces a partition and a reader sees either the old rows or the new one
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -338,7 +339,10 @@ def write_pins(conn: duckdb.DuckDBPyConnection, accepted: pd.DataFrame, embeddin
     # catalog beside the caller's matrix (1 GiB at 1M pins). They are on disk, so a small pool
     # during the write costs nothing (measured: 3.1 s either way, 0.28 instead of 0.98 GiB).
     limit = conn.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-    lower = _bytes(limit) > _bytes(PIN_WRITE_MEMORY)  # never raised above what the operator set
+    current = duckdb_size_bytes(limit)
+    # never raised above what the operator set; a limit DuckDB cannot read back (no limit shows
+    # as PiB) is left alone
+    lower = current is not None and current > (duckdb_size_bytes(PIN_WRITE_MEMORY) or 0)
     if lower:
         conn.execute(f"SET memory_limit = '{PIN_WRITE_MEMORY}'")
     try:
@@ -348,25 +352,24 @@ def write_pins(conn: duckdb.DuckDBPyConnection, accepted: pd.DataFrame, embeddin
             conn.execute(f"SET memory_limit = '{limit}'")
 
 
-def _bytes(size: str) -> float:
-    """A DuckDB size such as '953.6 MiB' or '256MB' in bytes (inf when not a size)."""
-    units = {
-        "B": 1,
-        "KB": 1e3,
-        "MB": 1e6,
-        "GB": 1e9,
-        "TB": 1e12,
-        "KIB": 2**10,
-        "MIB": 2**20,
-        "GIB": 2**30,
-        "TIB": 2**40,
-    }
-    number = size.strip().upper().rstrip("BIKMGT ")
-    unit = size.strip().upper()[len(number) :].strip() or "B"
-    try:
-        return float(number) * units[unit]
-    except (KeyError, ValueError):
-        return float("inf")
+DUCKDB_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", flags=re.IGNORECASE)
+_SIZE_UNITS = {
+    "B": 1,
+    "KB": 1e3,
+    "MB": 1e6,
+    "GB": 1e9,
+    "TB": 1e12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+def duckdb_size_bytes(size: str) -> float | None:
+    """A size DuckDB reads ('1GB', '953.6 MiB') in bytes; None when it is not one."""
+    match = DUCKDB_SIZE.fullmatch(size.strip())
+    return None if match is None else float(match[1]) * _SIZE_UNITS[match[2].upper()]
 
 
 def _insert_pins(

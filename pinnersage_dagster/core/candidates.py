@@ -75,7 +75,7 @@ def refine_candidate_pool(
     ids, q, created = pin_ids[good], quality[good], created_at[good]
     params = GraphParams(int(embeddings.shape[1]), M, ef_construction, float(duplicate_cosine), hash_tables, hash_bits)
     graph, update = update_pool_graph(
-        previous, ids, x, params, workdir=workdir, release_index=workdir is not None, num_threads=num_threads
+        previous, ids, x, params, workdir=workdir, release_index=True, num_threads=num_threads
     )
     component = duplicate_components(graph, graph.labels_of(ids))
 
