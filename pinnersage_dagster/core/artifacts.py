@@ -17,10 +17,12 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 MANIFEST = "manifest.json"
 
@@ -139,3 +141,24 @@ def fsync_dir(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def save_npy_rows(path: Path, blocks: Iterable[np.ndarray], shape: tuple[int, ...], dtype: np.dtype | type) -> None:
+    """Write the ``.npy`` file of an array of ``shape`` from its row blocks, in order, without ever
+    holding the whole array (written through the page cache, so the pages are not the writer's
+    resident memory as a mapped file's would be). Fails if the blocks do not fill ``shape``."""
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+    rows = 0
+    with path.open("wb") as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        for block in blocks:
+            block = np.ascontiguousarray(block, dtype=dtype)
+            if block.shape[1:] != tuple(shape[1:]) or rows + len(block) > shape[0]:
+                raise ValueError(
+                    f"{path.name}: a block of shape {block.shape} does not fit {tuple(shape)} at row {rows}"
+                )
+            out.write(block.data)
+            rows += len(block)
+    if rows != shape[0]:
+        raise ValueError(f"{path.name}: {rows} rows written, {shape[0]} expected")

@@ -8,7 +8,7 @@ events' own weighted embeddings is the sum at t.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -29,15 +29,27 @@ def decay_sums(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(users, sums): each user's decay-weighted sum of action-pin embeddings (float64), for
     actions given sorted by user."""
+    users, blocks = decay_sum_blocks(user_ids, pin_ids, age_days, decay_lambda, embeddings)
+    return users, np.vstack(list(blocks)) if len(users) else np.empty((0, 0))
+
+
+def decay_sum_blocks(
+    user_ids: np.ndarray,
+    pin_ids: np.ndarray,
+    age_days: np.ndarray,
+    decay_lambda: float,
+    embeddings: Callable[[np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, Iterator[np.ndarray]]:
+    """``decay_sums`` as (users, the sums' row blocks in user order, computed as they are read)."""
     user_ids = np.asarray(user_ids)
     if user_ids.size == 0:
-        return np.empty(0, np.int64), np.empty((0, 0))
+        return np.empty(0, np.int64), iter(())
     if np.any(user_ids[1:] < user_ids[:-1]):
         raise ValueError("actions must be sorted by user")
     starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])
     weights = decay_weights(age_days, decay_lambda)
-    sums = segment_sums(starts, weights, pin_ids, lambda p: np.asarray(embeddings(p), dtype=np.float64))
-    return user_ids[starts].astype(np.int64), sums
+    blocks = segment_sum_blocks(starts, weights, pin_ids, lambda p: np.asarray(embeddings(p), dtype=np.float64))
+    return user_ids[starts].astype(np.int64), blocks
 
 
 def segment_sums(
@@ -49,10 +61,23 @@ def segment_sums(
     chunk_rows: int = 100_000,
 ) -> np.ndarray:
     """For rows grouped in contiguous segments (``starts``: each segment's first row), the sum of
-    ``weights[i] * embeddings(pin_ids[i])`` per segment, as one sparse (segments x rows) product per
-    chunk of whole segments: memory stays at ``chunk_rows`` embeddings (at least one segment)."""
+    ``weights[i] * embeddings(pin_ids[i])`` per segment (``segment_sum_blocks`` stacked)."""
+    return np.vstack(list(segment_sum_blocks(starts, weights, pin_ids, embeddings, chunk_rows=chunk_rows)))
+
+
+def segment_sum_blocks(
+    starts: np.ndarray,
+    weights: np.ndarray,
+    pin_ids: np.ndarray,
+    embeddings: Callable[[np.ndarray], np.ndarray],
+    *,
+    chunk_rows: int = 100_000,
+) -> Iterator[np.ndarray]:
+    """``segment_sums`` one block of whole segments at a time, as one sparse (segments x rows)
+    product per chunk: memory stays at ``chunk_rows`` embeddings (at least one segment), and a
+    caller that writes each block away never holds every sum."""
     ends = np.r_[starts[1:], len(pin_ids)]
-    blocks, first = [], 0
+    first = 0
     while first < len(starts):
         last = max(first + 1, int(np.searchsorted(ends, starts[first] + chunk_rows, side="right")))
         lo, hi = starts[first], ends[last - 1]
@@ -60,9 +85,8 @@ def segment_sums(
         mix = csr_matrix(
             (weights[lo:hi], np.arange(hi - lo), np.r_[0, np.cumsum(sizes)]), shape=(last - first, hi - lo)
         )
-        blocks.append(mix @ embeddings(pin_ids[lo:hi]))
+        yield mix @ embeddings(pin_ids[lo:hi])
         first = last
-    return np.vstack(blocks)
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ hash function changed, or delta and dead base pins would pass ``REBASE_SHARE`` o
 
 from __future__ import annotations
 
-import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..core.artifacts import ArtifactIntegrityError, check_file, read_manifest
+from ..core.artifacts import ArtifactIntegrityError, check_file, read_manifest, save_npy_rows
 from ..core.pool_graph import fingerprints
 
 REBASE_SHARE = 0.10
@@ -146,35 +145,31 @@ def _write_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stream rows into a .npy file (bounded memory); they must be exactly the planned pins."""
     want_ids, want_hashes = expected
-    if len(want_ids) == 0:
-        np.save(build / name, np.empty((0, source.dimension), dtype=np.float32))
-        return want_ids.astype(np.int64), want_hashes.astype(np.uint64)
-    out = np.lib.format.open_memmap(build / name, mode="w+", dtype=np.float32, shape=(len(want_ids), source.dimension))
-    got_ids, got_hashes, filled = np.empty(len(want_ids), np.int64), np.empty(len(want_ids), np.uint64), 0
-    for ids, hashes, x in source.rows(pin_ids):
-        n = len(ids)
-        if filled + n > len(want_ids):
-            raise ArtifactIntegrityError("the catalog changed while the snapshot was written: re-run it")
-        out[filled : filled + n], got_ids[filled : filled + n], got_hashes[filled : filled + n] = x, ids, hashes
-        filled += n
-    out.flush()
-    del out
-    if filled != len(want_ids) or not (np.array_equal(got_ids, want_ids) and np.array_equal(got_hashes, want_hashes)):
-        raise ArtifactIntegrityError("the catalog changed while the snapshot was written: re-run it")
+    got_ids, got_hashes = np.empty(len(want_ids), np.int64), np.empty(len(want_ids), np.uint64)
+    changed = ArtifactIntegrityError("the catalog changed while the snapshot was written: re-run it")
+
+    def blocks() -> Iterator[np.ndarray]:
+        filled = 0
+        for ids, hashes, x in source.rows(pin_ids) if len(want_ids) else ():
+            if filled + len(ids) > len(want_ids):
+                raise changed
+            got_ids[filled : filled + len(ids)], got_hashes[filled : filled + len(ids)] = ids, hashes
+            filled += len(ids)
+            yield x
+        if filled != len(want_ids):
+            raise changed
+
+    save_npy_rows(build / name, blocks(), (len(want_ids), source.dimension), np.float32)
+    if not (np.array_equal(got_ids, want_ids) and np.array_equal(got_hashes, want_hashes)):
+        raise changed
     return got_ids, got_hashes
 
 
 class CatalogView:
     """Lookups of a snapshot's catalog: the delta first, then the live base."""
 
-    def __init__(
-        self, build: Path, elsewhere: dict[str, tuple[Path, str]] | None = None, release_pages: bool = False
-    ) -> None:
-        """``elsewhere``: base files not linked into ``build`` yet (while it is being written).
-        ``release_pages``: drop the mapped pages after each lookup, so a one-pass reader (the
-        snapshot writer gathering every member) does not hold the whole mapped catalog in its
-        resident memory; a server keeps them (they are shared between its workers)."""
-        self.release_pages = release_pages
+    def __init__(self, build: Path, elsewhere: dict[str, tuple[Path, str]] | None = None) -> None:
+        """``elsewhere``: base files not linked into ``build`` yet (while it is being written)."""
 
         def path(name: str) -> Path:
             return (elsewhere or {}).get(name, (build / name, ""))[0]
@@ -222,11 +217,6 @@ class CatalogView:
             out = np.empty((len(delta), self.dimension), dtype=np.float32)
             out[in_delta] = self.delta_embeddings[delta[in_delta]]
             out[~in_delta] = self.base_embeddings[base[~in_delta]]
-        if self.release_pages:
-            for mapped in (self.base_embeddings, self.delta_embeddings):
-                handle = getattr(mapped, "_mmap", None)  # np.memmap's mapping (None for an empty file)
-                if handle is not None:
-                    handle.madvise(mmap.MADV_DONTNEED)  # clean file pages: they stay in the page cache
         return out
 
     @property

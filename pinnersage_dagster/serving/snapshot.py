@@ -19,6 +19,7 @@ against another day's index, and loading verifies every checksum before anything
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +28,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ..core.artifacts import ArtifactIntegrityError, publish, verified_build
-from ..core.decay import decay_sums, segment_sums
+from ..core.artifacts import ArtifactIntegrityError, publish, save_npy_rows, verified_build
+from ..core.decay import decay_sum_blocks, segment_sum_blocks
 from ..core.hnsw import (
     DELETED_FILE,
     IDS_FILE,
@@ -104,15 +105,17 @@ def publish_snapshot(
         }
         catalog_section, base_files = write_catalog(build, catalog, base, origin=f"{partition}/{build.name}")
         linked.update(base_files)
-        view = CatalogView(build, elsewhere=base_files, release_pages=True)
-        np.save(build / "centroids.npy", _centroids(medoids, members, view))
+        view = CatalogView(build, elsewhere=base_files)
+        save_npy_rows(
+            build / "centroids.npy", _centroids(medoids, members, view), (len(medoids), view.dimension), np.float32
+        )
         medoids.to_parquet(build / "medoids.parquet", index=False)
         members[["user_id", "cluster_id", "pin_id"]].to_parquet(build / "members.parquet", index=False)
         seen[["user_id", "pin_id"]].to_parquet(build / "seen.parquet", index=False)
         np.save(build / "popular.npy", np.asarray(popular, dtype=np.int64))
         decay_users, sums = _decay_sums(actions, batch_time, decay_lambda, view)
         np.save(build / "decay_users.npy", decay_users)
-        np.save(build / "decay_sums.npy", sums)
+        save_npy_rows(build / "decay_sums.npy", sums, (len(decay_users), view.dimension), np.float32)
         fields = {
             "format_version": FORMAT_VERSION,
             "partition": partition,
@@ -156,15 +159,15 @@ def _readable(build: Path, manifest: dict) -> None:
 
 def _decay_sums(
     actions: pd.DataFrame | None, batch_time: pd.Timestamp, decay_lambda: float, catalog: CatalogView
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, Iterator[np.ndarray]]:
+    """The users with actions and their decay sums' row blocks (``core.decay``), at the batch time."""
     if actions is None or actions.empty:
-        return np.empty(0, np.int64), np.empty((0, catalog.dimension), np.float32)
+        return np.empty(0, np.int64), iter(())
     ts = actions["ts"].to_numpy(dtype="datetime64[us]")
     age = (np.datetime64(batch_time.to_datetime64(), "us") - ts) / np.timedelta64(86_400_000_000, "us")
-    users, sums = decay_sums(
+    return decay_sum_blocks(
         actions["user_id"].to_numpy(), actions["pin_id"].to_numpy(), age, decay_lambda, catalog.embeddings
     )
-    return users, sums.astype(np.float32)
 
 
 def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -184,21 +187,20 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 def _centroids(
     medoids: pd.DataFrame, members: pd.DataFrame, catalog: CatalogView, chunk_rows: int = 200_000
-) -> np.ndarray:
-    """Mean member embedding of each cluster (``core.decay.segment_sums`` with weights 1/size, in
-    chunks of whole clusters: 5M members x 256 at once would be 10 GB in float64). float32
-    throughout: converting every gathered member to float64 cost more than the product."""
+) -> Iterator[np.ndarray]:
+    """Mean member embedding of each cluster, as row blocks aligned with ``medoids``
+    (``core.decay.segment_sum_blocks`` with weights 1/size, in chunks of whole clusters: the
+    snapshot writes each block away, never holding every centroid). float32 throughout:
+    converting every gathered member to float64 cost more than the product."""
     if medoids.empty:
-        return np.empty((0, catalog.dimension), dtype=np.float32)
+        return iter(())
     keys = members[["user_id", "cluster_id"]].to_numpy()
     starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
     if len(starts) != len(medoids):
         raise ValueError("every medoid row needs its cluster members")
     sizes = np.diff(np.r_[starts, len(keys)])
     weights = np.repeat(1.0 / sizes, sizes).astype(np.float32)
-    return segment_sums(
-        starts, weights, members["pin_id"].to_numpy(), catalog.embeddings, chunk_rows=chunk_rows
-    ).astype(np.float32, copy=False)
+    return segment_sum_blocks(starts, weights, members["pin_id"].to_numpy(), catalog.embeddings, chunk_rows=chunk_rows)
 
 
 @dataclass

@@ -5,7 +5,7 @@ from datetime import date
 import numpy as np
 import pytest
 
-from pinnersage_dagster.core.artifacts import ArtifactIntegrityError
+from pinnersage_dagster.core.artifacts import ArtifactIntegrityError, save_npy_rows
 from pinnersage_dagster.core.candidates import LOW_QUALITY, NEAR_DUPLICATE, refine_candidate_pool
 from pinnersage_dagster.core.hnsw import build_index, load_index, publish_index, read_index_manifest
 from pinnersage_dagster.core.metrics import adjusted_rand_index, pool_refinement_scores, purity
@@ -113,3 +113,18 @@ def test_adjusted_rand_index_and_purity():
     # by hand: pairs 1, row pairs 2, column pairs 1, expected 2*1/6 = 1/3, max 3/2 -> (2/3)/(7/6) = 4/7
     assert adjusted_rand_index(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 2])) == pytest.approx(0.5714285714)
     assert purity(truth, np.array([0, 0, 1, 1, 1, 1])) == pytest.approx(5 / 6)
+
+
+def test_npy_written_from_row_blocks_loads_as_the_array(tmp_path):
+    x = np.random.default_rng(0).standard_normal((1000, 7))
+    path = tmp_path / "x.npy"
+    save_npy_rows(path, (x[i : i + 300] for i in range(0, 1000, 300)), x.shape, np.float32)
+    assert np.array_equal(np.load(path), x.astype(np.float32))
+    save_npy_rows(path, iter(()), (0, 7), np.float32)
+    assert np.load(path).shape == (0, 7)
+    with pytest.raises(ValueError, match="9 rows written, 10 expected"):
+        save_npy_rows(path, [x[:9]], (10, 7), np.float32)
+    with pytest.raises(ValueError, match="does not fit"):
+        save_npy_rows(path, [x[:9], x[:9]], (10, 7), np.float32)
+    with pytest.raises(ValueError, match="does not fit"):
+        save_npy_rows(path, [x[:9, :6]], (9, 7), np.float32)

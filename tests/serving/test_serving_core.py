@@ -292,4 +292,5 @@ def test_centroids_in_chunks_equal_one_pass(tmp_path):
     )
     write_catalog(tmp_path, ArrayCatalog(ids, emb), base=None, origin="test")
     for chunk in (1, 7, 50, 10_000):
-        assert np.allclose(_centroids(medoids, members, CatalogView(tmp_path), chunk_rows=chunk), expected, atol=1e-6)
+        blocks = list(_centroids(medoids, members, CatalogView(tmp_path), chunk_rows=chunk))
+        assert np.allclose(np.vstack(blocks), expected, atol=1e-6)
