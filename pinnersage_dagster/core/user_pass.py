@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .representatives import segment_importance, segment_medoids
-from .ward import UNCLUSTERED, WardClusters, ward_clusters
+from .ward import UNCLUSTERED, BatchClusters, WardClusters, cut_linkages, ward_linkage
 
 WARD = "ward"
 SINGLETON = "singleton"
@@ -76,7 +76,6 @@ def represent_users(
     ``alpha`` (Algorithm 1) by another clustering of each user's distinct pins, whose clusters
     are then of ``kind``; a user it leaves without a cluster falls back to singletons.
     """
-    cluster = cluster or (lambda _user, _pins, x: ward_clusters(x, alpha))
     n = len(user_ids)
     if not (n == len(pin_ids) == len(ts_us) == len(pin_rows)):
         raise ValueError("user_ids, pin_ids, ts_us and pin_rows must have the same length")
@@ -94,23 +93,23 @@ def represent_users(
     d_user, d_pin, d_row = user_ids[new_pin], pin_ids[new_pin], pin_rows[new_pin]
     starts = np.flatnonzero(np.r_[True, d_user[1:] != d_user[:-1]])
     ends = np.r_[starts[1:], len(d_user)]
-    label = np.full(len(d_user), UNCLUSTERED, dtype=np.int64)  # cluster of each distinct pin, numbered across the batch
-    costs, kinds, clusters = [], [], 0
-    user_first_cluster = np.empty(len(starts), dtype=np.int64)
-    for user, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
-        user_first_cluster[user] = clusters
-        result = cluster(int(d_user[s]), d_pin[s:e], embeddings[d_row[s:e]])
-        if result.n_clusters == 0:  # Algorithm 1 found no cluster: every distinct pin is a singleton
-            label[s:e] = clusters + np.arange(e - s)
-            costs.append(np.full(e - s, np.nan))
-            kinds.append(np.full(e - s, SINGLETON, dtype=object))
-        else:
-            clustered = result.labels != UNCLUSTERED
-            label[s:e][clustered] = clusters + result.labels[clustered]
-            costs.append(result.merge_costs)
-            kinds.append(np.full(result.n_clusters, kind, dtype=object))
-        clusters += len(costs[-1])
-    cost, cluster_kind = np.concatenate(costs), np.concatenate(kinds)
+    sizes = ends - starts
+    user_of_row = np.repeat(np.arange(len(starts)), sizes)
+    found = _clusters(d_user, d_pin, d_row, embeddings, starts, ends, alpha, cluster)
+    # a user left without a cluster (Algorithm 1 found none): every distinct pin is a singleton
+    fallback = found.counts == 0
+    local = found.labels.copy()
+    singles = fallback[user_of_row]
+    local[singles] = (np.arange(len(d_user)) - starts[user_of_row])[singles]
+    per_user = np.where(fallback, sizes, found.counts)
+    user_first_cluster = np.cumsum(per_user) - per_user
+    clusters = int(per_user.sum())
+    # clusters numbered across the batch in user order; within a user, the clustering's own order
+    label = np.where(local != UNCLUSTERED, user_first_cluster[user_of_row] + local, UNCLUSTERED)
+    single_cluster = np.repeat(fallback, per_user)
+    cost = np.full(clusters, np.nan)
+    cost[~single_cluster] = found.merge_costs
+    cluster_kind = np.where(single_cluster, SINGLETON, kind).astype(object)
 
     # members in (user, cluster, pin) order: clusters are numbered in user order, pins are sorted
     members = np.flatnonzero(label != UNCLUSTERED)
@@ -126,7 +125,7 @@ def represent_users(
     importance = segment_importance(action_cluster[counted], age_days, clusters, decay_lambda)
     n_actions = np.bincount(action_cluster[counted], minlength=clusters)
     size = np.bincount(member_cluster, minlength=clusters)
-    user_of_member = np.searchsorted(starts, members, side="right") - 1
+    user_of_member = user_of_row[members]
     columns = [
         d_user[members],
         member_cluster - user_first_cluster[user_of_member],  # cluster ids count from 0 per user
@@ -141,6 +140,30 @@ def represent_users(
     # from_pandas: a singleton's merge_cost NaN is stored as NULL (no merge), as the warehouse always had it
     arrays = [pa.array(c, type=f.type, from_pandas=True) for c, f in zip(columns, ROW_SCHEMA)]
     return pa.Table.from_arrays(arrays, schema=ROW_SCHEMA)
+
+
+def _clusters(
+    d_user: np.ndarray,
+    d_pin: np.ndarray,
+    d_row: np.ndarray,
+    embeddings: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    alpha: float,
+    cluster: Clusterer | None,
+) -> BatchClusters:
+    """Each user's clusters of their distinct pins: Ward at ``alpha`` (every user's tree, then one
+    cut of the whole batch), or ``cluster`` user by user."""
+    sizes = ends - starts
+    if cluster is None:
+        trees = [ward_linkage(embeddings[d_row[s:e]]) for s, e in zip(starts.tolist(), ends.tolist()) if e - s >= 2]
+        return cut_linkages(trees, sizes, alpha)
+    labels, counts, costs = np.full(len(d_user), UNCLUSTERED, dtype=np.int64), np.zeros(len(starts), np.int64), []
+    for user, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
+        result = cluster(int(d_user[s]), d_pin[s:e], embeddings[d_row[s:e]])
+        labels[s:e], counts[user] = result.labels, result.n_clusters
+        costs.append(result.merge_costs)
+    return BatchClusters(labels, counts, np.concatenate(costs) if costs else np.empty(0))
 
 
 def represent_history(

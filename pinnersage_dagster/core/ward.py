@@ -72,8 +72,7 @@ def ward_clusters(embeddings: np.ndarray, alpha: float, *, reference: bool = Fal
     Clusters are numbered in order of their first row, so the result is deterministic.
     ``reference=True`` uses scipy's own distance pass instead of the Gram-matrix one.
     """
-    if alpha <= 0 or not np.isfinite(alpha):
-        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+    _check_alpha(alpha)
     n = embeddings.shape[0]
     if n < 2:
         return WardClusters(np.full(n, UNCLUSTERED, dtype=np.int64), np.empty(0))
@@ -82,33 +81,78 @@ def ward_clusters(embeddings: np.ndarray, alpha: float, *, reference: bool = Fal
 
 
 def clusters_from_linkage(tree: np.ndarray, alpha: float) -> WardClusters:
-    """Algorithm 1's cluster rule applied to a scipy Ward linkage matrix.
+    """Algorithm 1's cluster rule applied to one scipy Ward linkage matrix (``cut_linkages``)."""
+    found = cut_linkages([tree], np.array([tree.shape[0] + 1]), alpha)
+    return WardClusters(found.labels, found.merge_costs)
 
-    A merge joins a cluster when its height is <= sqrt(alpha); each pin belongs to its
-    topmost such merge (Ward heights never decrease upwards, so that merge is the maximal
-    one), and pins under no such merge are in no cluster. One pass from the root down; this
-    replaces ``fcluster`` + ``leaders``, which re-validate the matrix on every call.
+
+@dataclass(frozen=True)
+class BatchClusters:
+    """Clusters of many point sets given set after set (a batch of users' distinct pins).
+
+    ``labels[i]`` is row i's cluster index within its set (0..k-1, numbered by first row) or
+    ``UNCLUSTERED``; ``counts[s]`` is set s's number of clusters k; ``merge_costs`` holds every
+    cluster's final merge distance on the paper's scale, set after set, in index order.
     """
-    n = tree.shape[0] + 1
-    merged = (tree[:, 2] <= np.sqrt(alpha)).tolist()
-    children = tree[:, :2].astype(np.int64).tolist()
-    top = [-1] * (2 * n - 1)
-    for row in range(n - 2, -1, -1):  # parents come after their children in a linkage matrix
-        if merged[row]:
-            node = n + row
-            root = top[node] if top[node] >= 0 else node
-            left, right = children[row]
-            top[left] = top[right] = root
-    roots = np.asarray(top[:n], dtype=np.int64)
+
+    labels: np.ndarray
+    counts: np.ndarray
+    merge_costs: np.ndarray
+
+
+def cut_linkages(trees: list[np.ndarray], sizes: np.ndarray, alpha: float) -> BatchClusters:
+    """Algorithm 1's cluster rule applied to the Ward trees of many point sets at once.
+
+    ``sizes[s]`` is set s's number of points (the rows, set after set); ``trees`` holds the
+    linkage of every set of at least 2 points, in order. A merge joins a cluster when its height
+    is <= sqrt(alpha); each point belongs to its topmost such merge reached through such merges
+    only (Ward heights never decrease upwards, so that merge is the maximal one), and points
+    under no such merge are in no cluster. The trees' nodes are renumbered into one forest and
+    every point finds its top by pointer jumping (log2 of the tallest tree's depth steps over the
+    batch), so the cost per user is a few array operations shared by the whole batch, not a
+    Python loop over each user's merges.
+    """
+    _check_alpha(alpha)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    n = int(sizes.sum())
+    set_of_row = np.repeat(np.arange(len(sizes)), sizes)
+    linked = sizes[sizes >= 2]
+    merges = linked - 1
+    if len(trees) != len(linked) or sum(len(t) for t in trees) != int(merges.sum()):
+        raise ValueError("one linkage of m - 1 merges is needed for every set of m >= 2 points, in order")
     labels = np.full(n, UNCLUSTERED, dtype=np.int64)
-    clustered = roots >= 0
+    none = BatchClusters(labels, np.zeros(len(sizes), dtype=np.int64), np.empty(0))
+    if not trees:
+        return none
+    tree = np.concatenate(trees) if len(trees) > 1 else trees[0]
+    # batch-wide node ids: point j of a set is its row; merge r of a set (node m + r) is n + its row in `tree`
+    size = np.repeat(linked, merges)[:, None]
+    first_row = np.repeat((np.cumsum(sizes) - sizes)[sizes >= 2], merges)[:, None]
+    first_merge = np.repeat(np.cumsum(merges) - merges, merges)[:, None]
+    child = tree[:, :2].astype(np.int64)
+    node = np.where(child < size, first_row + child, n + first_merge + child - size)
+    merged = np.flatnonzero(tree[:, 2] <= np.sqrt(alpha))
+    top = np.arange(n + len(tree))
+    top[node[merged, 0]] = top[node[merged, 1]] = n + merged
+    while True:  # pointer jumping: every node ends at the top of its chain of merges under the cut
+        jumped = top[top]
+        if np.array_equal(jumped, top):
+            break
+        top = jumped
+    root = top[:n]
+    clustered = root >= n
     if not clustered.any():
-        return WardClusters(labels, np.empty(0))
-    # number clusters by their first pin, as before
-    unique_roots, first_pin, inverse = np.unique(roots[clustered], return_index=True, return_inverse=True)
-    order = np.argsort(first_pin, kind="stable")
+        return none
+    roots, first, inverse = np.unique(root[clustered], return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # by first row: set after set, then within the set
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
-    labels[clustered] = rank[inverse]
-    costs = tree[unique_roots[order] - n, 2].astype(np.float64) ** 2
-    return WardClusters(labels, costs)
+    counts = np.bincount(set_of_row[clustered][first[order]], minlength=len(sizes))
+    first_cluster = np.cumsum(counts) - counts
+    labels[clustered] = rank[inverse] - first_cluster[set_of_row[clustered]]
+    return BatchClusters(labels, counts, tree[roots[order] - n, 2].astype(np.float64) ** 2)
+
+
+def _check_alpha(alpha: float) -> None:
+    if alpha <= 0 or not np.isfinite(alpha):
+        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")

@@ -6,7 +6,7 @@ import pytest
 
 from pinnersage_dagster.core.representatives import segment_importance, segment_medoids
 from pinnersage_dagster.core.user_pass import SINGLETON, WARD, represent_history
-from pinnersage_dagster.core.ward import UNCLUSTERED, ward_clusters
+from pinnersage_dagster.core.ward import UNCLUSTERED, clusters_from_linkage, cut_linkages, ward_clusters, ward_linkage
 
 from ..reference.algorithm1 import algorithm1, merge_loop
 from ..reference.two_pass import cluster_users, summarize_clusters
@@ -53,6 +53,29 @@ def test_merge_costs_are_on_the_paper_scale():
     assert result.labels.tolist() == [0, 0, UNCLUSTERED]
     assert result.merge_costs == pytest.approx([1.0])
     assert ward_clusters(P, alpha=0.99).n_clusters == 0  # d = 1 > alpha: no cluster at all
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_one_cut_of_a_batch_equals_each_users_own_cut(seed):
+    """The per-user pass cuts a whole batch's trees at once: each set gets exactly its own
+    clusters (numbered by first row), including sets of one point and sets with no cluster."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 30, size=int(rng.integers(1, 8)))
+    points = [random_points(rng, int(m), 6) for m in sizes]
+    alpha = float(rng.uniform(0.5, 20.0))
+    trees = [ward_linkage(p) for p in points if len(p) >= 2]
+    batch = cut_linkages(trees, sizes, alpha)
+    row, cost, linked = 0, 0, iter(trees)
+    for s, m in enumerate(sizes.tolist()):
+        own = clusters_from_linkage(next(linked), alpha) if m >= 2 else ward_clusters(points[s], alpha)
+        assert np.array_equal(batch.labels[row : row + m], own.labels)
+        assert batch.counts[s] == own.n_clusters
+        assert np.array_equal(batch.merge_costs[cost : cost + own.n_clusters], own.merge_costs)
+        row, cost = row + m, cost + own.n_clusters
+    with pytest.raises(ValueError, match="one linkage"):
+        cut_linkages(trees[:-1], sizes, alpha) if trees else cut_linkages(
+            [ward_linkage(points[0][:1].repeat(2, 0))], sizes, alpha
+        )
 
 
 def test_ward_rejects_bad_alpha():
