@@ -8,10 +8,11 @@ Input rows are *actions* sorted by (user_id, pin_id, ts). Ward runs on each user
 pins: acting twice on one pin adds no new point to cluster, only weight to the cluster's
 importance, which sums over actions (Eq. 3). A user for whom Algorithm 1 yields no cluster
 (every pin too far from every other under ``alpha``, or a single distinct pin) is not dropped:
-each distinct pin becomes a ``singleton`` cluster. The medoid (Eq. 2) reuses the member embeddings the
-clustering just gathered, and the importance (Eq. 3) sums each cluster's actions in
-(pin_id, ts) order, so the result does not depend on how users are batched or which engine
-ran them (bit for bit).
+each distinct pin becomes a ``singleton`` cluster. Ward's trees are built user by user and cut
+for the whole batch at once; the medoids (Eq. 2) of every cluster of the batch are found in
+blocks of clusters, and the importance (Eq. 3) sums each cluster's actions in (pin_id, ts)
+order, so the result does not depend on how users are batched or which engine ran them (bit
+for bit).
 
 Output: one row per cluster member (``ROW_SCHEMA``), carrying its cluster's medoid,
 importance, size and action count; ``user_clusters`` and ``user_medoids`` are both
