@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pinnersage_dagster.core.artifacts import publish, verified_build
+from pinnersage_dagster.core.artifacts import ArtifactIntegrityError, publish, verified_build
 from pinnersage_dagster.serving.catalog import REBASE_SHARE, ArrayCatalog, CatalogView, find_base, write_catalog
 
 
@@ -73,3 +73,29 @@ def test_a_damaged_earlier_base_is_not_reused(tmp_path):
     assert find_base(tmp_path, ArrayCatalog(ids, x).hash_kind, 8) is None
     _, manifest = publish_day(tmp_path, "2026-01-02", ids, x)
     assert not manifest["catalog"]["base_reused"]
+
+
+class _ChangingCatalog(ArrayCatalog):
+    """A catalog whose rows, read after its fingerprints, are not the pins those named."""
+
+    def __init__(self, ids: np.ndarray, x: np.ndarray, rows_of: tuple[np.ndarray, np.ndarray]) -> None:
+        super().__init__(ids, x)
+        self.later = ArrayCatalog(*rows_of)
+
+    def rows(self, pin_ids):
+        return self.later.rows(pin_ids)
+
+
+@pytest.mark.parametrize("change", ["a pin added", "a pin removed", "an embedding changed"])
+def test_a_catalog_that_changes_while_its_base_is_written_is_refused(tmp_path, change):
+    ids, x = catalog(300)
+    later_ids, later_x = ids.copy(), x.copy()
+    if change == "a pin added":
+        later_ids, later_x = np.r_[ids, 99_999], np.vstack([x, x[:1]])
+    elif change == "a pin removed":
+        later_ids, later_x = ids[1:], x[1:]
+    else:
+        later_x[7] = -later_x[7]
+    source = _ChangingCatalog(ids, x, (later_ids, later_x))
+    with pytest.raises(ArtifactIntegrityError, match="the catalog changed while the snapshot was written"):
+        write_catalog(tmp_path, source, base=None, origin="test")
