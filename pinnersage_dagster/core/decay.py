@@ -52,19 +52,6 @@ def decay_sum_blocks(
     return user_ids[starts].astype(np.int64), blocks
 
 
-def segment_sums(
-    starts: np.ndarray,
-    weights: np.ndarray,
-    pin_ids: np.ndarray,
-    embeddings: Callable[[np.ndarray], np.ndarray],
-    *,
-    chunk_rows: int = 100_000,
-) -> np.ndarray:
-    """For rows grouped in contiguous segments (``starts``: each segment's first row), the sum of
-    ``weights[i] * embeddings(pin_ids[i])`` per segment (``segment_sum_blocks`` stacked)."""
-    return np.vstack(list(segment_sum_blocks(starts, weights, pin_ids, embeddings, chunk_rows=chunk_rows)))
-
-
 def segment_sum_blocks(
     starts: np.ndarray,
     weights: np.ndarray,
@@ -73,9 +60,11 @@ def segment_sum_blocks(
     *,
     chunk_rows: int = 100_000,
 ) -> Iterator[np.ndarray]:
-    """``segment_sums`` one block of whole segments at a time, as one sparse (segments x rows)
-    product per chunk: memory stays at ``chunk_rows`` embeddings (at least one segment), and a
-    caller that writes each block away never holds every sum."""
+    """For rows grouped in contiguous segments (``starts``: each segment's first row), the sum of
+    ``weights[i] * embeddings(pin_ids[i])`` per segment, yielded a block of whole segments at a
+    time, one sparse (segments x rows) product per chunk: memory stays at ``chunk_rows``
+    embeddings (at least one segment), and a caller that writes each block away never holds
+    every sum."""
     ends = np.r_[starts[1:], len(pin_ids)]
     first = 0
     while first < len(starts):
