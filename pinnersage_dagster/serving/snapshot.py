@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ..core.artifacts import ArtifactIntegrityError, publish, save_npy_rows, verified_build
-from ..core.decay import decay_sum_blocks, segment_sum_blocks
+from ..core.decay import CHUNK_ROWS, decay_sum_blocks, segment_sum_blocks
 from ..core.hnsw import (
     DELETED_FILE,
     IDS_FILE,
@@ -186,7 +186,7 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def _centroids(
-    medoids: pd.DataFrame, members: pd.DataFrame, catalog: CatalogView, chunk_rows: int = 200_000
+    medoids: pd.DataFrame, members: pd.DataFrame, catalog: CatalogView, chunk_rows: int = CHUNK_ROWS
 ) -> Iterator[np.ndarray]:
     """Mean member embedding of each cluster, as row blocks aligned with ``medoids``
     (``core.decay.segment_sum_blocks`` with weights 1/size, in chunks of whole clusters: the
