@@ -116,7 +116,7 @@ def represent_users(
     members = np.flatnonzero(label != UNCLUSTERED)
     members = members[np.argsort(label[members], kind="stable")]
     member_cluster = label[members]
-    medoid = d_pin[members[segment_medoids(embeddings[d_row[members]], member_cluster)]]
+    medoid = d_pin[members[segment_medoids(embeddings, member_cluster, rows=d_row[members])]]
     # each action counts for the cluster of its pin, summed in (pin, ts) order within the cluster
     action_cluster = label[action_pin]
     counted = action_cluster != UNCLUSTERED

@@ -181,3 +181,40 @@ def test_summarize_clusters_matches_brute_force():
         mask = np.isin(pins, pins_in)
         assert row.importance == pytest.approx(np.exp(-0.01 * ages[mask]).sum(), rel=1e-9)
         assert row.n_actions == mask.sum() and row.size == len(pins_in)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_float32_screened_medoids_equal_the_float64_pass(seed, monkeypatch):
+    """The float32 screen decides most clusters and never changes the float64 answer, even on
+    near-ties: mirrored members (equal spreads in exact arithmetic) nudged by a few float32 ulps,
+    exact duplicates, pairs, tight and loose clusters, members far from unit norm."""
+    from pinnersage_dagster.core import representatives
+
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for _ in range(60):
+        size = int(rng.choice([1, 2, 3, 5, 40, 300]))
+        centre = rng.standard_normal(32)
+        points = centre + rng.standard_normal((size, 32)) * 10.0 ** rng.uniform(-6, 0)
+        if size >= 4 and rng.random() < 0.5:  # mirror half the members through the mean, then nudge
+            half = size // 2
+            points[half : 2 * half] = 2 * points.mean(axis=0) - points[:half]
+            points *= 1 + rng.integers(-3, 4, size=points.shape) * np.finfo(np.float32).eps
+        if size >= 3 and rng.random() < 0.3:
+            points[1] = points[0]
+        points /= np.linalg.norm(points, axis=1, keepdims=True)
+        blocks.append(points * (1000.0 if seed % 3 == 0 else 1.0))
+    x = np.vstack(blocks).astype(np.float32)
+    segments = np.repeat(np.arange(len(blocks)), [len(b) for b in blocks])
+    starts = np.r_[0, np.cumsum([len(b) for b in blocks])[:-1]]
+    exact = representatives._exact_medoids(x.astype(np.float64), starts)
+    decided_exactly = []
+    original = representatives._exact_medoids
+    monkeypatch.setattr(
+        representatives, "_exact_medoids", lambda b, s: decided_exactly.append(len(s)) or original(b, s)
+    )
+    for block_rows in (1, 64, 4096):
+        np.testing.assert_array_equal(segment_medoids(x, segments, block_rows=block_rows), exact)
+    order = rng.permutation(len(x))
+    np.testing.assert_array_equal(segment_medoids(x[order], segments, rows=np.argsort(order)), exact)
+    assert 0 < sum(decided_exactly) < 4 * len(blocks)  # the screen decided some clusters, not all
