@@ -62,7 +62,8 @@ def _block_medoids(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
     centred = x - (weights @ x)[segment_index]
     spread = np.einsum("ij,ij->i", centred, centred).astype(np.float64)
     lowest = np.minimum.reduceat(spread, starts)
-    margin = _screen_margin(lowest, sizes, float(np.sqrt(np.einsum("ij,ij->i", x, x).max(initial=0.0))))
+    radius = float(np.sqrt(np.einsum("ij,ij->i", x, x).max(initial=0.0)))
+    margin = _screen_margin(lowest, sizes, radius, x.shape[1])
     candidate = spread <= (lowest + margin)[segment_index]
     count = np.add.reduceat(candidate.astype(np.int64), starts)
     medoids = np.empty(len(starts), dtype=np.int64)
@@ -77,16 +78,16 @@ def _block_medoids(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return medoids
 
 
-def _screen_margin(lowest: np.ndarray, sizes: np.ndarray, radius: float) -> np.ndarray:
+def _screen_margin(lowest: np.ndarray, sizes: np.ndarray, radius: float, dimension: int) -> np.ndarray:
     """How far above a segment's lowest float32 spread a member may be and still be the float64
     medoid. With unit roundoff u, members of norm <= R and a segment of n members, the float32
     mean is off by at most e = u R (n + 4) (with the centring's own rounding), and a spread s by
-    at most E(s) = 2 sqrt(s) e + e^2 + 300 u (sqrt(s) + e)^2 (d <= 256 terms summed in any
+    at most E(s) = 2 sqrt(s) e + e^2 + (d + 44) u (sqrt(s) + e)^2 (its d squares summed in any
     order). Members in question have s <= 2.7 lowest + 32 e^2; two of them, plus the float64
     tie tolerance and float64's own error (well under 1% of E), give the margin."""
     e = _U32 * radius * 1.001 * (sizes + 4)
     high = 2.7 * lowest + 32 * e**2 + 1e-20
-    error = 2 * np.sqrt(high) * e + e**2 + 300 * _U32 * (np.sqrt(high) + e) ** 2
+    error = 2 * np.sqrt(high) * e + e**2 + (dimension + 44) * _U32 * (np.sqrt(high) + e) ** 2
     return 1.01 * (2 * error + 3e-9 * high) + 1e-20
 
 
