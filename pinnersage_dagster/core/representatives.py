@@ -25,8 +25,8 @@ def segment_medoids(
     member. Segments are processed in blocks of about ``block_rows`` members, so the working set
     stays small whatever the number of segments.
     """
-    n = len(segment_ids) if rows is None else len(rows)
-    if (embeddings.shape[0] if rows is None else len(segment_ids)) != n:
+    members = embeddings.shape[0] if rows is None else len(rows)
+    if members != len(segment_ids):
         raise ValueError("embeddings (or rows) and segment_ids must have the same number of rows")
     if segment_ids.size == 0:
         return np.empty(0, dtype=np.int64)

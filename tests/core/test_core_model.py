@@ -218,3 +218,5 @@ def test_float32_screened_medoids_equal_the_float64_pass(seed, monkeypatch):
     order = rng.permutation(len(x))
     np.testing.assert_array_equal(segment_medoids(x[order], segments, rows=np.argsort(order)), exact)
     assert 0 < sum(decided_exactly) < 4 * len(blocks)  # the screen decided some clusters, not all
+    with pytest.raises(ValueError, match="same number of rows"):
+        segment_medoids(x, segments, rows=order[:-1])
