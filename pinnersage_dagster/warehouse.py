@@ -324,15 +324,15 @@ PIN_WRITE_ROWS = 131_072  # rows of an unsorted catalog inserted at a time
 PIN_WRITE_MEMORY = "256MB"  # DuckDB's buffer pool while the catalog is written (see write_pins)
 
 
+# the catalog's content version (``guards.table_version``): what every downstream artifact records
+PIN_VERSION_COLUMNS = "pin_id, embedding, quality, created_at"
+
+
 def write_pins(conn: duckdb.DuckDBPyConnection, accepted: pd.DataFrame, embeddings: np.ndarray) -> None:
     """Replace the pin catalog, inside the caller's transaction, stored in pin id order. The
     embedding column is ``FLOAT[d]`` for the data's dimension d. Unsorted rows go in by slices
     of that order, so the catalog's matrix is never copied whole (1 GiB at 1M pins)."""
     dim = int(embeddings.shape[1])
-    ids = accepted["pin_id"].to_numpy()
-    order = None if bool(np.all(ids[1:] > ids[:-1])) else np.argsort(ids, kind="stable")
-    quality = accepted["quality"].to_numpy()
-    created = pd.to_datetime(accepted["created_at"]).astype("datetime64[us]").to_numpy()
     ddl = PINS.ddl.replace("FLOAT[]", f"FLOAT[{dim}]")
     conn.execute(f"CREATE OR REPLACE TABLE pins ({ddl})")
     # DuckDB keeps the blocks it writes cached up to its memory limit: a second copy of the
@@ -346,10 +346,28 @@ def write_pins(conn: duckdb.DuckDBPyConnection, accepted: pd.DataFrame, embeddin
     if lower:
         conn.execute(f"SET memory_limit = '{PIN_WRITE_MEMORY}'")
     try:
-        _insert_pins(conn, ids, order, quality, created, embeddings)
+        for rows in _pin_slices(accepted, embeddings):
+            _insert(conn, "pins", PINS.column_names, rows)
     finally:
         if lower:  # DuckDB shows the limit to 0.1 MiB: restored to within that
             conn.execute(f"SET memory_limit = '{limit}'")
+
+
+def pins_version(conn: duckdb.DuckDBPyConnection, accepted: pd.DataFrame, embeddings: np.ndarray) -> str:
+    """The version ``guards.table_version`` gives the catalog that ``write_pins`` would write from
+    these rows, computed on the rows themselves, nothing written (the same Arrow slices, the same
+    hash: the XOR of row hashes does not depend on how the rows are split)."""
+    count, digest = 0, 0
+    for rows in _pin_slices(accepted, embeddings):
+        conn.register("incoming_rows", rows)
+        try:
+            ((n, part),) = conn.execute(
+                f"SELECT count(*), coalesce(bit_xor(hash({PIN_VERSION_COLUMNS})), 0) FROM incoming_rows"
+            ).fetchall()
+        finally:
+            conn.unregister("incoming_rows")
+        count, digest = count + int(n), digest ^ int(part)
+    return f"{count}-{digest:016x}"
 
 
 DUCKDB_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", flags=re.IGNORECASE)
@@ -372,19 +390,18 @@ def duckdb_size_bytes(size: str) -> float | None:
     return None if match is None else float(match[1]) * _SIZE_UNITS[match[2].upper()]
 
 
-def _insert_pins(
-    conn: duckdb.DuckDBPyConnection,
-    ids: np.ndarray,
-    order: np.ndarray | None,
-    quality: np.ndarray,
-    created: np.ndarray,
-    embeddings: np.ndarray,
-) -> None:
+def _pin_slices(accepted: pd.DataFrame, embeddings: np.ndarray) -> Iterator[pa.Table]:
+    """The catalog's rows as the table stores them, in pin id order: one Arrow table when the
+    rows come sorted, else slices of ``PIN_WRITE_ROWS`` (never a whole copy of the matrix)."""
     dim = int(embeddings.shape[1])
+    ids = accepted["pin_id"].to_numpy()
+    order = None if bool(np.all(ids[1:] > ids[:-1])) else np.argsort(ids, kind="stable")
+    quality = accepted["quality"].to_numpy()
+    created = pd.to_datetime(accepted["created_at"]).astype("datetime64[us]").to_numpy()
     step = max(len(ids), 1) if order is None else PIN_WRITE_ROWS
     for start in range(0, len(ids), step):  # an empty catalog is the empty table
         rows = slice(start, start + step) if order is None else order[start : start + step]
-        table = pa.table(
+        yield pa.table(
             {
                 "pin_id": pa.array(ids[rows], pa.int64()),
                 "embedding": pa.FixedSizeListArray.from_arrays(
@@ -394,7 +411,6 @@ def _insert_pins(
                 "created_at": pa.array(created[rows], pa.timestamp("us")),
             }
         )
-        _insert(conn, "pins", PINS.column_names, table)
 
 
 def embedding_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:

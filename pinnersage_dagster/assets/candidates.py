@@ -8,6 +8,7 @@ from typing import Any
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from .. import guards
@@ -23,11 +24,13 @@ from ..readers import learned_raw_pins
 from ..reporting import frame_markdown, table_schema
 from ..resources import DataSource, IndexStore
 from ..warehouse import (
+    PIN_VERSION_COLUMNS,
     PINS,
     TABLES,
     embedding_dim,
     ensure_tables,
     fill_embeddings,
+    pins_version,
     query_arrow,
     replace_table,
     table_exists,
@@ -52,7 +55,9 @@ def pins(
     """The pin catalog: every valid pin with its unit embedding, quality and creation time.
 
     Unpartitioned: each run replaces the catalog from the source, unless the new one is empty or
-    shrinks past ``max_catalog_shrink`` (then nothing is replaced). Rows that break the data
+    shrinks past ``max_catalog_shrink`` (then nothing is replaced). A catalog whose content is
+    already the warehouse's (the same version, checked on the table itself) is not written again:
+    the daily job's run would otherwise rewrite 1 GiB at 1M pins to change nothing. Rows that break the data
     contract go to ``pins_quarantine`` with their reason. When the source gives no embeddings,
     they come from ``pin_embeddings`` of the run's partition (the newest one outside a
     partitioned run), and without a pins file the catalog is the pins learned from the log.
@@ -90,14 +95,16 @@ def pins(
     )
     dimension = int(embeddings.shape[1])
     with duckdb.get_connection() as conn, transaction(conn):
-        write_pins(conn, validated.accepted, embeddings)
+        kept = previous if previous and _holds(conn, previous.version, validated.accepted, embeddings) else None
+        if kept is None:
+            write_pins(conn, validated.accepted, embeddings)
         del embeddings  # in the table now: the version's pass over it must not meet a second copy
         replace_table(conn, "pins_quarantine", validated.quarantine, atomic=False)
         if pin_truth is not None:
             replace_table(conn, "synthetic_pin_truth", pin_truth, atomic=False)
         if interest_truth is not None:
             replace_table(conn, "synthetic_interest_truth", interest_truth, atomic=False)
-        version, rows = guards.table_version(conn, "pins", "pin_id, embedding, quality, created_at")
+        version, rows = (kept.version, kept.rows) if kept else guards.table_version(conn, "pins", PIN_VERSION_COLUMNS)
         ids_version, _ = guards.table_version(conn, "pins", "pin_id")
         guards.record(
             conn,
@@ -107,11 +114,15 @@ def pins(
             {"ids": ids_version, "dimension": dimension, "source": files[:500]},
             rows,
         )
-    context.log.info(f"{len(validated.accepted)} pins accepted, {len(validated.quarantine)} quarantined")
+    context.log.info(
+        f"{len(validated.accepted)} pins accepted, {len(validated.quarantine)} quarantined"
+        + ("; the warehouse's catalog already holds them: not written again" if kept else "")
+    )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
             "catalog_version": version,
+            "catalog_rewritten": kept is None,
             "previous_catalog_pins": previous.rows if previous else "none",
             "accepted_implausible": accepted_change or "no",
             "source": files,
@@ -127,6 +138,13 @@ def pins(
             "dagster/column_schema": table_schema(PINS),
         },
     )
+
+
+def _holds(conn, recorded: str, accepted: pd.DataFrame, embeddings: np.ndarray) -> bool:
+    """Does the warehouse's catalog already hold exactly these rows? Their version equals the one
+    recorded and the one the table gives now (so a table changed behind the record is rewritten)."""
+    wanted = pins_version(conn, accepted, embeddings)
+    return wanted == recorded and guards.table_version(conn, "pins", PIN_VERSION_COLUMNS)[0] == wanted
 
 
 def _embedding_day(context: dg.AssetExecutionContext, conn) -> date:

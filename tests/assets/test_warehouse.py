@@ -96,13 +96,13 @@ def test_the_catalog_write_runs_in_a_small_buffer_pool_and_restores_the_operator
 
     before = limit() or 0.0
     seen = []
-    insert = warehouse._insert_pins
+    insert = warehouse._insert
 
     def spy(conn, *args):
         seen.append(conn.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
         insert(conn, *args)
 
-    monkeypatch.setattr(warehouse, "_insert_pins", spy)
+    monkeypatch.setattr(warehouse, "_insert", spy)
     accepted = pd.DataFrame({"pin_id": np.arange(5), "quality": 0.5, "created_at": pd.Timestamp("2026-01-01")})
     warehouse.write_pins(conn, accepted, np.ones((5, 4), np.float32))
     assert seen == [during]
