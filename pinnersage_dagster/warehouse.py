@@ -321,7 +321,7 @@ def replace_table(
 
 
 PIN_WRITE_ROWS = 131_072  # rows of an unsorted catalog inserted at a time
-PIN_WRITE_MEMORY = "256MB"  # DuckDB's buffer pool while the catalog is written (see write_pins)
+PIN_WRITE_MEMORY = "256MB"  # DuckDB's buffer pool while the catalog is written or scanned (small_buffer_pool)
 
 
 # the catalog's content version (``guards.table_version``): what every downstream artifact records
@@ -335,19 +335,26 @@ def write_pins(conn: duckdb.DuckDBPyConnection, accepted: pd.DataFrame, embeddin
     dim = int(embeddings.shape[1])
     ddl = PINS.ddl.replace("FLOAT[]", f"FLOAT[{dim}]")
     conn.execute(f"CREATE OR REPLACE TABLE pins ({ddl})")
-    # DuckDB keeps the blocks it writes cached up to its memory limit: a second copy of the
-    # catalog beside the caller's matrix (1 GiB at 1M pins). They are on disk, so a small pool
-    # during the write costs nothing (measured: 3.1 s either way, 0.28 instead of 0.98 GiB).
+    with small_buffer_pool(conn):
+        for rows in _pin_slices(accepted, embeddings):
+            _insert(conn, "pins", PINS.column_names, rows)
+
+
+@contextmanager
+def small_buffer_pool(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """DuckDB's memory limit lowered to ``PIN_WRITE_MEMORY`` inside the block. DuckDB keeps the
+    blocks it writes or reads cached up to its limit: beside the caller's catalog matrix, a
+    second copy of the catalog (1 GiB at 1M pins). They are on disk, so a small pool while the
+    catalog is written or scanned costs nothing (measured on the write: 3.1 s either way, 0.28
+    instead of 0.98 GiB). Never raised above what the operator set; a limit DuckDB cannot read
+    back (no limit shows as PiB) is left alone."""
     limit = conn.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
     current = duckdb_size_bytes(limit)
-    # never raised above what the operator set; a limit DuckDB cannot read back (no limit shows
-    # as PiB) is left alone
     lower = current is not None and current > (duckdb_size_bytes(PIN_WRITE_MEMORY) or 0)
     if lower:
         conn.execute(f"SET memory_limit = '{PIN_WRITE_MEMORY}'")
     try:
-        for rows in _pin_slices(accepted, embeddings):
-            _insert(conn, "pins", PINS.column_names, rows)
+        yield
     finally:
         if lower:  # DuckDB shows the limit to 0.1 MiB: restored to within that
             conn.execute(f"SET memory_limit = '{limit}'")

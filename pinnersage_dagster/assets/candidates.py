@@ -33,6 +33,7 @@ from ..warehouse import (
     pins_version,
     query_arrow,
     replace_table,
+    small_buffer_pool,
     table_exists,
     transaction,
     write_pins,
@@ -143,8 +144,9 @@ def pins(
 def _holds(conn, recorded: str, accepted: pd.DataFrame, embeddings: np.ndarray) -> bool:
     """Does the warehouse's catalog already hold exactly these rows? Their version equals the one
     recorded and the one the table gives now (so a table changed behind the record is rewritten)."""
-    wanted = pins_version(conn, accepted, embeddings)
-    return wanted == recorded and guards.table_version(conn, "pins", PIN_VERSION_COLUMNS)[0] == wanted
+    with small_buffer_pool(conn):  # the table's scan beside the new catalog's matrix: no cached copy
+        wanted = pins_version(conn, accepted, embeddings)
+        return wanted == recorded and guards.table_version(conn, "pins", PIN_VERSION_COLUMNS)[0] == wanted
 
 
 def _embedding_day(context: dg.AssetExecutionContext, conn) -> date:
