@@ -120,7 +120,7 @@ def pins(
             )
     context.log.info(
         f"{len(validated.accepted)} pins accepted, {len(validated.quarantine)} quarantined"
-        + ("; the warehouse's catalog already holds them: not written again" if kept else "")
+        + ("; the catalog is unchanged: not written again" if kept else "")
     )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
