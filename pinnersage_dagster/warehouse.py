@@ -360,23 +360,6 @@ def small_buffer_pool(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
             conn.execute(f"SET memory_limit = '{limit}'")
 
 
-def pins_version(conn: duckdb.DuckDBPyConnection, accepted: pd.DataFrame, embeddings: np.ndarray) -> str:
-    """The version ``guards.table_version`` gives the catalog that ``write_pins`` would write from
-    these rows, computed on the rows themselves, nothing written (the same Arrow slices, the same
-    hash: the XOR of row hashes does not depend on how the rows are split)."""
-    count, digest = 0, 0
-    for rows in _pin_slices(accepted, embeddings):
-        conn.register("incoming_rows", rows)
-        try:
-            ((n, part),) = conn.execute(
-                f"SELECT count(*), coalesce(bit_xor(hash({PIN_VERSION_COLUMNS})), 0) FROM incoming_rows"
-            ).fetchall()
-        finally:
-            conn.unregister("incoming_rows")
-        count, digest = count + int(n), digest ^ int(part)
-    return f"{count}-{digest:016x}"
-
-
 DUCKDB_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", flags=re.IGNORECASE)
 _SIZE_UNITS = {
     "B": 1,
@@ -397,27 +380,40 @@ def duckdb_size_bytes(size: str) -> float | None:
     return None if match is None else float(match[1]) * _SIZE_UNITS[match[2].upper()]
 
 
+def pin_table(accepted: pd.DataFrame, embeddings: np.ndarray) -> pa.Table:
+    """The catalog's rows in their given order, with the types the table stores (the embeddings
+    not copied when they are float32 already): what ``guards.table_version`` of the table would
+    hash, before anything is written."""
+    return _arrow_pins(*_pin_columns(accepted), embeddings)
+
+
 def _pin_slices(accepted: pd.DataFrame, embeddings: np.ndarray) -> Iterator[pa.Table]:
     """The catalog's rows as the table stores them, in pin id order: one Arrow table when the
     rows come sorted, else slices of ``PIN_WRITE_ROWS`` (never a whole copy of the matrix)."""
-    dim = int(embeddings.shape[1])
-    ids = accepted["pin_id"].to_numpy()
+    ids, quality, created = _pin_columns(accepted)
     order = None if bool(np.all(ids[1:] > ids[:-1])) else np.argsort(ids, kind="stable")
-    quality = accepted["quality"].to_numpy()
-    created = pd.to_datetime(accepted["created_at"]).astype("datetime64[us]").to_numpy()
     step = max(len(ids), 1) if order is None else PIN_WRITE_ROWS
     for start in range(0, len(ids), step):  # an empty catalog is the empty table
         rows = slice(start, start + step) if order is None else order[start : start + step]
-        yield pa.table(
-            {
-                "pin_id": pa.array(ids[rows], pa.int64()),
-                "embedding": pa.FixedSizeListArray.from_arrays(
-                    pa.array(np.ascontiguousarray(embeddings[rows], dtype=np.float32).ravel()), dim
-                ),
-                "quality": pa.array(quality[rows], pa.float64()),
-                "created_at": pa.array(created[rows], pa.timestamp("us")),
-            }
-        )
+        yield _arrow_pins(ids[rows], quality[rows], created[rows], embeddings[rows])
+
+
+def _pin_columns(accepted: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    created = pd.to_datetime(accepted["created_at"]).astype("datetime64[us]").to_numpy()
+    return accepted["pin_id"].to_numpy(), accepted["quality"].to_numpy(), created
+
+
+def _arrow_pins(ids: np.ndarray, quality: np.ndarray, created: np.ndarray, embeddings: np.ndarray) -> pa.Table:
+    return pa.table(
+        {
+            "pin_id": pa.array(ids, pa.int64()),
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).ravel()), int(embeddings.shape[1])
+            ),
+            "quality": pa.array(quality, pa.float64()),
+            "created_at": pa.array(created, pa.timestamp("us")),
+        }
+    )
 
 
 def embedding_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:

@@ -30,7 +30,7 @@ from ..warehouse import (
     embedding_dim,
     ensure_tables,
     fill_embeddings,
-    pins_version,
+    pin_table,
     query_arrow,
     replace_table,
     small_buffer_pool,
@@ -151,8 +151,12 @@ def _holds(conn, recorded: guards.Lineage, accepted: pd.DataFrame, embeddings: n
     alive until the commit (1 GiB more at 1M pins that do not come in id order)."""
     if len(accepted) != recorded.rows:  # uploads and removals: no need to hash the rows
         return False
+    conn.register("incoming_pins", pin_table(accepted, embeddings))  # the version, nothing written
+    try:
+        wanted = guards.table_version(conn, "incoming_pins", PIN_VERSION_COLUMNS)[0]
+    finally:
+        conn.unregister("incoming_pins")
     with small_buffer_pool(conn):  # the table's scan beside the new catalog's matrix: no cached copy
-        wanted = pins_version(conn, accepted, embeddings)
         return wanted == recorded.version and guards.table_version(conn, "pins", PIN_VERSION_COLUMNS)[0] == wanted
 
 
