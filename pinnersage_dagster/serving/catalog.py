@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from ..core.artifacts import ArtifactIntegrityError, check_file, read_manifest, save_npy_rows
+from ..core.id_rows import IdRows
 from ..core.pool_graph import fingerprints
 
 REBASE_SHARE = 0.10
@@ -185,19 +186,12 @@ class CatalogView:
             or len(self.delta_embeddings) != len(self.delta_ids)
         ):
             raise ArtifactIntegrityError(f"{build}: catalog files do not line up")
-
-    @staticmethod
-    def _find(sorted_ids: np.ndarray, pin_ids: np.ndarray) -> np.ndarray:
-        if len(sorted_ids) == 0:
-            return np.full(len(pin_ids), -1)
-        rows = np.minimum(np.searchsorted(sorted_ids, pin_ids), len(sorted_ids) - 1)
-        return np.where(sorted_ids[rows] == pin_ids, rows, -1)
+        self._base_rows, self._delta_rows = IdRows(self.base_ids), IdRows(self.delta_ids)
 
     def locate(self, pin_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row of each pin in the delta, and in the base (where not in the delta); -1 if absent."""
-        pin_ids = np.asarray(pin_ids, dtype=np.int64)
-        delta = self._find(self.delta_ids, pin_ids)
-        base = self._find(self.base_ids, pin_ids)
+        delta = self._delta_rows(pin_ids)
+        base = self._base_rows(pin_ids)
         base = np.where((delta < 0) & (base >= 0) & self.base_live[np.maximum(base, 0)], base, -1)
         return delta, base
 
