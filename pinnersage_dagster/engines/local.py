@@ -103,9 +103,15 @@ def run_local_pass(
                 user_ids, pin_ids, ts_us, pin_rows, matrix, alpha=alpha, decay_lambda=decay_lambda, now_us=now_us
             )
             if pending is not None:  # the previous batch finished while this one was read
-                pq.write_table(pending(), out_dir / f"part-{number - 1:06d}.parquet")
+                _write_part(pending(), out_dir / f"part-{number - 1:06d}.parquet")
             pending = started
         # a day with no users still leaves one (empty) part, so the folder always has the schema
         last = pending() if pending is not None else ROW_SCHEMA.empty_table()
-        pq.write_table(last, out_dir / f"part-{max(len(batches) - 1, 0):06d}.parquet")
+        _write_part(last, out_dir / f"part-{max(len(batches) - 1, 0):06d}.parquet")
     return stats
+
+
+def _write_part(rows: pa.Table, path: Path) -> None:
+    # dictionaries only for ``kind`` (two values): on ids and floats they cost the writer half
+    # its time (48 -> 28 ms a 200k-row part) for a file of the same size, read once and removed
+    pq.write_table(rows, path, use_dictionary=["kind"])
