@@ -73,10 +73,8 @@ def build_snapshot(root: Path, n_pins: int, n_users: int, seed: int) -> dict:
     actions = pd.concat([generate_day_actions(world, DAY - timedelta(days=i)) for i in range(90)], ignore_index=True)
     actions = actions[actions.pin_id != UNKNOWN_PIN_ID].drop_duplicates()
     actions = actions.sort_values(["user_id", "ts"], ascending=[True, False]).groupby("user_id").head(1000)
-    distinct = actions[["user_id", "pin_id"]].drop_duplicates().sort_values(["user_id", "pin_id"])
     order = np.argsort(pins.pin_id)
     ids, x = pins.pin_id[order], pins.embedding[order]
-    rows = np.searchsorted(ids, distinct.pin_id.to_numpy())
     rows = represent_history(actions, ids, x, alpha=ALPHA, decay_lambda=0.01, now=pd.Timestamp(DAY + timedelta(days=1)))
     members = rows[["user_id", "cluster_id", "pin_id"]]
     medoids = rows.drop_duplicates(["user_id", "cluster_id"])[
@@ -102,7 +100,7 @@ def build_snapshot(root: Path, n_pins: int, n_users: int, seed: int) -> dict:
         batch_time=pd.Timestamp(DAY + timedelta(days=1)),
         medoids=medoids,
         members=members,
-        seen=distinct,
+        actions=actions[["user_id", "pin_id", "ts"]],
         popular=popular,
         catalog=ArrayCatalog(ids, x),
         index_dir=index_dir,

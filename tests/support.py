@@ -196,7 +196,6 @@ def publish_day(root: Path, partition: str, importance: tuple[float, float] = (3
         batch_time=day_end,
         medoids=medoids,
         members=members,
-        seen=members[["user_id", "pin_id"]],
         actions=members[["user_id", "pin_id"]].assign(ts=day_end - pd.Timedelta(hours=6)),
         popular=ids[np.flatnonzero(topic == 3)][:50],
         catalog=ArrayCatalog(ids, x),

@@ -3,8 +3,6 @@
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
-import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from .. import guards
@@ -77,7 +75,6 @@ def serving_snapshot(
             batch_time=end,
             medoids=medoids,
             members=members,
-            seen=distinct_pairs(actions),
             actions=actions,
             popular=popular,
             catalog=WarehouseCatalog(duckdb.get_connection),
@@ -184,13 +181,6 @@ def checked_snapshot_inputs(conn, day, index_store: IndexStore) -> dict:
         "user_medoids": interests["user_medoids"].version,
         "dimension": catalog.inputs.get("dimension"),
     }
-
-
-def distinct_pairs(actions: pd.DataFrame) -> pd.DataFrame:
-    """The distinct (user_id, pin_id) of actions sorted by user and pin."""
-    users, pins = actions["user_id"].to_numpy(), actions["pin_id"].to_numpy()
-    first = np.r_[True, (users[1:] != users[:-1]) | (pins[1:] != pins[:-1])] if len(actions) else np.empty(0, bool)
-    return pd.DataFrame({"user_id": users[first], "pin_id": pins[first]})
 
 
 def _disk_use(build: Path) -> tuple[int, int]:

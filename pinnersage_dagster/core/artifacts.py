@@ -147,18 +147,34 @@ def save_npy_rows(path: Path, blocks: Iterable[np.ndarray], shape: tuple[int, ..
     """Write the ``.npy`` file of an array of ``shape`` from its row blocks, in order, without ever
     holding the whole array (written through the page cache, so the pages are not the writer's
     resident memory as a mapped file's would be). Fails if the blocks do not fill ``shape``."""
-    dtype = np.dtype(dtype)
-    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
-    rows = 0
-    with path.open("wb") as out:
-        np.lib.format.write_array_header_1_0(out, header)
+    with NpyRows(path, shape, dtype) as out:
         for block in blocks:
-            block = np.ascontiguousarray(block, dtype=dtype)
-            if block.shape[1:] != tuple(shape[1:]) or rows + len(block) > shape[0]:
-                raise ValueError(
-                    f"{path.name}: a block of shape {block.shape} does not fit {tuple(shape)} at row {rows}"
-                )
-            out.write(block.data)
-            rows += len(block)
-    if rows != shape[0]:
-        raise ValueError(f"{path.name}: {rows} rows written, {shape[0]} expected")
+            out.write(block)
+
+
+class NpyRows:
+    """A ``.npy`` file of ``shape`` written a row block at a time (``save_npy_rows``), for writers
+    that fill several files in one pass; closing checks that the blocks filled ``shape``."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype | type) -> None:
+        self.path, self.shape, self.dtype, self.rows = path, tuple(shape), np.dtype(dtype), 0
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        self._out = path.open("wb")
+        np.lib.format.write_array_header_1_0(self._out, header)
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.shape[1:] or self.rows + len(block) > self.shape[0]:
+            raise ValueError(
+                f"{self.path.name}: a block of shape {block.shape} does not fit {self.shape} at row {self.rows}"
+            )
+        self._out.write(block.data)
+        self.rows += len(block)
+
+    def __enter__(self) -> NpyRows:
+        return self
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        self._out.close()
+        if kind is None and self.rows != self.shape[0]:
+            raise ValueError(f"{self.path.name}: {self.rows} rows written, {self.shape[0]} expected")

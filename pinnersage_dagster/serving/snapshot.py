@@ -19,7 +19,6 @@ against another day's index, and loading verifies every checksum before anything
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +27,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ..core.artifacts import ArtifactIntegrityError, publish, save_npy_rows, verified_build
-from ..core.decay import CHUNK_ROWS, decay_sum_blocks, segment_sum_blocks
+from ..core.artifacts import ArtifactIntegrityError, NpyRows, publish, verified_build
+from ..core.decay import decay_weights
 from ..core.hnsw import (
     DELETED_FILE,
     IDS_FILE,
@@ -41,6 +40,7 @@ from ..core.hnsw import (
     read_index_manifest,
     verified_index_ids,
 )
+from ..core.window_sums import first_of_pairs, window_sum_blocks
 from .catalog import CatalogSource, CatalogView, find_base, write_catalog
 from .settings import ServingParams
 
@@ -56,7 +56,7 @@ def publish_snapshot(
     batch_time: pd.Timestamp,
     medoids: pd.DataFrame,
     members: pd.DataFrame,
-    seen: pd.DataFrame,
+    actions: pd.DataFrame,
     popular: np.ndarray,
     catalog: CatalogSource,
     index_dir: Path,
@@ -64,12 +64,11 @@ def publish_snapshot(
     decay_lambda: float,
     lineage: dict | None = None,
     serving: dict | None = None,
-    actions: pd.DataFrame | None = None,
 ) -> dict:
     """Publish the snapshot of ``partition``; ``index_dir`` is that day's published pin_index;
     ``lineage``: the versions of what it was built from (``guards``), kept in the manifest;
     ``serving``: the model's serving parameters (``serving.settings.ServingParams``);
-    ``actions``: the window's actions (user_id, pin_id, ts, sorted by user) for the decay sums.
+    ``actions``: the window's actions (user_id, pin_id, ts): the seen pins and the decay sums.
 
     Immutable files of other builds (the day's index, the catalog base of an earlier snapshot)
     are hard-linked with their recorded checksums; every file written here is hashed once.
@@ -88,7 +87,10 @@ def publish_snapshot(
         )
     medoids = _sorted(medoids, ["user_id", "cluster_id"])[MEDOID_COLUMNS]
     members = _sorted(members, ["user_id", "cluster_id", "pin_id"])
-    seen = _sorted(seen, ["user_id", "pin_id"])
+    actions = _sorted(actions, ["user_id", "pin_id", "ts"])
+    users, pins = actions["user_id"].to_numpy(), actions["pin_id"].to_numpy()
+    first = first_of_pairs(users, pins)
+    seen = pd.DataFrame({"user_id": users[first], "pin_id": pins[first]})
     base = find_base(partition_dir.parent, catalog.hash_kind, catalog.dimension)
 
     def write(build: Path) -> tuple[dict, dict[str, tuple[Path, str]]]:
@@ -106,16 +108,11 @@ def publish_snapshot(
         catalog_section, base_files = write_catalog(build, catalog, base, origin=f"{partition}/{build.name}")
         linked.update(base_files)
         view = CatalogView(build, elsewhere=base_files)
-        save_npy_rows(
-            build / "centroids.npy", _centroids(medoids, members, view), (len(medoids), view.dimension), np.float32
-        )
         medoids.to_parquet(build / "medoids.parquet", index=False)
         members[["user_id", "cluster_id", "pin_id"]].to_parquet(build / "members.parquet", index=False)
-        seen[["user_id", "pin_id"]].to_parquet(build / "seen.parquet", index=False)
+        seen.to_parquet(build / "seen.parquet", index=False)
         np.save(build / "popular.npy", np.asarray(popular, dtype=np.int64))
-        decay_users, sums = _decay_sums(actions, batch_time, decay_lambda, view)
-        np.save(build / "decay_users.npy", decay_users)
-        save_npy_rows(build / "decay_sums.npy", sums, (len(decay_users), view.dimension), np.float32)
+        _write_sums(build, medoids, members, actions, batch_time, decay_lambda, view)
         fields = {
             "format_version": FORMAT_VERSION,
             "partition": partition,
@@ -157,17 +154,42 @@ def _readable(build: Path, manifest: dict) -> None:
         raise ArtifactIntegrityError(f"{build}: cannot be read back: {type(exc).__name__}: {exc}") from exc
 
 
-def _decay_sums(
-    actions: pd.DataFrame | None, batch_time: pd.Timestamp, decay_lambda: float, catalog: CatalogView
-) -> tuple[np.ndarray, Iterator[np.ndarray]]:
-    """The users with actions and their decay sums' row blocks (``core.decay``), at the batch time."""
-    if actions is None or actions.empty:
-        return np.empty(0, np.int64), iter(())
-    ts = actions["ts"].to_numpy(dtype="datetime64[us]")
-    age = (np.datetime64(batch_time.to_datetime64(), "us") - ts) / np.timedelta64(86_400_000_000, "us")
-    return decay_sum_blocks(
-        actions["user_id"].to_numpy(), actions["pin_id"].to_numpy(), age, decay_lambda, catalog.embeddings
+def _write_sums(
+    build: Path,
+    medoids: pd.DataFrame,
+    members: pd.DataFrame,
+    actions: pd.DataFrame,
+    batch_time: pd.Timestamp,
+    decay_lambda: float,
+    catalog: CatalogView,
+) -> None:
+    """centroids.npy (aligned with the medoids) and the decay sums at the batch time, written
+    block by block in one pass over the window (``core.window_sums``): never every sum at once."""
+    users, blocks = window_sum_blocks(
+        actions["user_id"].to_numpy(),
+        actions["pin_id"].to_numpy(),
+        _decay_weights(actions["ts"], batch_time, decay_lambda),
+        members["user_id"].to_numpy(),
+        members["cluster_id"].to_numpy(),
+        members["pin_id"].to_numpy(),
+        catalog.embeddings,
     )
+    np.save(build / "decay_users.npy", users)
+    with (
+        NpyRows(build / "centroids.npy", (len(medoids), catalog.dimension), np.float32) as centroids,
+        NpyRows(build / "decay_sums.npy", (len(users), catalog.dimension), np.float32) as sums,
+    ):
+        for means, decay in blocks:
+            centroids.write(means)
+            sums.write(decay)
+
+
+def _decay_weights(ts: pd.Series, batch_time: pd.Timestamp, decay_lambda: float) -> np.ndarray:
+    """exp(-lambda * age in days) of each action at the batch time."""
+    age = (np.datetime64(batch_time.to_datetime64(), "us") - ts.to_numpy(dtype="datetime64[us]")) / np.timedelta64(
+        86_400_000_000, "us"
+    )
+    return decay_weights(age, decay_lambda)
 
 
 def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -183,24 +205,6 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     if np.all(later | equal):
         return frame.reset_index(drop=True)
     return frame.sort_values(keys, kind="stable").reset_index(drop=True)
-
-
-def _centroids(
-    medoids: pd.DataFrame, members: pd.DataFrame, catalog: CatalogView, chunk_rows: int = CHUNK_ROWS
-) -> Iterator[np.ndarray]:
-    """Mean member embedding of each cluster, as row blocks aligned with ``medoids``
-    (``core.decay.segment_sum_blocks`` with weights 1/size, in chunks of whole clusters: the
-    snapshot writes each block away, never holding every centroid). float32 throughout:
-    converting every gathered member to float64 cost more than the product."""
-    if medoids.empty:
-        return iter(())
-    keys = members[["user_id", "cluster_id"]].to_numpy()
-    starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
-    if len(starts) != len(medoids):
-        raise ValueError("every medoid row needs its cluster members")
-    sizes = np.diff(np.r_[starts, len(keys)])
-    weights = np.repeat(1.0 / sizes, sizes).astype(np.float32)
-    return segment_sum_blocks(starts, weights, members["pin_id"].to_numpy(), catalog.embeddings, chunk_rows=chunk_rows)
 
 
 @dataclass

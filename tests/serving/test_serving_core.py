@@ -269,28 +269,3 @@ def test_online_event_ordering():
     a = OnlineEvent(pd.Timestamp("2026-01-01 10:00"), 1, 5, "click")
     b = OnlineEvent(pd.Timestamp("2026-01-01 09:00"), 1, 6, "click")
     assert sorted([a, b]) == [b, a]
-
-
-def test_centroids_in_chunks_equal_one_pass(tmp_path):
-    from pinnersage_dagster.serving.catalog import ArrayCatalog, CatalogView, write_catalog
-    from pinnersage_dagster.serving.snapshot import _centroids
-
-    rng = np.random.default_rng(0)
-    ids = np.arange(100, 400)
-    emb = rng.standard_normal((300, 8)).astype(np.float32)
-    sizes = rng.integers(1, 30, size=40)
-    members = pd.DataFrame(
-        {
-            "user_id": np.repeat(np.arange(40) // 3, sizes),
-            "cluster_id": np.repeat(np.arange(40) % 3, sizes),
-            "pin_id": rng.choice(ids, sizes.sum()),
-        }
-    )
-    medoids = members.drop_duplicates(["user_id", "cluster_id"])
-    expected = np.vstack(
-        [emb[g.pin_id.to_numpy() - 100].mean(axis=0) for _, g in members.groupby(["user_id", "cluster_id"], sort=False)]
-    )
-    write_catalog(tmp_path, ArrayCatalog(ids, emb), base=None, origin="test")
-    for chunk in (1, 7, 50, 10_000):
-        blocks = list(_centroids(medoids, members, CatalogView(tmp_path), chunk_rows=chunk))
-        assert np.allclose(np.vstack(blocks), expected, atol=1e-6)
