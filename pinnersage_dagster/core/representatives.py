@@ -59,7 +59,7 @@ def _block_medoids(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
         (np.repeat((1.0 / sizes).astype(np.float32), sizes), np.arange(len(x)), np.r_[0, np.cumsum(sizes)]),
         shape=(len(starts), len(x)),
     )
-    centred = x - (weights @ x)[segment_index]
+    centred = x - np.repeat(weights @ x, sizes, axis=0)
     spread = np.einsum("ij,ij->i", centred, centred).astype(np.float64)
     lowest = np.minimum.reduceat(spread, starts)
     radius = float(np.sqrt(np.einsum("ij,ij->i", x, x).max(initial=0.0)))
@@ -100,7 +100,7 @@ def _exact_medoids(block: np.ndarray, starts: np.ndarray) -> np.ndarray:
     weights = csr_matrix(
         (np.repeat(1.0 / sizes, sizes), np.arange(len(x)), np.r_[0, np.cumsum(sizes)]), shape=(len(starts), len(x))
     )
-    centred = x - (weights @ x)[segment_index]
+    centred = x - np.repeat(weights @ x, sizes, axis=0)
     spread = np.einsum("ij,ij->i", centred, centred)
     # equal Eq. 2 costs can differ in the last bits; treat them as ties and take the lowest row
     lowest = np.minimum.reduceat(spread, starts)[segment_index]

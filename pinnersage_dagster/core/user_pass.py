@@ -8,11 +8,12 @@ Input rows are *actions* sorted by (user_id, pin_id, ts). Ward runs on each user
 pins: acting twice on one pin adds no new point to cluster, only weight to the cluster's
 importance, which sums over actions (Eq. 3). A user for whom Algorithm 1 yields no cluster
 (every pin too far from every other under ``alpha``, or a single distinct pin) is not dropped:
-each distinct pin becomes a ``singleton`` cluster. Ward's trees are built user by user and cut
-for the whole batch at once; the medoids (Eq. 2) of every cluster of the batch are found in
-blocks of clusters, and the importance (Eq. 3) sums each cluster's actions in (pin_id, ts)
-order, so the result does not depend on how users are batched or which engine ran them (bit
-for bit).
+each distinct pin becomes a ``singleton`` cluster. A batch is taken a slice of whole users at
+a time (about ``GATHER_ROWS`` distinct pins), whose embeddings are gathered once, for both
+Ward and the medoids. Ward's trees are built user by user and cut for the slice at once; the
+medoids (Eq. 2) of every cluster of the slice are found in blocks of clusters, and the
+importance (Eq. 3) sums each cluster's actions in (pin_id, ts) order, so the result does not
+depend on how users are batched or which engine ran them (bit for bit).
 
 Output: one row per cluster member (``ROW_SCHEMA``), carrying its cluster's medoid,
 importance, size and action count; ``user_clusters`` and ``user_medoids`` are both
@@ -25,6 +26,7 @@ with Ward at alpha as the daily job does, or with a baseline's clustering in its
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -40,6 +42,7 @@ SINGLETON = "singleton"
 Clusterer = Callable[[int, np.ndarray, np.ndarray], WardClusters]
 
 US_PER_DAY = 86_400 * 1_000_000
+GATHER_ROWS = 1 << 15  # distinct (user, pin) rows gathered at once (32 MiB at d = 256)
 
 ROW_SCHEMA = pa.schema(
     [
@@ -90,13 +93,57 @@ def represent_users(
         return ROW_SCHEMA.empty_table()
     # each distinct (user, pin): Ward runs on these rows, one user at a time
     new_pin = np.r_[True, (user_ids[1:] != user_ids[:-1]) | (pin_ids[1:] != pin_ids[:-1])]
+    # whole users of about GATHER_ROWS distinct pins at a time (a heavier user alone), so the
+    # gathered rows stay bounded; the result does not depend on the batching
+    first_action = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])
+    rows_before = (np.cumsum(new_pin) - 1)[first_action]  # distinct rows before each user
+    cut = np.searchsorted(rows_before, np.arange(GATHER_ROWS, int(new_pin.sum()), GATHER_ROWS))
+    bounds = np.unique(np.r_[0, first_action[cut[cut < len(first_action)]], n]).tolist()
+    parts = [
+        _represent_part(
+            user_ids[a:b],
+            pin_ids[a:b],
+            ts_us[a:b],
+            pin_rows[a:b],
+            new_pin[a:b],
+            embeddings,
+            alpha=alpha,
+            decay_lambda=decay_lambda,
+            now_us=now_us,
+            cluster=cluster,
+            kind=kind,
+        )
+        for a, b in itertools.pairwise(bounds)
+    ]
+    return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+
+def _represent_part(
+    user_ids: np.ndarray,
+    pin_ids: np.ndarray,
+    ts_us: np.ndarray,
+    pin_rows: np.ndarray,
+    new_pin: np.ndarray,
+    embeddings: np.ndarray,
+    *,
+    alpha: float,
+    decay_lambda: float,
+    now_us: int,
+    cluster: Clusterer | None,
+    kind: str,
+) -> pa.Table:
+    """``represent_users`` on validated actions of whole users; ``new_pin`` marks each user's
+    first action on each distinct pin."""
     action_pin = np.cumsum(new_pin) - 1
-    d_user, d_pin, d_row = user_ids[new_pin], pin_ids[new_pin], pin_rows[new_pin]
+    d_user, d_pin = user_ids[new_pin], pin_ids[new_pin]
+    # every distinct row gathered once, in user order: Ward reads each user's rows as one slice
+    # and the medoids read theirs from here, near each other, not from the whole matrix again
+    x = embeddings[pin_rows[new_pin]]
     starts = np.flatnonzero(np.r_[True, d_user[1:] != d_user[:-1]])
     ends = np.r_[starts[1:], len(d_user)]
     sizes = ends - starts
     user_of_row = np.repeat(np.arange(len(starts)), sizes)
-    found = _clusters(d_user, d_pin, d_row, embeddings, starts, ends, alpha, cluster)
+    found = _clusters(d_user, d_pin, x, starts, ends, alpha, cluster)
     # a user left without a cluster (Algorithm 1 found none): every distinct pin is a singleton
     fallback = found.counts == 0
     local = found.labels.copy()
@@ -116,7 +163,7 @@ def represent_users(
     members = np.flatnonzero(label != UNCLUSTERED)
     members = members[np.argsort(label[members], kind="stable")]
     member_cluster = label[members]
-    medoid = d_pin[members[segment_medoids(embeddings, member_cluster, rows=d_row[members])]]
+    medoid = d_pin[members[segment_medoids(x, member_cluster, rows=members)]]
     # each action counts for the cluster of its pin, summed in (pin, ts) order within the cluster
     action_cluster = label[action_pin]
     counted = action_cluster != UNCLUSTERED
@@ -146,8 +193,7 @@ def represent_users(
 def _clusters(
     d_user: np.ndarray,
     d_pin: np.ndarray,
-    d_row: np.ndarray,
-    embeddings: np.ndarray,
+    x: np.ndarray,
     starts: np.ndarray,
     ends: np.ndarray,
     alpha: float,
@@ -157,11 +203,11 @@ def _clusters(
     cut of the whole batch), or ``cluster`` user by user."""
     sizes = ends - starts
     if cluster is None:
-        trees = [ward_linkage(embeddings[d_row[s:e]]) for s, e in zip(starts.tolist(), ends.tolist()) if e - s >= 2]
+        trees = [ward_linkage(x[s:e]) for s, e in zip(starts.tolist(), ends.tolist()) if e - s >= 2]
         return cut_linkages(trees, sizes, alpha)
     labels, counts, costs = np.full(len(d_user), UNCLUSTERED, dtype=np.int64), np.zeros(len(starts), np.int64), []
     for user, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())):
-        result = cluster(int(d_user[s]), d_pin[s:e], embeddings[d_row[s:e]])
+        result = cluster(int(d_user[s]), d_pin[s:e], x[s:e])
         labels[s:e], counts[user] = result.labels, result.n_clusters
         costs.append(result.merge_costs)
     return BatchClusters(labels, counts, np.concatenate(costs) if costs else np.empty(0))

@@ -83,6 +83,31 @@ def test_worker_processes_give_the_serial_result(population):
     assert parallel[MEMBERSHIP].equals(serial[MEMBERSHIP])
 
 
+@pytest.mark.parametrize("gather_rows", [1, 97, 4_096])
+def test_the_pass_gathers_a_slice_of_users_at_a_time_with_the_same_bits(population, monkeypatch, gather_rows):
+    """Users are clustered a bounded slice of distinct pins at a time (a heavier user alone):
+    every column is the same, bit for bit, as one slice of every user."""
+    from pinnersage_dagster.core import user_pass
+
+    *_, actions, ids, x, now = population
+    ordered = actions.sort_values(["user_id", "pin_id", "ts"], kind="stable")
+    pins = ordered.pin_id.to_numpy(np.int64)
+    args = (
+        ordered.user_id.to_numpy(np.int64),
+        pins,
+        ordered.ts.to_numpy("datetime64[us]").astype(np.int64),
+        np.searchsorted(ids, pins),
+        x,
+    )
+    settings = {"alpha": 1.3, "decay_lambda": 0.01, "now_us": int(now.value // 1000)}
+    monkeypatch.setattr(user_pass, "GATHER_ROWS", 10**9)
+    whole = user_pass.represent_users(*args, **settings)
+    monkeypatch.setattr(user_pass, "GATHER_ROWS", gather_rows)
+    sliced = user_pass.represent_users(*args, **settings)
+    assert ordered.groupby("user_id").pin_id.nunique().max() > gather_rows or gather_rows == 4_096
+    assert whole.num_rows > 0 and sliced.equals(whole)
+
+
 def test_user_batches_bound_rows(graph):
     with graph.connect(read_only=True) as conn:
         batches = user_batches(conn, DAY, max_rows=100)
