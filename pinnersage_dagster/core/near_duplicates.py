@@ -70,7 +70,10 @@ def _bucket_pairs(
     it: every pair with a new pin is computed once. Buckets of one size are compared together
     in one batched product; a bucket too big for one block is compared a slice of rows at a time.
     """
-    order = np.argsort(signature * 2 + ~is_new)  # by bucket, the bucket's new pins first
+    # only the buckets a new pin falls in: their pins are picked by a lookup over the keys (a
+    # day of uploads meets a few thousand buckets), then sorted by bucket, its new pins first
+    picked = np.flatnonzero(np.isin(signature, signature[is_new]))
+    order = picked[np.argsort(signature[picked] * 2 + ~is_new[picked])]
     key = signature[order]
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     sizes = np.diff(np.r_[starts, len(key)])
