@@ -268,8 +268,9 @@ class ExchangeStore(dg.ConfigurableResource):
     ``root`` is a local path, or a folder every Spark executor and this process can reach
     (a shared file system, or an object-store URI such as ``s3://bucket/pinnersage/exchange``
     read and written by DuckDB's httpfs extension and by Spark's Hadoop file systems).
-    Each run writes under ``<root>/<partition>/<run id>/`` and removes it once its results are
-    in the warehouse; on an object store, a lifecycle rule removes what a killed run left.
+    Each run writes under ``<root>/<partition>/<run id>/`` and removes it (and a local
+    partition folder left empty) once its results are in the warehouse; on an object store, a
+    lifecycle rule removes what a killed run left.
     """
 
     root: str = DEFAULT_EXCHANGE_ROOT

@@ -1,6 +1,7 @@
 """Each user's interests of the day: Ward clusters and their medoids, in one per-user pass
 (paper, Algorithm 2; sections 3.1.1-3.1.3)."""
 
+import contextlib
 import shutil
 import time
 from collections.abc import Iterator
@@ -120,6 +121,8 @@ def user_interests(
                 )
             if exchange.is_local:
                 shutil.rmtree(run_uri, ignore_errors=True)
+                with contextlib.suppress(OSError):  # the day's folder too, once no run's is left in it
+                    Path(run_uri).parent.rmdir()
             context.log.info(
                 f"{day}: per-user pass in {seconds:.1f}s for {changed} of {users} users "
                 f"({figures['clustering_engine']}; "
