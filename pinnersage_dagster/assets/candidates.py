@@ -40,7 +40,7 @@ from ..warehouse import (
 )
 from .constants import DUCKDB_POOL, GROUP
 
-GOOD_PINS_SQL = "SELECT pin_id, embedding FROM pins WHERE quality >= ? ORDER BY pin_id"
+GOOD_PINS_SQL = "SELECT pin_id, embedding FROM pins WHERE quality >= ?"  # in scan order: fill_embeddings
 
 
 @dg.asset(
@@ -202,8 +202,9 @@ def candidate_pool(
         table = query_arrow(conn, "SELECT pin_id, quality, created_at FROM pins ORDER BY pin_id")
         quality = table.column("quality").to_numpy()
         # only the pins that pass the quality threshold are embedded in the graph: read just those
-        good = np.empty((int((quality >= params.quality_threshold).sum()), embedding_dim(conn)), dtype=np.float32)
-        fill_embeddings(conn, GOOD_PINS_SQL, [params.quality_threshold], good)
+        good_ids = table.column("pin_id").to_numpy()[quality >= params.quality_threshold]
+        good = np.empty((len(good_ids), embedding_dim(conn)), dtype=np.float32)
+        fill_embeddings(conn, GOOD_PINS_SQL, [params.quality_threshold], good_ids, good)
     catalog_pins = table.num_rows
     columns = (
         table.column("pin_id").to_numpy(),

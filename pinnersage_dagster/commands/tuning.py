@@ -144,7 +144,7 @@ def calibrate_alpha(day: date | None, alphas: list[float], users: int, warehouse
             pairs = conn.execute(
                 "SELECT DISTINCT user_id, pin_id FROM action_windows WHERE partition_date = ? ORDER BY ALL", [day]
             ).fetchnumpy()
-            pins = query_arrow(conn, DAY_PINS_SQL.format(users=""), [day])
+            pins = query_arrow(conn, DAY_PINS_SQL.format(users="") + " ORDER BY pin_id", [day])
         rows = np.searchsorted(pins.column("pin_id").to_numpy(), pairs["pin_id"])
         sweep = alpha_sweep(
             pairs["user_id"], pairs["pin_id"], embedding_matrix(pins)[rows], alphas, progress=progress("sweep")

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core.user_pass import ROW_SCHEMA
-from ..warehouse import DAY_PINS_SQL, embedding_dim, fill_embeddings, pass_users, user_batches
+from ..warehouse import DAY_PIN_IDS_SQL, DAY_PINS_SQL, embedding_dim, fill_embeddings, pass_users, user_batches
 from .workers import SharedMatrix, UserPool
 
 BATCH_SQL = """
@@ -51,14 +51,10 @@ def day_embeddings(
     users = pass_users(only_changed)
     with connect() as conn:
         dim = embedding_dim(conn)
-        ((rows,),) = conn.execute(
-            "SELECT count(*) FROM pins WHERE pin_id IN "
-            f"(SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ? {users})",
-            [day],
-        ).fetchall()
-        matrix = SharedMatrix(int(rows), dim)
+        ids = np.asarray(conn.execute(DAY_PIN_IDS_SQL.format(users=users), [day]).fetchnumpy()["pin_id"], np.int64)
+        matrix = SharedMatrix(len(ids), dim)
         try:
-            ids = fill_embeddings(conn, DAY_PINS_SQL.format(users=users), [day], matrix.array, STREAM_ROWS)
+            fill_embeddings(conn, DAY_PINS_SQL.format(users=users), [day], ids, matrix.array, STREAM_ROWS)
         except BaseException:
             matrix.__exit__(None, None, None)
             raise

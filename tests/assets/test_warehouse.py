@@ -3,6 +3,7 @@
 from datetime import date
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -110,3 +111,36 @@ def test_the_catalog_write_runs_in_a_small_buffer_pool_and_restores_the_operator
     with pytest.raises(ValueError):
         warehouse.write_pins(conn, accepted, np.ones((4, 4), np.float32))  # misaligned: the insert fails
     assert (limit() or 0.0) == pytest.approx(before, rel=1e-3)
+
+
+def test_embeddings_stream_into_place_in_any_order_and_a_changed_catalog_fails(tmp_path):
+    """fill_embeddings takes rows in DuckDB's scan order (no ORDER BY) and scatters each chunk to
+    the row of its pin; a pin missing, unplanned or returned twice is a catalog that changed."""
+    from pinnersage_dagster.warehouse import fill_embeddings
+
+    rng = np.random.default_rng(0)
+    ids = np.sort(rng.choice(10_000, size=500, replace=False)).astype(np.int64)
+    x = rng.standard_normal((500, 8)).astype(np.float32)
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    order = rng.permutation(500)  # stored out of id order, so the scan is too
+    conn.register("src", pd.DataFrame({"pin_id": ids[order], "embedding": list(x[order])}))
+    conn.execute("CREATE TABLE pins AS SELECT pin_id, embedding::FLOAT[8] AS embedding FROM src")
+    for chunk in (7, 64, 1_000):
+        out = np.full_like(x, np.nan)
+        fill_embeddings(conn, "SELECT pin_id, embedding FROM pins", [], ids, out, chunk_rows=chunk)
+        assert np.array_equal(out, x)
+    # a sorted scan is copied run by run: the same result
+    out = np.full_like(x, np.nan)
+    fill_embeddings(conn, "SELECT pin_id, embedding FROM pins ORDER BY pin_id", [], ids, out, chunk_rows=50)
+    assert np.array_equal(out, x)
+
+    def fails(sql: str, planned: np.ndarray) -> None:
+        with pytest.raises(RuntimeError, match="catalog changed"):
+            fill_embeddings(conn, sql, [], planned, np.empty((len(planned), 8), np.float32), chunk_rows=64)
+
+    fails("SELECT pin_id, embedding FROM pins", ids[1:])  # a row for a pin not planned
+    without = f"SELECT pin_id, embedding FROM pins WHERE pin_id != {ids[3]}"
+    fails(without, ids)  # a pin without a row
+    # as many rows as pins, but one pin twice and one never
+    fails(f"{without} UNION ALL SELECT pin_id, embedding FROM pins WHERE pin_id = {ids[5]}", ids)
+    fails("SELECT pin_id, embedding FROM pins", np.empty(0, np.int64))
