@@ -69,7 +69,10 @@ class UserPool:
                     initializer=_exit_with_parent,
                     initargs=(os.getpid(),),
                 )
-                list(self._pool.map(_noop, range(self.workers)))  # start the workers now, with this env
+                # each submit spawns a worker now, with this env; they boot (import numpy, scipy, ...)
+                # while the caller plans and reads the day instead of before it
+                for worker in range(self.workers):
+                    self._pool.submit(_noop, worker)
             finally:
                 for key, value in saved.items():
                     if value is None:
