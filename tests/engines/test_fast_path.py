@@ -83,6 +83,20 @@ def test_worker_processes_give_the_serial_result(population):
     assert parallel[MEMBERSHIP].equals(serial[MEMBERSHIP])
 
 
+def test_the_pool_spawns_its_workers_at_once_with_one_blas_thread_each(monkeypatch):
+    """UserPool does not wait for its workers to boot, but spawns every one of them on entry,
+    while the one-thread BLAS environment is set (two workers on two cores must not run four
+    BLAS threads); the caller's environment is restored."""
+    import os
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    with UserPool(2) as pool:
+        assert pool._pool is not None and len(pool._pool._processes) == 2  # both spawned, not on demand later
+        assert os.environ.get("OPENBLAS_NUM_THREADS") is None
+        seen = {pool._pool.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() for _ in range(8)}
+    assert seen == {"1"}
+
+
 @pytest.mark.parametrize("gather_rows", [1, 97, 4_096])
 def test_the_pass_gathers_a_slice_of_users_at_a_time_with_the_same_bits(population, monkeypatch, gather_rows):
     """Users are clustered a bounded slice of distinct pins at a time (a heavier user alone):
