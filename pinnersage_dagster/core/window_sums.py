@@ -11,7 +11,9 @@ the same order.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -36,6 +38,7 @@ def window_sum_blocks(
     embeddings: Callable[[np.ndarray], np.ndarray],
     *,
     chunk_rows: int = CHUNK_ROWS,
+    threads: int = 1,
 ) -> tuple[np.ndarray, Iterator[tuple[np.ndarray, np.ndarray]]]:
     """(the users with actions, blocks of (centroids, decay sums)).
 
@@ -43,7 +46,8 @@ def window_sum_blocks(
     of whole users with about ``chunk_rows`` distinct (user, pin) rows: the centroids of their
     clusters, in member order, and their decay sums, in user order; the rows are gathered once
     per block and stay in the CPU cache for both products. A member that is not among its
-    user's actions is an error (the clusters and the window disagree)."""
+    user's actions is an error (the clusters and the window disagree). With ``threads`` > 1 the
+    blocks are computed ahead on that many threads (``embeddings`` is called from them)."""
     action_users, action_pins = np.asarray(action_users), np.asarray(action_pins)
     member_users, member_clusters = np.asarray(member_users), np.asarray(member_clusters)
     member_pins = np.asarray(member_pins)
@@ -63,36 +67,61 @@ def window_sum_blocks(
     weights = np.repeat((1.0 / sizes).astype(np.float32), sizes)
     pair_end = np.r_[user_pair[1:], len(pair_action)]  # each user's rows end here
 
-    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        u = 0
-        while u < len(users):
-            last = max(u + 1, int(np.searchsorted(pair_end, user_pair[u] + chunk_rows, side="right")))
-            lo, hi = user_pair[u], pair_end[last - 1]
-            a_lo, a_hi = user_action[u], user_action[last] if last < len(users) else len(action_users)
-            pair_pins = action_pins[pair_action[lo:hi]]
-            x = np.asarray(embeddings(pair_pins))
-            mix = csr_matrix(
-                (action_weights[a_lo:a_hi], np.cumsum(first[a_lo:a_hi]) - 1, np.r_[user_action[u:last], a_hi] - a_lo),
-                shape=(last - u, hi - lo),
-            )
-            decay = mix @ x.astype(np.float64)
-            m_lo, m_hi = member_lo[u], member_hi[last - 1]
-            c_lo, c_hi = np.searchsorted(cluster_first, [m_lo, m_hi])
-            columns = _member_rows(
-                pair_pins,
-                pair_end[u:last] - user_pair[u:last],
-                member_users[m_lo:m_hi],
-                member_pins[m_lo:m_hi],
-                member_hi[u:last] - member_lo[u:last],
-            )
-            means = csr_matrix(
-                (weights[m_lo:m_hi], columns, np.r_[cluster_first[c_lo:c_hi], m_hi] - m_lo),
-                shape=(c_hi - c_lo, hi - lo),
-            )
-            yield means @ x, decay
-            u = last
+    def block(u: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """The centroids and decay sums of users ``u .. last - 1``."""
+        lo, hi = user_pair[u], pair_end[last - 1]
+        a_lo, a_hi = user_action[u], user_action[last] if last < len(users) else len(action_users)
+        pair_pins = action_pins[pair_action[lo:hi]]
+        x = np.asarray(embeddings(pair_pins))
+        mix = csr_matrix(
+            (action_weights[a_lo:a_hi], np.cumsum(first[a_lo:a_hi]) - 1, np.r_[user_action[u:last], a_hi] - a_lo),
+            shape=(last - u, hi - lo),
+        )
+        decay = mix @ x.astype(np.float64)
+        m_lo, m_hi = member_lo[u], member_hi[last - 1]
+        c_lo, c_hi = np.searchsorted(cluster_first, [m_lo, m_hi])
+        columns = _member_rows(
+            pair_pins,
+            pair_end[u:last] - user_pair[u:last],
+            member_users[m_lo:m_hi],
+            member_pins[m_lo:m_hi],
+            member_hi[u:last] - member_lo[u:last],
+        )
+        means = csr_matrix(
+            (weights[m_lo:m_hi], columns, np.r_[cluster_first[c_lo:c_hi], m_hi] - m_lo),
+            shape=(c_hi - c_lo, hi - lo),
+        )
+        return means @ x, decay
 
-    return users, blocks()
+    bounds = []
+    u = 0
+    while u < len(users):
+        last = max(u + 1, int(np.searchsorted(pair_end, user_pair[u] + chunk_rows, side="right")))
+        bounds.append((u, last))
+        u = last
+    return users, _in_order(block, bounds, threads)
+
+
+def _in_order(
+    block: Callable[[int, int], tuple[np.ndarray, np.ndarray]], bounds: list[tuple[int, int]], threads: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``block`` of each bound, yielded in order; with ``threads`` > 1, computed ahead on that
+    many threads, at most two blocks per thread waiting for the caller, so memory stays a few
+    blocks whatever the caller's pace. numpy's gathers and copies run without the GIL, scipy's
+    sparse products with it: 1.3x on two threads for the sums of 100k users. Each block's
+    arithmetic is the same on any thread, so the bits are too."""
+    if threads <= 1:
+        for u, last in bounds:
+            yield block(u, last)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()
+        for u, last in bounds:
+            pending.append(pool.submit(block, u, last))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _member_rows(

@@ -19,6 +19,7 @@ against another day's index, and loading verifies every checksum before anything
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,11 +65,13 @@ def publish_snapshot(
     decay_lambda: float,
     lineage: dict | None = None,
     serving: dict | None = None,
+    threads: int = 0,
 ) -> dict:
     """Publish the snapshot of ``partition``; ``index_dir`` is that day's published pin_index;
     ``lineage``: the versions of what it was built from (``guards``), kept in the manifest;
     ``serving``: the model's serving parameters (``serving.settings.ServingParams``);
-    ``actions``: the window's actions (user_id, pin_id, ts): the seen pins and the decay sums.
+    ``actions``: the window's actions (user_id, pin_id, ts): the seen pins and the decay sums;
+    ``threads``: for the centroids and decay sums (0: one per core).
 
     Immutable files of other builds (the day's index, the catalog base of an earlier snapshot)
     are hard-linked with their recorded checksums; every file written here is hashed once.
@@ -112,7 +115,7 @@ def publish_snapshot(
         members[["user_id", "cluster_id", "pin_id"]].to_parquet(build / "members.parquet", index=False)
         seen.to_parquet(build / "seen.parquet", index=False)
         np.save(build / "popular.npy", np.asarray(popular, dtype=np.int64))
-        _write_sums(build, medoids, members, actions, batch_time, decay_lambda, view)
+        _write_sums(build, medoids, members, actions, batch_time, decay_lambda, view, threads or os.cpu_count() or 1)
         fields = {
             "format_version": FORMAT_VERSION,
             "partition": partition,
@@ -162,9 +165,11 @@ def _write_sums(
     batch_time: pd.Timestamp,
     decay_lambda: float,
     catalog: CatalogView,
+    threads: int,
 ) -> None:
     """centroids.npy (aligned with the medoids) and the decay sums at the batch time, written
-    block by block in one pass over the window (``core.window_sums``): never every sum at once."""
+    block by block in one pass over the window (``core.window_sums``, on ``threads`` threads):
+    never every sum at once."""
     users, blocks = window_sum_blocks(
         actions["user_id"].to_numpy(),
         actions["pin_id"].to_numpy(),
@@ -173,6 +178,7 @@ def _write_sums(
         members["cluster_id"].to_numpy(),
         members["pin_id"].to_numpy(),
         catalog.embeddings,
+        threads=threads,
     )
     np.save(build / "decay_users.npy", users)
     with (

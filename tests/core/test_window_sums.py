@@ -57,10 +57,11 @@ def _separately(emb, actions, members):
     return centroids, decay_users, np.vstack(list(blocks))
 
 
+@pytest.mark.parametrize("threads", [1, 3], ids=["one thread", "three threads"])
 @pytest.mark.parametrize("chunk", [1, 7, 50, 10_000])
-def test_one_pass_gives_the_same_bits_as_two(window, chunk):
+def test_one_pass_gives_the_same_bits_as_two(window, chunk, threads):
     emb, actions, members = window
-    users, blocks = window_sum_blocks(*actions[:3], *members, emb, chunk_rows=chunk)
+    users, blocks = window_sum_blocks(*actions[:3], *members, emb, chunk_rows=chunk, threads=threads)
     parts = list(blocks)
     centroids, decay = np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
     expected_centroids, expected_users, expected_decay = _separately(emb, actions, members)
@@ -79,14 +80,16 @@ def test_one_pass_gives_the_same_bits_as_two(window, chunk):
     np.testing.assert_allclose(decay[-1], (a_weights[last, None] * emb(a_pins[last])).sum(0), atol=1e-9)
 
 
-def test_a_member_the_window_does_not_hold_is_refused(window):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_member_the_window_does_not_hold_is_refused(window, threads):
+    """Also from a block computed ahead on another thread: the caller gets the block's error."""
     emb, actions, (m_users, m_clusters, m_pins) = window
-    user = m_users[0]
+    user = m_users[-1]
     stranger = np.setdiff1d(emb.ids, actions[1][actions[0] == user])[0]
     m_pins = m_pins.copy()
-    m_pins[0] = stranger
+    m_pins[-1] = stranger
     with pytest.raises(ValueError, match=f"user {user}: cluster member pin {stranger} is not among"):
-        list(window_sum_blocks(*actions[:3], m_users, m_clusters, m_pins, emb)[1])
+        list(window_sum_blocks(*actions[:3], m_users, m_clusters, m_pins, emb, chunk_rows=7, threads=threads)[1])
 
 
 def test_members_of_a_user_without_actions_are_refused(window):
