@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import numpy as np
+import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from .. import guards, pictures
@@ -22,6 +23,8 @@ from ..resources import ClusteringEngine, ExchangeStore
 from ..warehouse import (
     CHANGED_USERS_SQL,
     TABLES,
+    day_fingerprints,
+    day_pin_fingerprints,
     embedding_matrix,
     ensure_tables,
     pass_users,
@@ -78,7 +81,7 @@ def user_interests(
                 inputs = _checked_inputs(conn, day, params)
                 ensure_tables(conn)
                 reuse = _reusable_day_before(conn, day, inputs) if engine.reuse_unchanged_users else None
-                changed, users = _plan_users(conn, day, reuse)
+                changed, users, fingerprints = _plan_users(conn, day, reuse)
             inputs["reused_from"] = reuse
             settings = {
                 "alpha": params.alpha,
@@ -118,6 +121,7 @@ def user_interests(
                     before_commit=record,
                     reuse_from=date.fromisoformat(reuse["day"]) if reuse else None,
                     decay_lambda=params.decay_lambda,
+                    fingerprints=fingerprints,
                 )
             if exchange.is_local:
                 shutil.rmtree(run_uri, ignore_errors=True)
@@ -206,10 +210,13 @@ def _reusable_day_before(conn: duckdb.DuckDBPyConnection, day: date, inputs: dic
     return {"day": before.isoformat(), **{asset: f.version for asset, f in found.items() if f is not None}}
 
 
-def _plan_users(conn: duckdb.DuckDBPyConnection, day: date, reuse: dict | None) -> tuple[int, int]:
+def _plan_users(conn: duckdb.DuckDBPyConnection, day: date, reuse: dict | None) -> tuple[int, int, pa.Table]:
     """Record the users whose window changed since the day before (for the pass to run on);
-    returns (users the pass clusters, users of the day's window)."""
-    with transaction(conn):
+    returns (users the pass clusters, users of the day's window, the embedding fingerprints of
+    the day's pins). The fingerprints are recorded with the interests, in their transaction: a
+    run killed before it never leaves fingerprints that disagree with the interests."""
+    fingerprints = day_fingerprints(conn, day)
+    with transaction(conn), day_pin_fingerprints(conn, fingerprints):
         conn.execute("DELETE FROM interest_changed_users WHERE partition_date = ?", [day])
         if reuse is not None:
             conn.execute(CHANGED_USERS_SQL, {"day": day, "before": date.fromisoformat(reuse["day"])})
@@ -217,11 +224,11 @@ def _plan_users(conn: duckdb.DuckDBPyConnection, day: date, reuse: dict | None) 
         "SELECT count(DISTINCT user_id) FROM action_windows WHERE partition_date = ?", [day]
     ).fetchall()
     if reuse is None:
-        return int(users), int(users)
+        return int(users), int(users), fingerprints
     ((changed,),) = conn.execute(
         f"SELECT count(DISTINCT user_id) FROM action_windows WHERE partition_date = ? {pass_users(True)}", [day]
     ).fetchall()
-    return int(changed), int(users)
+    return int(changed), int(users), fingerprints
 
 
 def _remove_stale_runs(exchange: ExchangeStore, day: date) -> None:
