@@ -478,10 +478,7 @@ CHANGED_USERS_SQL = f"""
 """
 # the embedding hash of every catalog pin of $day's window (``day_fingerprints``): hashed once
 # per day, compared with the day before's in CHANGED_USERS_SQL and recorded with the interests
-DAY_FINGERPRINTS_SQL = """
-    SELECT pin_id, hash(embedding) AS fingerprint FROM pins
-    WHERE pin_id IN (SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = $day)
-"""
+DAY_FINGERPRINTS_SQL = f"SELECT pin_id, hash(embedding) AS fingerprint FROM pins {_DAY_PINS_FILTER.format(users='')}"
 PIN_FINGERPRINTS_SQL = """
     INSERT INTO interest_pin_fingerprints SELECT CAST($day AS DATE), pin_id, fingerprint FROM day_pin_fingerprints
 """
@@ -490,7 +487,7 @@ PIN_FINGERPRINTS_SQL = """
 def day_fingerprints(conn: duckdb.DuckDBPyConnection, day: date) -> pa.Table:
     """(pin_id, fingerprint) of the catalog pins of ``day``'s window: 12 MB at 100k users, where
     hashing their embeddings reads 700 MB (0.8-0.9 s)."""
-    return conn.sql(DAY_FINGERPRINTS_SQL, params={"day": day}).to_arrow_table()
+    return conn.sql(DAY_FINGERPRINTS_SQL, params=[day]).to_arrow_table()
 
 
 @contextmanager
