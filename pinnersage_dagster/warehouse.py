@@ -442,6 +442,9 @@ POOL_AT_SQL = """
 _DAY_PINS_FILTER = "WHERE pin_id IN (SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ? {users})"
 DAY_PINS_SQL = f"SELECT pin_id, embedding FROM pins {_DAY_PINS_FILTER}"
 DAY_PIN_IDS_SQL = f"SELECT pin_id FROM pins {_DAY_PINS_FILTER} ORDER BY pin_id"
+# the embeddings of pins already found (``fill_embeddings_of``): a join on their ids costs half
+# of finding them in the window a second time (1M pins: 0.5 s against 0.9-1.0 s)
+_PINS_OF_IDS_SQL = "SELECT pin_id, embedding FROM pins SEMI JOIN wanted_pin_ids USING (pin_id)"
 # the per-user pass's rows of action_windows: every user's, or (a day that reuses the day before)
 # those of the users whose window changed
 CHANGED_ONLY = "AND user_id IN (SELECT user_id FROM interest_changed_users c WHERE c.partition_date = action_windows.partition_date)"
@@ -694,6 +697,15 @@ class WarehouseCatalog:
                 n = batch.num_rows
                 x = batch.column("embedding").values.to_numpy(zero_copy_only=False).reshape(n, self.dimension)
                 yield batch.column("pin_id").to_numpy(), batch.column("h").to_numpy().astype(np.uint64), x
+
+
+def fill_embeddings_of(conn: duckdb.DuckDBPyConnection, ids: np.ndarray, out: np.ndarray, chunk_rows: int) -> None:
+    """``fill_embeddings`` of the catalog's pins ``ids`` (sorted, unique), found by their ids."""
+    conn.register("wanted_pin_ids", pa.table({"pin_id": pa.array(ids, pa.int64())}))
+    try:
+        fill_embeddings(conn, _PINS_OF_IDS_SQL, [], ids, out, chunk_rows)
+    finally:
+        conn.unregister("wanted_pin_ids")
 
 
 def fill_embeddings(

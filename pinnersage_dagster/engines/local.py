@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core.user_pass import ROW_SCHEMA
-from ..warehouse import DAY_PIN_IDS_SQL, DAY_PINS_SQL, embedding_dim, fill_embeddings, pass_users, user_batches
+from ..warehouse import DAY_PIN_IDS_SQL, embedding_dim, fill_embeddings_of, pass_users, user_batches
 from .workers import SharedMatrix, UserPool
 
 BATCH_SQL = """
@@ -54,7 +54,7 @@ def day_embeddings(
         ids = np.asarray(conn.execute(DAY_PIN_IDS_SQL.format(users=users), [day]).fetchnumpy()["pin_id"], np.int64)
         matrix = SharedMatrix(len(ids), dim)
         try:
-            fill_embeddings(conn, DAY_PINS_SQL.format(users=users), [day], ids, matrix.array, STREAM_ROWS)
+            fill_embeddings_of(conn, ids, matrix.array, STREAM_ROWS)
         except BaseException:
             matrix.__exit__(None, None, None)
             raise

@@ -144,3 +144,15 @@ def test_embeddings_stream_into_place_in_any_order_and_a_changed_catalog_fails(t
     # as many rows as pins, but one pin twice and one never
     fails(f"{without} UNION ALL SELECT pin_id, embedding FROM pins WHERE pin_id = {ids[5]}", ids)
     fails("SELECT pin_id, embedding FROM pins", np.empty(0, np.int64))
+
+    # by ids: a subset of the catalog, in any order of the scan; a planned pin the catalog lacks fails
+    from pinnersage_dagster.warehouse import fill_embeddings_of
+
+    some = np.sort(rng.choice(ids, size=120, replace=False))
+    out = np.full((len(some), 8), np.nan, np.float32)
+    fill_embeddings_of(conn, some, out, chunk_rows=16)
+    assert np.array_equal(out, x[np.searchsorted(ids, some)])
+    with pytest.raises(RuntimeError, match="catalog changed"):
+        fill_embeddings_of(conn, np.sort(np.r_[some, 10_001]), np.empty((121, 8), np.float32), chunk_rows=16)
+    # the ids' view is gone afterwards, even after a failure
+    assert not conn.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'wanted_pin_ids'").fetchall()[0][0]
