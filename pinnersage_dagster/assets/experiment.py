@@ -18,13 +18,14 @@ from ..partitions import daily_partitions, partition_days
 from ..pictures import lift_intervals, markdown_image
 from ..resources import EventLogStore
 from ..serving.event_log import iter_day
-from ..serving.impressions import prune_impressions, read_impressions
+from ..serving.impressions import impression_days, prune_impressions, read_impressions
 from ..settings import settings
 from .constants import DUCKDB_POOL
 from .snapshot import serving_snapshot
 
-# the traffic of snapshot D is served on D+1 (and into D+2 until D+1's snapshot is published);
-# engagements are attributed up to 24 hours after the last impression
+# the traffic of snapshot D is served on D+1 (and into D+2 until D+1's snapshot is published),
+# and on any later day the service still served it (the daily job failed, or the snapshot was
+# served again); engagements are attributed up to 24 hours after the last impression
 TRAFFIC_DAYS = (1, 2)
 ENGAGEMENT_DAYS = (1, 2, 3)
 
@@ -56,16 +57,16 @@ def experiment_report(
     event_log: EventLogStore,
     params: PinnerSageParams,
 ) -> dg.MaterializeResult:
-    """Partition D: the traffic served from snapshot D (during D+1), per arm: exposed users,
-    impressions, engaged users, engagements, engagements on served pins, volume, propensity and
-    served-pin CTR, with lifts against decay_average (95% intervals over users) and the sample
-    ratio mismatch p-value. Before that day is over it reports the traffic so far; re-materializing
+    """Partition D: the traffic served from snapshot D (during D+1, or later while it was the
+    newest the service could load), per arm: exposed users, impressions, engaged users,
+    engagements, engagements on served pins, volume, propensity and served-pin CTR, with lifts
+    against decay_average (95% intervals over users) and the sample ratio mismatch p-value. Before that day is over it reports the traffic so far; re-materializing
     replaces it. Engagements are the service's events and the source's actions (raw_actions)."""
     if not config.experiment_path:
         raise dg.Failure("no experiment: set PINNERSAGE_EXPERIMENT_PATH to the file the service ran")
     experiment = load_experiment(config.experiment_path)
     (day,) = partition_days(context)
-    impressions, unreadable = read_impressions(config.impressions_root, [day + timedelta(d) for d in TRAFFIC_DAYS])
+    impressions, unreadable = _snapshot_impressions(config.impressions_root, day)
     mine = (
         impressions[(impressions["experiment"] == experiment.name) & (impressions["snapshot"] == day.isoformat())]
         if not impressions.empty
@@ -74,7 +75,7 @@ def experiment_report(
     outside = int(mine["arm"].isna().sum()) if not mine.empty else 0
     mine = mine[mine["arm"].notna()] if not mine.empty else mine
     shown = mine.assign(cold_start=mine["source"] == "popular")[["user_id", "arm", "ts", "cold_start", "pin_ids"]]
-    engagements = _engagements(duckdb, event_log.root, day, shown["user_id"].unique())
+    engagements = _engagements(duckdb, event_log.root, day, shown["user_id"].unique(), last_shown=shown["ts"].max())
     report = build_report(
         experiment,
         day.isoformat(),
@@ -108,10 +109,27 @@ def experiment_report(
     )
 
 
-def _engagements(duckdb: DuckDBResource, events_root: str, day: date, users) -> pd.DataFrame:
-    """Distinct (user, pin, action, ts) of the exposed users in the days the traffic can reach: the
-    service's event log and the warehouse's raw_actions (which holds the events it ingested)."""
-    days = [day + timedelta(d) for d in ENGAGEMENT_DAYS]
+def _snapshot_impressions(root: str, day: date) -> tuple[pd.DataFrame, int]:
+    """The impressions of the days snapshot ``day`` is served (D+1, D+2), and of every later day
+    whose file holds some of its traffic."""
+    usual = [day + timedelta(d) for d in TRAFFIC_DAYS]
+    impressions, unreadable = read_impressions(root, usual)
+    later = [d for d in impression_days(root) if d > usual[-1]]
+    if not later:
+        return impressions, unreadable
+    stale, stale_unreadable = read_impressions(root, later, mentioning=day.isoformat())
+    frames = [f for f in (impressions, stale) if not f.empty] or [impressions]
+    return pd.concat(frames, ignore_index=True), unreadable + stale_unreadable
+
+
+def _engagements(duckdb: DuckDBResource, events_root: str, day: date, users, last_shown) -> pd.DataFrame:
+    """Distinct (user, pin, action, ts) of the exposed users in the days the traffic can reach
+    (through the day after the last impression): the service's event log and the warehouse's
+    raw_actions (which holds the events it ingested)."""
+    last = day + timedelta(ENGAGEMENT_DAYS[-1])
+    if not pd.isna(last_shown):  # a stale snapshot's traffic: through the day after its last impression
+        last = max(last, last_shown.date() + timedelta(1))
+    days = [day + timedelta(d) for d in range(ENGAGEMENT_DAYS[0], (last - day).days + 1)]
     wanted = set(int(u) for u in users)
     rows = [
         (e.user_id, e.pin_id, e.action, e.ts)

@@ -111,15 +111,22 @@ def append_lines(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def read_impressions(root: str | Path, days: Iterable[date]) -> tuple[pd.DataFrame, int]:
+def read_impressions(
+    root: str | Path, days: Iterable[date], *, mentioning: str | None = None
+) -> tuple[pd.DataFrame, int]:
     """Every readable impression of those days' files, and how many lines could not be read (torn,
-    garbage, missing fields): skipped and counted, never fatal."""
+    garbage, missing fields): skipped and counted, never fatal. ``mentioning``: only the files
+    whose text contains it are read (a later day's file holds a snapshot's traffic only if the
+    snapshot's date is written in it), so looking for a stale snapshot's traffic costs a byte
+    search of each file, not a parse."""
     rows, unreadable = [], 0
     for day in days:
         path = Path(root) / f"{day.isoformat()}{SUFFIX}"
         try:
             content = path.read_bytes()
         except FileNotFoundError:
+            continue
+        if mentioning is not None and mentioning.encode() not in content:
             continue
         for raw in content.split(b"\n"):
             if not raw.strip():
@@ -139,6 +146,17 @@ def read_impressions(root: str | Path, days: Iterable[date]) -> tuple[pd.DataFra
     if not frame.empty:
         frame["ts"] = pd.to_datetime(frame["ts"])
     return frame, unreadable
+
+
+def impression_days(root: str | Path) -> list[date]:
+    """The days of the impression files under ``root``, in order (other files are ignored)."""
+    days = []
+    for path in Path(root).glob(f"*{SUFFIX}"):
+        try:
+            days.append(date.fromisoformat(path.name.removesuffix(SUFFIX)))
+        except ValueError:
+            continue
+    return sorted(days)
 
 
 def prune_impressions(root: str | Path, *, keep_days: int, today: date) -> list[str]:

@@ -324,13 +324,24 @@ def test_the_sample_ratio_check_fails_on_a_skewed_split():
     )
 
 
-def test_the_report_asset_and_its_check_on_a_real_warehouse(graph_copy, tmp_path, monkeypatch):
+@pytest.mark.parametrize("served_after", [1, 5], ids=["the next day", "a stale snapshot, days later"])
+def test_the_report_asset_and_its_check_on_a_real_warehouse(graph_copy, tmp_path, monkeypatch, served_after):
     """Impressions of the tiny graph's snapshot, engagements in its event log: the asset reports
-    them, writes report.json and report.md, and the SRM check fails on a skewed split."""
+    them, writes report.json and report.md, and the SRM check fails on a skewed split. A snapshot
+    still served days later (the daily job failed since) has that traffic in its report too, and
+    the engagements of the day after it; a day file in between that holds only another
+    snapshot's traffic is not read (its torn line is not counted)."""
     experiment_path = tmp_path / "experiment.yaml"
     experiment_path.write_text(json.dumps({**THREE, "arms": {"decay_average": 1, "sampled": 1}}))
     experiment = load_experiment(experiment_path)
-    served_on = DAY + timedelta(days=1)
+    served_on = DAY + timedelta(days=served_after)
+    engaged_at = f"{served_on}T09:30:00Z" if served_after == 1 else f"{served_on + timedelta(days=1)}T08:00:00Z"
+    if served_after > 3:
+        other = served_on - timedelta(days=1)
+        (tmp_path / "impressions").mkdir()
+        (tmp_path / "impressions" / f"{other}.jsonl").write_text(
+            json.dumps({"impression_id": "x", "snapshot": str(other - timedelta(days=1))}) + '\n{"torn\n'
+        )
     log = ImpressionLog(tmp_path / "impressions")
     users = [u for u in range(1, 81) if experiment.arm(u) == "sampled"] + [1_000_001]  # one line outside
     for user in users:
@@ -351,8 +362,8 @@ def test_the_report_asset_and_its_check_on_a_real_warehouse(graph_copy, tmp_path
     log.close()
     events = Path(graph_copy.resources["event_log"].root)
     events.mkdir(exist_ok=True)
-    (events / f"{served_on}.jsonl").write_text(
-        json.dumps({"user_id": users[0], "pin_id": 6, "action": "click", "ts": f"{served_on}T09:30:00Z"}) + "\n"
+    (events / f"{engaged_at[:10]}.jsonl").write_text(
+        json.dumps({"user_id": users[0], "pin_id": 6, "action": "click", "ts": engaged_at}) + "\n"
     )
     reports = tmp_path / "reports"
     monkeypatch.setattr("pinnersage_dagster.checks.report_root", lambda: str(reports))
@@ -382,6 +393,7 @@ def test_the_report_asset_and_its_check_on_a_real_warehouse(graph_copy, tmp_path
         and sampled["served_engagements"] == 1
     )
     assert report["arms"]["decay_average"]["exposed_users"] == 0 and report["impressions_outside_experiment"] == 1
+    assert report["unreadable_impression_lines"] == 0
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "experiment_sample_ratio" and not check.passed  # every exposed user in one arm
     assert "| sampled |" in (reports / DAY.isoformat() / "report.md").read_text()
