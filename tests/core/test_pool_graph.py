@@ -16,6 +16,7 @@ from pinnersage_dagster.core.hnsw import (
 )
 from pinnersage_dagster.core.pool_graph import (
     GraphParams,
+    _unique_edges,
     fingerprints,
     load_pool_graph,
     publish_pool_graph,
@@ -123,6 +124,22 @@ def test_builds_use_every_core():
     graph, _ = update_pool_graph(None, ids, x, PARAMS)
     # hnswlib takes num_threads=-1 literally and builds on one thread
     assert graph.index.num_threads == build_index(x, M=16, ef_construction=50, ef=50).num_threads == os.cpu_count()
+
+
+@pytest.mark.parametrize(
+    "low, high", [(100_000, 3_000_000), (-(2**30), 2**30), (-(2**62), 2**62)], ids=["ids", "negative", "too wide"]
+)
+def test_duplicate_pairs_are_kept_once_smaller_label_first_in_order(low, high):
+    """The same pairs as numpy's row-wise unique, whether a pair fits one int64 key or not."""
+    rng = np.random.default_rng(low % 97)
+    pairs = rng.integers(low, high, size=(5_000, 2))
+    pairs[:50, 1] = pairs[:50, 0] + 1  # neighbours at the edge of a key's range
+    edges = np.vstack([pairs, pairs[::-1, ::-1], pairs[:700]])
+    given = edges.copy()
+    found = _unique_edges(edges)
+    assert found.dtype == np.int64 and np.array_equal(found, np.unique(np.sort(given, axis=1), axis=0))
+    assert np.array_equal(edges, given)  # the caller's array is left alone
+    assert _unique_edges(np.empty((0, 2), np.int64)).shape == (0, 2)
 
 
 def test_fingerprints_change_with_any_bit_of_the_embedding():
