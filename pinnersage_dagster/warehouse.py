@@ -437,8 +437,8 @@ POOL_AT_SQL = """
     WHERE c.created_at IS NULL OR c.created_at < ?
     ORDER BY c.pin_id
 """
-# the catalog's pins a day's window acts on: their embeddings (in scan order: ``fill_embeddings``)
-# and their ids, sorted; one filter, so both read the same pins
+# the catalog's pins a day's window acts on: their embeddings and their ids, sorted; one filter,
+# so both read the same pins (the pass reads the embeddings by those ids: ``fill_embeddings_of``)
 _DAY_PINS_FILTER = "WHERE pin_id IN (SELECT DISTINCT pin_id FROM action_windows WHERE partition_date = ? {users})"
 DAY_PINS_SQL = f"SELECT pin_id, embedding FROM pins {_DAY_PINS_FILTER}"
 DAY_PIN_IDS_SQL = f"SELECT pin_id FROM pins {_DAY_PINS_FILTER} ORDER BY pin_id"

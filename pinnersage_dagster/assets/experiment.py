@@ -60,8 +60,9 @@ def experiment_report(
     """Partition D: the traffic served from snapshot D (during D+1, or later while it was the
     newest the service could load), per arm: exposed users, impressions, engaged users,
     engagements, engagements on served pins, volume, propensity and served-pin CTR, with lifts
-    against decay_average (95% intervals over users) and the sample ratio mismatch p-value. Before that day is over it reports the traffic so far; re-materializing
-    replaces it. Engagements are the service's events and the source's actions (raw_actions)."""
+    against decay_average (95% intervals over users) and the sample ratio mismatch p-value.
+    Before that day is over it reports the traffic so far; re-materializing replaces it.
+    Engagements are the service's events and the source's actions (raw_actions)."""
     if not config.experiment_path:
         raise dg.Failure("no experiment: set PINNERSAGE_EXPERIMENT_PATH to the file the service ran")
     experiment = load_experiment(config.experiment_path)

@@ -162,12 +162,9 @@ def impression_days(root: str | Path) -> list[date]:
 def prune_impressions(root: str | Path, *, keep_days: int, today: date) -> list[str]:
     """Remove the day files older than ``keep_days`` before ``today``; other files are left alone."""
     removed = []
-    for path in sorted(Path(root).glob(f"*{SUFFIX}")):
-        try:
-            day = date.fromisoformat(path.name.removesuffix(SUFFIX))
-        except ValueError:
-            continue
+    for day in impression_days(root):
         if (today - day).days > keep_days:
+            path = Path(root) / f"{day.isoformat()}{SUFFIX}"
             path.unlink(missing_ok=True)
             removed.append(path.name)
     return removed

@@ -27,7 +27,7 @@ from pinnersage_dagster.core.experiment import (
     load_experiment,
     parse_experiment,
 )
-from pinnersage_dagster.serving.impressions import ImpressionLog, read_impressions
+from pinnersage_dagster.serving.impressions import ImpressionLog, impression_days, prune_impressions, read_impressions
 from pinnersage_dagster.serving.online import OnlineEvent
 from pinnersage_dagster.serving.service import RecommenderService
 from pinnersage_dagster.serving.settings import ServiceSettings
@@ -255,6 +255,19 @@ def test_a_torn_line_is_sealed_skipped_and_counted(tmp_path):
 
 
 # --- the report ---------------------------------------------------------------------------------
+
+
+def test_old_impression_files_are_pruned_and_stray_files_left_alone(tmp_path):
+    for name in ("2026-05-01.jsonl", "2026-05-16.jsonl", "2026-05-20.jsonl", "notes.jsonl", "2026-05-02.txt"):
+        (tmp_path / name).write_text("{}\n")
+    assert impression_days(tmp_path) == [date(2026, 5, 1), date(2026, 5, 16), date(2026, 5, 20)]
+    assert prune_impressions(tmp_path, keep_days=14, today=date(2026, 5, 30)) == ["2026-05-01.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "2026-05-02.txt",
+        "2026-05-16.jsonl",
+        "2026-05-20.jsonl",
+        "notes.jsonl",
+    ]
 
 
 def test_attribution_by_hand():
