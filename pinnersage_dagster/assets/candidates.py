@@ -282,6 +282,8 @@ def candidate_pool(
         "graph_insert_seconds": round(update.insert_seconds, 2),
         "duplicate_self_join_seconds": round(update.self_join_seconds, 2),
         "graph_unreachable_pins": update.unreachable,
+        "graph_links_added_for_unreachable_pins": update.linked,
+        "graph_link_seconds": round(update.link_seconds, 2),
         "duplicate_hash_probability_at_threshold": round(
             collision_probability(params.duplicate_cosine, params.dedup_hash_bits, params.dedup_hash_tables), 4
         ),

@@ -14,8 +14,9 @@ Duplicate pairs come from two searches of the pins that entered the graph:
 - random-hyperplane hashing (``core.near_duplicates``): every pair that shares a bucket of one
   of ``hash_tables`` tables is compared exactly. Its recall at a given cosine is a known
   probability whatever the data looks like, which a graph search cannot promise: in worlds with
-  hubs (noisy embeddings) some pins are linked to by no other pin, so no search of the graph
-  returns them (2% of the realistic world's graph at 100k pins, 12% at 1M);
+  hubs (noisy embeddings) hnswlib leaves some pins linked to by no other pin, so no search of
+  its graph returns them (2% of the realistic world's graph at 100k pins, 12% at 1M; the saved
+  graph then gets a link to each of them, ``hnsw_file.link_unreachable``, before it is published);
 - the new pins' own level-0 neighbour lists in the saved graph (the insertion's search, at
   ``ef_construction``, for free), which pairs what the hashing separated by chance.
 """
@@ -37,7 +38,7 @@ from scipy.sparse.csgraph import connected_components
 
 from .artifacts import ArtifactIntegrityError, check_file, publish, read_manifest
 from .hnsw import threads
-from .hnsw_file import SavedGraph
+from .hnsw_file import SavedGraph, link_unreachable
 from .near_duplicates import hashed_pairs
 
 MAX_TOMBSTONE_SHARE = 0.10
@@ -113,6 +114,8 @@ class GraphUpdate:
     insert_seconds: float = 0.0  # hnswlib add_items
     self_join_seconds: float = 0.0  # the duplicate search: hashing and the neighbour lists
     unreachable: int = 0  # live pins no search of the graph can return (the service never serves them)
+    linked: int = 0  # links the update added so that searches reach pins hnswlib left without one
+    link_seconds: float = 0.0
 
 
 def fingerprints(x: np.ndarray) -> np.ndarray:
@@ -195,9 +198,10 @@ def update_pool_graph(
         )
         previous.index = None  # the new graph's now
     inserted = time.perf_counter()
-    unreachable = 0
+    linked = unreachable = 0
+    link_seconds = 0.0
     if len(new):
-        found, unreachable = _search_duplicates(
+        found, linked, unreachable, link_seconds = _search_duplicates(
             graph, x, row_of_label, new_labels, seed, workdir, release_index and workdir is not None
         )
         graph.edges = _unique_edges(np.vstack([graph.edges, found]))
@@ -210,8 +214,10 @@ def update_pool_graph(
         int(graph.live.sum()),
         len(graph.edges),
         inserted - started,
-        time.perf_counter() - inserted,
+        time.perf_counter() - inserted - link_seconds,
         unreachable,
+        linked,
+        link_seconds,
     )
     return graph, update
 
@@ -254,9 +260,11 @@ def _search_duplicates(
     seed: int,
     workdir: Path | None,
     release: bool,
-) -> tuple[np.ndarray, int]:
-    """Duplicate edges of the pins that just entered the graph (see the module docstring), and
-    how many live pins no search can reach. Live label ``l`` is the pin of row ``row_of_label[l]`` of ``x``."""
+) -> tuple[np.ndarray, int, int, float]:
+    """Duplicate edges of the pins that just entered the graph (see the module docstring), the
+    links added to the saved file so that a search reaches every live pin (``release``: the file
+    is the graph, ``hnsw_file.link_unreachable``), how many live pins no search reaches, and the
+    seconds the linking took. Live label ``l`` is the pin of row ``row_of_label[l]`` of ``x``."""
     assert graph.index is not None
     with tempfile.TemporaryDirectory(prefix=".graph-", dir=workdir) as scratch:
         path = Path(scratch) / "index.bin"
@@ -277,14 +285,22 @@ def _search_duplicates(
         saved = SavedGraph(path, graph.params.dimension)
         internal = np.empty(saved.elements, dtype=np.int64)
         internal[saved.labels] = np.arange(saved.elements)
-        unreachable = int((~saved.reachable() & graph.live[saved.labels]).sum())
         listed = _listed_edges(graph, saved, np.sort(internal[new_labels]), x, row_of_label)
+        if release:  # the file is the graph to publish: no pin of it may be out of a search's reach
+            labels, started = saved.labels, time.perf_counter()
+            linked, unreachable = link_unreachable(
+                path, graph.params.dimension, lambda ids: x[row_of_label[labels[ids]]]
+            )
+            link_seconds = time.perf_counter() - started
+        else:
+            link_seconds = 0.0
+            linked, unreachable = 0, int((~saved.reachable() & graph.live[saved.labels]).sum())
         del saved
         if workdir is not None:  # keep the file: it is exactly the graph to publish
             kept = Path(workdir) / f"index-{os.getpid()}-{time.monotonic_ns()}.bin"
             os.replace(path, kept)
             graph.saved = kept
-    return np.vstack([hashed, listed]), unreachable
+    return np.vstack([hashed, listed]), linked, unreachable, link_seconds
 
 
 def _listed_edges(

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pinnersage_dagster.core.candidates import refine_candidate_pool
-from pinnersage_dagster.core.hnsw_file import SavedGraph
+from pinnersage_dagster.core.hnsw_file import SavedGraph, link_unreachable
 from pinnersage_dagster.core.metrics import pool_refinement_scores
 from pinnersage_dagster.core.pool_graph import GraphParams, publish_pool_graph, update_pool_graph
 from pinnersage_dagster.core.synthetic import SyntheticWorld, generate_pins
@@ -78,6 +78,54 @@ def test_an_element_no_link_leads_to_is_unreachable(tmp_path):
     np.add.at(incoming, links[links >= 0], 1)
     lonely = (incoming == 0) & (np.arange(saved.elements) != saved.entry_point)
     assert not reach[lonely].any()  # no incoming link: never reached
+
+
+def test_every_live_element_gets_a_link_a_search_follows_and_nothing_else_changes(tmp_path):
+    """Hubs: tight clusters whose centres take every pin's one kept link, a few pins deleted. After
+    linking, a search reaches every live pin and returns each by its own vector; the labels,
+    tombstones, vectors and every element's own links are what hnswlib wrote."""
+    rng = np.random.default_rng(5)
+    centres = unit(rng.standard_normal((4, DIM)))
+    x = unit(np.repeat(centres, 500, axis=0) + 0.05 * rng.standard_normal((2000, DIM)))
+    index = hnswlib.Index(space="ip", dim=DIM)
+    index.init_index(max_elements=2000, M=4, ef_construction=20, random_seed=1)
+    index.add_items(x, np.arange(2000) + 7)  # labels are not internal ids
+    deleted = rng.choice(2000, 30, replace=False) + 7
+    for label in deleted.tolist():
+        index.mark_deleted(label)
+    path = tmp_path / "index.bin"
+    index.save_index(str(path))
+    before = SavedGraph(path, DIM)
+    lonely = np.flatnonzero(~before.reachable() & ~before.deleted)
+    assert len(lonely) > 30  # the world does leave pins out of reach
+    old_links = before.links(0, before.elements)
+    vector_of = x[before.labels - 7]  # per internal id
+
+    added, left = link_unreachable(path, DIM, lambda ids: vector_of[ids])
+
+    after = SavedGraph(path, DIM)
+    assert left == 0 and added >= 1 and added == int((after.counts - before.counts).sum())
+    assert after.reachable()[~after.deleted].all()
+    assert (after.labels == before.labels).all() and (after.deleted == before.deleted).all()
+    new_links = after.links(0, after.elements)
+    kept = old_links >= 0
+    assert (new_links[kept] == old_links[kept]).all()  # only appended, never replaced
+    assert (after.counts <= after.max_m0).all()
+    appended = np.flatnonzero(after.counts > before.counts)
+    targets = np.concatenate([new_links[i, before.counts[i] : after.counts[i]] for i in appended])
+    assert not after.deleted[targets].any() and not after.deleted[appended].any()
+    loaded = hnswlib.Index(space="ip", dim=DIM)
+    loaded.load_index(str(path))
+    live = np.setdiff1d(np.arange(2000) + 7, deleted)
+    assert np.array_equal(loaded.get_items(live, return_type="numpy"), x[live - 7])
+    loaded.set_ef(50)
+    found, _ = loaded.knn_query(vector_of[lonely], k=10)
+    share = np.mean([label in row for label, row in zip(before.labels[lonely], found, strict=True)])
+    index.set_ef(50)
+    found_before, _ = index.knn_query(vector_of[lonely], k=10)
+    share_before = np.mean([label in row for label, row in zip(before.labels[lonely], found_before, strict=True)])
+    assert share >= 0.9 and share_before < 0.5, (share, share_before)
+    assert link_unreachable(path, DIM, lambda ids: vector_of[ids]) == (0, 0)  # nothing left to link
 
 
 def world(preset: str, n_pins: int):
