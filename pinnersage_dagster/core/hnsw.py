@@ -23,7 +23,7 @@ import hnswlib
 import numpy as np
 
 from .artifacts import ArtifactIntegrityError, check_file, publish, read_manifest as read_artifact_manifest
-from .hnsw_file import SavedGraph
+from .hnsw_file import SavedGraph, link_unreachable
 
 INDEX_FILE = "index.bin"
 IDS_FILE = "pin_ids.npy"
@@ -106,12 +106,15 @@ def publish_index(
     ef_construction: int,
     ef: int,
 ) -> IndexManifest:
-    """Write a built index aside, verify it reads back, then swap the manifest in atomically.
+    """Write a built index aside (every pin linked so a search reaches it), verify it reads back,
+    then swap the manifest in atomically.
     ``pin_ids`` maps every label to its pin; every label is live."""
     pin_ids = np.asarray(pin_ids, dtype=np.int64)
 
     def write(build_dir: Path) -> dict:
         index.save_index(str(build_dir / INDEX_FILE))
+        # a search must reach every pin it serves (``hnsw_file.link_unreachable``)
+        link_unreachable(build_dir / INDEX_FILE, int(index.dim), lambda labels: index.get_items(labels, "numpy"))
         np.save(build_dir / IDS_FILE, pin_ids)
         np.save(build_dir / LIVE_FILE, np.ones(len(pin_ids), bool))
         np.save(build_dir / DELETED_FILE, np.empty(0, np.int64))

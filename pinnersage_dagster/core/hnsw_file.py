@@ -128,7 +128,7 @@ def _spread(links: np.ndarray, reached: np.ndarray, frontier: np.ndarray) -> np.
 def link_unreachable(path: Path, dim: int, vectors: Callable[[np.ndarray], np.ndarray]) -> tuple[int, int]:
     """Give every live element that no level-0 path reaches an incoming link, written into the
     saved file; returns (links added, live elements still unreachable). ``vectors`` gives the
-    unit vectors of live internal ids.
+    vectors of live labels, as the index was given them.
 
     hnswlib links a new element to the neighbours its selection heuristic keeps, and each of them
     back; but a neighbour whose list is full keeps only what the heuristic picks again. On
@@ -143,6 +143,11 @@ def link_unreachable(path: Path, dim: int, vectors: Callable[[np.ndarray], np.nd
     saved = SavedGraph(path, dim)
     if saved.elements == 0:
         return 0, 0
+    labels = saved.labels
+
+    def of(ids: np.ndarray) -> np.ndarray:
+        return np.asarray(vectors(labels[ids]), dtype=np.float32)
+
     links = saved.level0()
     reached = saved.reachable(links)
     live = ~saved.deleted
@@ -151,9 +156,9 @@ def link_unreachable(path: Path, dim: int, vectors: Callable[[np.ndarray], np.nd
     added = 0
     while len(lonely := np.flatnonzero(live & ~reached)):
         open_ = reached & live & (counts < saved.max_m0)
-        element, neighbour = _nearest_with_room(links, lonely, open_, vectors)
+        element, neighbour = _nearest_with_room(links, lonely, open_, of)
         if len(element) == 0:  # none near them has room (small lists): the nearest of all that do
-            element, neighbour = _nearest_open(lonely, open_, vectors)
+            element, neighbour = _nearest_open(lonely, open_, of)
         if len(element) == 0:
             break
         # several elements may pick one neighbour: each takes a free slot in turn while there is one

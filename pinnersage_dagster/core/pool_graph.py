@@ -287,10 +287,8 @@ def _search_duplicates(
         internal[saved.labels] = np.arange(saved.elements)
         listed = _listed_edges(graph, saved, np.sort(internal[new_labels]), x, row_of_label)
         if release:  # the file is the graph to publish: no pin of it may be out of a search's reach
-            labels, started = saved.labels, time.perf_counter()
-            linked, unreachable = link_unreachable(
-                path, graph.params.dimension, lambda ids: x[row_of_label[labels[ids]]]
-            )
+            started = time.perf_counter()
+            linked, unreachable = link_unreachable(path, graph.params.dimension, lambda labels: x[row_of_label[labels]])
             link_seconds = time.perf_counter() - started
         else:
             link_seconds = 0.0

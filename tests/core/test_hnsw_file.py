@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from pinnersage_dagster.core.candidates import refine_candidate_pool
+from pinnersage_dagster.core.hnsw import build_index, publish_index
 from pinnersage_dagster.core.hnsw_file import SavedGraph, link_unreachable
 from pinnersage_dagster.core.metrics import pool_refinement_scores
-from pinnersage_dagster.core.pool_graph import GraphParams, publish_pool_graph, update_pool_graph
+from pinnersage_dagster.core.pool_graph import GraphParams, load_pool_graph, publish_pool_graph, update_pool_graph
 from pinnersage_dagster.core.synthetic import SyntheticWorld, generate_pins
 
 DIM = 24
@@ -101,7 +102,7 @@ def test_every_live_element_gets_a_link_a_search_follows_and_nothing_else_change
     old_links = before.links(0, before.elements)
     vector_of = x[before.labels - 7]  # per internal id
 
-    added, left = link_unreachable(path, DIM, lambda ids: vector_of[ids])
+    added, left = link_unreachable(path, DIM, lambda labels: x[labels - 7])
 
     after = SavedGraph(path, DIM)
     assert left == 0 and added >= 1 and added == int((after.counts - before.counts).sum())
@@ -125,7 +126,59 @@ def test_every_live_element_gets_a_link_a_search_follows_and_nothing_else_change
     found_before, _ = index.knn_query(vector_of[lonely], k=10)
     share_before = np.mean([label in row for label, row in zip(before.labels[lonely], found_before, strict=True)])
     assert share >= 0.9 and share_before < 0.5, (share, share_before)
-    assert link_unreachable(path, DIM, lambda ids: vector_of[ids]) == (0, 0)  # nothing left to link
+    assert link_unreachable(path, DIM, lambda labels: x[labels - 7]) == (0, 0)  # nothing left to link
+
+
+def test_a_published_compact_index_reaches_every_pin(tmp_path):
+    rng = np.random.default_rng(5)
+    x = unit(np.repeat(unit(rng.standard_normal((4, DIM))), 500, axis=0) + 0.05 * rng.standard_normal((2000, DIM)))
+    index = build_index(x, M=4, ef_construction=20, ef=50)
+    index.save_index(str(tmp_path / "plain.bin"))
+    assert not SavedGraph(tmp_path / "plain.bin", DIM).reachable().all()  # hnswlib's own file does not
+    manifest = publish_index(
+        tmp_path / "day", index, np.arange(2000) + 100, source_partition="2026-03-01", M=4, ef_construction=20, ef=50
+    )
+    published = SavedGraph(tmp_path / "day" / "builds" / manifest.build_id / "index.bin", DIM)
+    assert published.reachable().all()
+
+
+def test_the_published_pool_graph_reaches_every_pin_and_the_pool_is_unchanged(tmp_path):
+    """The pool's own path: the graph saved for publishing is linked; the pool it refines is the
+    same as without a published graph, on the first day and on a day of inserts."""
+    rng = np.random.default_rng(5)
+    n = 2000
+    x = unit(np.repeat(unit(rng.standard_normal((4, DIM))), n // 4, axis=0) + 0.05 * rng.standard_normal((n, DIM)))
+    ids, quality = np.arange(n) + 100, np.full(n, 0.9)
+    created = np.full(n, np.datetime64("2026-01-01", "us"))
+    first = rng.random(n) < 0.8
+
+    def run(keep, previous=None, workdir=None):
+        return refine_candidate_pool(
+            ids[keep],
+            x[keep],
+            quality[keep],
+            created[keep],
+            quality_threshold=0.25,
+            duplicate_cosine=0.99,
+            M=4,
+            ef_construction=20,
+            previous=previous,
+            workdir=workdir,
+        )
+
+    for previous_plain, previous_linked in [(None, None), (run(first).graph, None)]:
+        keep = np.ones(n, bool) if previous_plain is not None else first
+        if previous_plain is not None:  # yesterday's graph, published (linked) for the linked path
+            previous_linked = run(first, workdir=tmp_path).graph
+            publish_pool_graph(tmp_path / "yesterday", previous_linked)
+            previous_linked = load_pool_graph(tmp_path / "yesterday")
+        plain, linked = run(keep, previous_plain), run(keep, previous_linked, workdir=tmp_path)
+        assert linked.update.linked > 0 and linked.update.unreachable == 0, linked.update
+        pd.testing.assert_frame_equal(plain.kept, linked.kept)
+        pd.testing.assert_frame_equal(plain.excluded, linked.excluded)
+        manifest = publish_pool_graph(tmp_path / "graph", linked.graph)
+        published = SavedGraph(tmp_path / "graph" / "builds" / manifest["build_id"] / "index.bin", DIM)
+        assert published.reachable()[~published.deleted].all()
 
 
 def world(preset: str, n_pins: int):
