@@ -445,8 +445,14 @@ def report(args: argparse.Namespace, timings: list[dict], uploads: dict) -> None
     summary["cold_candidate_pool_breakdown"] = {
         "graph_insert_seconds": cold.get("graph_insert_seconds"),
         "duplicate_self_join_seconds": cold.get("duplicate_self_join_seconds"),
+        "graph_link_seconds": cold.get("graph_link_seconds", 0),
+        "graph_links_added_for_unreachable_pins": cold.get("graph_links_added_for_unreachable_pins", 0),
         "rest_seconds": round(
-            cold_pool - cold.get("graph_insert_seconds", 0) - cold.get("duplicate_self_join_seconds", 0), 1
+            cold_pool
+            - cold.get("graph_insert_seconds", 0)
+            - cold.get("duplicate_self_join_seconds", 0)
+            - cold.get("graph_link_seconds", 0),
+            1,
         ),
     }
     pool = {t["phase"]: t["metadata"] for t in timings if t["stage"] == "candidate_pool"}
@@ -564,6 +570,7 @@ def report(args: argparse.Namespace, timings: list[dict], uploads: dict) -> None
         "Cold candidate_pool, by part: hnswlib insertion {graph_insert_seconds} s (the work of the plain build), "
         "duplicate search {duplicate_self_join_seconds} s (random-hyperplane hashing with every bucket's pairs "
         "compared exactly, and the graph's own neighbour lists), "
+        "linking the pins no search reached {graph_link_seconds} s ({graph_links_added_for_unreachable_pins:,} links), "
         "everything else {rest_seconds} s (process start, reading the catalog, fingerprints, publishing the "
         "graph, writing the pool tables).".format(**summary["cold_candidate_pool_breakdown"]),
         "",
@@ -582,7 +589,9 @@ def report(args: argparse.Namespace, timings: list[dict], uploads: dict) -> None
         + "; ".join(
             f"{phase}: {m.get('graph_update')} ({m.get('graph_pins_inserted')} inserted), "
             f"{m.get('excluded_near_duplicate')} near-duplicates, planted duplicate recall "
-            f"{m.get('planted_duplicate_recall')}, precision {m.get('planted_duplicate_precision')}"
+            f"{m.get('planted_duplicate_recall')}, precision {m.get('planted_duplicate_precision')}, "
+            f"{m.get('graph_links_added_for_unreachable_pins')} links added for pins no search reached, "
+            f"{m.get('graph_unreachable_pins')} left unreachable"
             for phase, m in pool.items()
         ),
     ]
