@@ -114,7 +114,8 @@ def publish_index(
     def write(build_dir: Path) -> dict:
         index.save_index(str(build_dir / INDEX_FILE))
         # a search must reach every pin it serves (``hnsw_file.link_unreachable``)
-        link_unreachable(build_dir / INDEX_FILE, int(index.dim), lambda labels: index.get_items(labels, "numpy"))
+        saved = SavedGraph(build_dir / INDEX_FILE, int(index.dim))
+        link_unreachable(saved, lambda labels: index.get_items(labels, "numpy"))
         np.save(build_dir / IDS_FILE, pin_ids)
         np.save(build_dir / LIVE_FILE, np.ones(len(pin_ids), bool))
         np.save(build_dir / DELETED_FILE, np.empty(0, np.int64))

@@ -125,9 +125,9 @@ def _spread(links: np.ndarray, reached: np.ndarray, frontier: np.ndarray) -> np.
     return reached
 
 
-def link_unreachable(path: Path, dim: int, vectors: Callable[[np.ndarray], np.ndarray]) -> tuple[int, int]:
+def link_unreachable(saved: SavedGraph, vectors: Callable[[np.ndarray], np.ndarray]) -> tuple[int, int]:
     """Give every live element that no level-0 path reaches an incoming link, written into the
-    saved file; returns (links added, live elements still unreachable). ``vectors`` gives the
+    saved file (``saved``, read once by the caller; stale after this); returns (links added, live elements still unreachable). ``vectors`` gives the
     vectors of live labels, as the index was given them.
 
     hnswlib links a new element to the neighbours its selection heuristic keeps, and each of them
@@ -140,7 +140,6 @@ def link_unreachable(path: Path, dim: int, vectors: Callable[[np.ndarray], np.nd
     graph when none of those has); the elements reached that way can take the next round's.
     The element's own links, the vectors, labels, tombstones and upper levels stay as they are,
     so hnswlib loads the file as before (``tests/core/test_hnsw_file.py``)."""
-    saved = SavedGraph(path, dim)
     if saved.elements == 0:
         return 0, 0
     labels = saved.labels
@@ -179,7 +178,7 @@ def link_unreachable(path: Path, dim: int, vectors: Callable[[np.ndarray], np.nd
         records = np.empty((len(rows), 1 + saved.max_m0), dtype="<u4")
         records[:, 0] = saved.flags[rows] | counts[rows].astype(np.uint32)
         records[:, 1:] = links[rows].astype(np.int64).astype(np.uint32)  # past the count: never read
-        with open(path, "r+b") as file:
+        with open(saved.path, "r+b") as file:
             for row, record in zip(rows.tolist(), records, strict=True):
                 os.pwrite(file.fileno(), record.tobytes(), HEADER.itemsize + row * saved.record)
     return added, int((live & ~reached).sum())

@@ -288,7 +288,7 @@ def _search_duplicates(
         listed = _listed_edges(graph, saved, np.sort(internal[new_labels]), x, row_of_label)
         if release:  # the file is the graph to publish: no pin of it may be out of a search's reach
             started = time.perf_counter()
-            linked, unreachable = link_unreachable(path, graph.params.dimension, lambda labels: x[row_of_label[labels]])
+            linked, unreachable = link_unreachable(saved, lambda labels: x[row_of_label[labels]])
             link_seconds = time.perf_counter() - started
         else:
             link_seconds = 0.0
