@@ -10,16 +10,17 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
+from duckdb import CatalogException
 
 from .. import guards
 from ..config import PinnerSageParams
-from ..core.artifacts import ArtifactIntegrityError, read_manifest
+from ..core.artifacts import ArtifactIntegrityError, check_file, read_manifest
 from ..core.candidates import refine_candidate_pool
 from ..core.contract import validate_pins
 from ..core.metrics import pool_refinement_scores
 from ..core.near_duplicates import collision_probability
 from ..core.plausibility import catalog_change
-from ..core.pool_graph import PoolGraph, load_pool_graph, publish_pool_graph
+from ..core.pool_graph import PoolGraph, load_pool_graph, publish_pool_graph, published_labels
 from ..readers import learned_raw_pins
 from ..reporting import frame_markdown, table_schema
 from ..resources import DataSource, IndexStore
@@ -41,6 +42,7 @@ from ..warehouse import (
 from .constants import DUCKDB_POOL, GROUP
 
 GOOD_PINS_SQL = "SELECT pin_id, embedding FROM pins WHERE quality >= ?"  # in scan order: fill_embeddings
+POOL_VERSION_COLUMNS = "pin_id, quality, created_at, n_duplicates"
 
 
 @dg.asset(
@@ -192,13 +194,27 @@ def candidate_pool(
     Unpartitioned, recomputed from the catalog. Removed pins are listed in
     ``candidate_pool_exclusions`` with the reason and, for duplicates, the pin kept instead.
     Also publishes the pool's HNSW graph (``core.pool_graph``), updated in place when the
-    catalog only gained or lost pins, which every day's ``pin_index`` starts from.
+    catalog only gained or lost pins, which every day's ``pin_index`` starts from. When the
+    catalog and the pool's settings are those the published pool was built from, and its graph
+    and tables still hold what was recorded, nothing is read or rebuilt: the pool stands.
     """
+    settings = _pool_settings(params)
     with duckdb.get_connection() as conn:
         catalog = guards.require(conn, "pins", needed_by="candidate_pool")
         guards.publish_into(conn, index_store.root, duckdb.database)
         if catalog.rows == 0:
             raise guards.StaleInputError("the catalog (pins) is empty: there is nothing to put in the candidate pool")
+        standing = _standing_pool(conn, catalog, settings, index_store.pool_graph_dir())
+        if standing is not None:
+            excluded = conn.execute("SELECT * FROM candidate_pool_exclusions ORDER BY pin_id").df()
+            truth = conn.execute("SELECT * FROM synthetic_pin_truth").df()
+    if standing is not None:
+        _clear_scratch(index_store.pool_graph_dir())
+        context.log.info(
+            f"candidate pool unchanged: {standing.rows} of {catalog.rows} pins (catalog {catalog.version})"
+        )
+        return _unchanged_pool(standing, catalog, excluded, truth)
+    with duckdb.get_connection() as conn:
         table = query_arrow(conn, "SELECT pin_id, quality, created_at FROM pins ORDER BY pin_id")
         quality = table.column("quality").to_numpy()
         # only the pins that pass the quality threshold are embedded in the graph: read just those
@@ -248,7 +264,7 @@ def candidate_pool(
                 raise guards.StaleInputError("pins was re-materialized while candidate_pool ran: re-run candidate_pool")
             replace_table(conn, "candidate_pool", refined.kept, atomic=False)
             replace_table(conn, "candidate_pool_exclusions", refined.excluded, atomic=False)
-            pool_version, _ = guards.table_version(conn, "candidate_pool", "pin_id, quality, created_at, n_duplicates")
+            pool_version, _ = guards.table_version(conn, "candidate_pool", POOL_VERSION_COLUMNS)
             version = f"{pool_version}-{graph_manifest['build_id']}"
             guards.record(
                 conn,
@@ -259,18 +275,16 @@ def candidate_pool(
                     "pins": catalog.version,
                     "graph_build": graph_manifest["build_id"],
                     "dimension": catalog.inputs["dimension"],
+                    "settings": settings,
                 },
                 len(refined.kept),
             )
         truth = conn.execute("SELECT * FROM synthetic_pin_truth").df()
-    reasons = refined.excluded["reason"].value_counts().to_dict()
     metadata: dict[str, Any] = {
         "version": version,
         "catalog_version": catalog.version,
         "catalog_pins": catalog_pins,
         "dagster/row_count": len(refined.kept),
-        "excluded_low_quality": int(reasons.get("low_quality", 0)),
-        "excluded_near_duplicate": int(reasons.get("near_duplicate", 0)),
         "refine_seconds": round(seconds, 2),
         "graph_update": update.mode,
         "graph_update_reason": update.reason,
@@ -290,18 +304,90 @@ def candidate_pool(
         "graph_build_id": graph_manifest["build_id"],
         "graph_bytes_written_mib": round(graph_written / 2**20, 1),
         "dagster/column_schema": table_schema(TABLES["candidate_pool"]),
-        "duplicate_examples": dg.MetadataValue.md(
-            frame_markdown(refined.excluded[refined.excluded["reason"] == "near_duplicate"].head(8))
-        ),
+        **_exclusion_metadata(refined.excluded, truth),
     }
-    if not truth.empty:
-        scores = pool_refinement_scores(truth, refined.excluded)
-        metadata.update({f"planted_{k}": v for k, v in scores.items()})
     context.log.info(
         f"candidate pool: {len(refined.kept)} of {catalog_pins} pins; graph {update.mode} ({update.reason}), "
         f"{update.inserted} inserted, {update.retired} retired"
     )
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
+
+
+def _unchanged_pool(
+    standing: guards.Lineage, catalog: guards.Lineage, excluded: pd.DataFrame, truth: pd.DataFrame
+) -> dg.MaterializeResult:
+    """The materialization of a pool that stands (``_standing_pool``): its recorded version."""
+    metadata = {
+        "version": standing.version,
+        "catalog_version": catalog.version,
+        "catalog_pins": catalog.rows,
+        "dagster/row_count": standing.rows,
+        "graph_update": "unchanged",
+        "graph_update_reason": "the catalog and the pool's settings are those of the published pool, "
+        "whose graph and tables hold what was recorded: nothing read or rebuilt",
+        "graph_pins_inserted": 0,
+        "graph_pins_retired": 0,
+        "graph_build_id": standing.inputs["graph_build"],
+        "graph_bytes_written_mib": 0.0,
+        "dagster/column_schema": table_schema(TABLES["candidate_pool"]),
+        **_exclusion_metadata(excluded, truth),
+    }
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(standing.version))
+
+
+def _pool_settings(params: PinnerSageParams) -> dict[str, Any]:
+    """The parameters the pool and its graph are built with: a pool built with others is redone."""
+    return {
+        "quality_threshold": params.quality_threshold,
+        "duplicate_cosine": params.duplicate_cosine,
+        "dedup_hash_tables": params.dedup_hash_tables,
+        "dedup_hash_bits": params.dedup_hash_bits,
+        "hnsw_m": params.hnsw_m,
+        "hnsw_ef_construction": params.hnsw_ef_construction,
+    }
+
+
+def _standing_pool(conn, catalog: guards.Lineage, settings: dict[str, Any], graph_dir: Path) -> guards.Lineage | None:
+    """The recorded pool when this run would build exactly it again: built from this catalog
+    version with these settings, its published graph the recorded build with every file's
+    checksum intact (a damaged graph is rebuilt, as when it is loaded), and its tables the
+    recorded version. None otherwise: then the pool is computed."""
+    recorded = guards.get(conn, "candidate_pool")
+    if (
+        recorded is None
+        or recorded.inputs.get("pins") != catalog.version
+        or recorded.inputs.get("settings") != settings
+    ):
+        return None
+    try:
+        labels = published_labels(graph_dir)
+        if labels.build.name != recorded.inputs.get("graph_build"):
+            return None
+        for name, checksum in labels.files.items():
+            check_file(labels.build / name, checksum)
+        pool_version, rows = guards.table_version(conn, "candidate_pool", POOL_VERSION_COLUMNS)
+        ((excluded,),) = conn.execute("SELECT count(*) FROM candidate_pool_exclusions").fetchall()
+    except (ArtifactIntegrityError, CatalogException):
+        return None
+    if f"{pool_version}-{labels.build.name}" != recorded.version or rows + excluded != catalog.rows:
+        return None
+    return recorded
+
+
+def _exclusion_metadata(excluded: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
+    """What the pool left out, with examples, and against the planted truth when there is one."""
+    reasons = excluded["reason"].value_counts().to_dict()
+    metadata: dict[str, Any] = {
+        "excluded_low_quality": int(reasons.get("low_quality", 0)),
+        "excluded_near_duplicate": int(reasons.get("near_duplicate", 0)),
+        "duplicate_examples": dg.MetadataValue.md(
+            frame_markdown(excluded[excluded["reason"] == "near_duplicate"].head(8))
+        ),
+    }
+    if not truth.empty:
+        scores = pool_refinement_scores(truth, excluded)
+        metadata.update({f"planted_{k}": v for k, v in scores.items()})
+    return metadata
 
 
 def _clear_scratch(directory: Path) -> Path:

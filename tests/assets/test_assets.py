@@ -87,8 +87,8 @@ def test_rematerializing_a_partition_replaces_it_exactly(graph_copy):
     assert after_manifest.pin_ids_sha256 == before_manifest.pin_ids_sha256
     assert after_manifest.build_id != before_manifest.build_id  # rebuilt and republished
 
-    pool = metadata_of(result, "candidate_pool")
-    assert pool["graph_update"] == "incremental" and pool["graph_pins_inserted"] == pool["graph_pins_retired"] == 0
+    pool = metadata_of(result, "candidate_pool")  # the same catalog and settings: the published pool stands
+    assert pool["graph_update"] == "unchanged" and pool["graph_bytes_written_mib"] == 0
     index = metadata_of(result, "pin_index")
     assert index["index_mode"] == "linked pool graph" and index["tombstones"] > 0
     # one graph on disk: the day's index writes only its label files, not a second graph
@@ -117,6 +117,41 @@ def test_a_day_whose_pool_is_a_small_part_of_the_graph_gets_a_compact_index(grap
             "SELECT count(*) FROM candidate_pool WHERE created_at < ?", [DAY + timedelta(days=1)]
         ).fetchone()[0]
     assert index["dagster/row_count"] == expected
+
+
+def test_a_pool_stands_only_while_its_catalog_settings_graph_and_tables_are_the_recorded_ones(graph_copy):
+    """An unchanged catalog costs the pool a check, not a rebuild; anything that differs from
+    what the published pool was built from, or a table changed behind its record, computes it."""
+    resources = graph_copy.resources
+    with graph_copy.connect(read_only=True) as conn:
+        before = {t: content_hash(conn, t) for t in ("candidate_pool", "candidate_pool_exclusions")}
+        recorded = conn.execute("SELECT version FROM lineage WHERE asset = 'candidate_pool'").fetchone()[0]
+
+    def pool_run(**changes) -> dict:
+        run_resources = {**resources, "params": PinnerSageParams(window_days=WINDOW, **changes)}
+        return metadata_of(
+            dg.materialize(all_assets, selection=["candidate_pool"], resources=run_resources), "candidate_pool"
+        )
+
+    standing = pool_run()
+    assert standing["graph_update"] == "unchanged" and standing["version"] == recorded
+    first = metadata_of(dg.materialize(all_assets, selection=["candidate_pool"], resources=resources), "candidate_pool")
+    assert standing["excluded_near_duplicate"] == first["excluded_near_duplicate"] > 0
+    assert standing["planted_duplicate_recall"] == first["planted_duplicate_recall"]
+
+    with graph_copy.connect() as conn:  # a table changed behind the pool's record
+        conn.execute("DELETE FROM candidate_pool WHERE pin_id = (SELECT min(pin_id) FROM candidate_pool)")
+    repaired = pool_run()
+    assert repaired["graph_update"] == "incremental" and repaired["version"] == recorded
+    with graph_copy.connect(read_only=True) as conn:
+        assert {t: content_hash(conn, t) for t in before} == before
+
+    with graph_copy.connect(read_only=True) as conn:
+        stricter = conn.execute("SELECT quantile_cont(quality, 0.1) FROM candidate_pool").fetchone()[0]
+    other = pool_run(quality_threshold=stricter)
+    assert other["graph_update"] == "incremental" and other["graph_pins_retired"] > 0  # fewer pins pass
+    assert pool_run(quality_threshold=stricter)["graph_update"] == "unchanged"
+    assert pool_run(quality_threshold=stricter, hnsw_m=resources["params"].hnsw_m + 2)["graph_update"] == "rebuild"
 
 
 def test_a_damaged_pool_graph_is_rebuilt_and_a_missing_one_fails_pin_index(graph_copy):
