@@ -211,7 +211,7 @@ def candidate_pool(
     if standing is not None:
         _clear_scratch(index_store.pool_graph_dir())
         context.log.info(
-            f"candidate pool unchanged: {standing.rows} of {catalog.rows} pins (catalog {catalog.version})"
+            f"candidate pool: {standing.rows} of {catalog.rows} pins; unchanged (the published pool's catalog and settings)"
         )
         return _unchanged_pool(standing, catalog, excluded, truth)
     with duckdb.get_connection() as conn:
