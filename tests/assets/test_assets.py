@@ -1,6 +1,7 @@
 """Each asset on a tiny graph: what it writes, its metadata, and that re-runs replace partitions."""
 
 import json
+import shutil
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -139,10 +140,29 @@ def test_a_pool_stands_only_while_its_catalog_settings_graph_and_tables_are_the_
     assert standing["excluded_near_duplicate"] == first["excluded_near_duplicate"] > 0
     assert standing["planted_duplicate_recall"] == first["planted_duplicate_recall"]
 
-    with graph_copy.connect() as conn:  # a table changed behind the pool's record
-        conn.execute("DELETE FROM candidate_pool WHERE pin_id = (SELECT min(pin_id) FROM candidate_pool)")
-    repaired = pool_run()
-    assert repaired["graph_update"] == "incremental" and repaired["version"] == recorded
+    for change in (  # a table changed behind the pool's record
+        "DELETE FROM candidate_pool WHERE pin_id = (SELECT min(pin_id) FROM candidate_pool)",
+        "UPDATE candidate_pool_exclusions SET cosine = 0.5 WHERE reason = 'near_duplicate'",
+    ):
+        with graph_copy.connect() as conn:
+            conn.execute(change)
+        repaired = pool_run()
+        assert repaired["graph_update"] == "incremental" and repaired["version"] == recorded, change
+        with graph_copy.connect(read_only=True) as conn:
+            assert {t: content_hash(conn, t) for t in before} == before
+
+    with graph_copy.connect() as conn:  # a catalog pin written behind the catalog's record: it enters the pool
+        conn.execute(
+            "INSERT INTO pins SELECT pin_id + 10000000, embedding, 0.99, created_at FROM pins "
+            "WHERE pin_id = (SELECT max(pin_id) FROM candidate_pool)"
+        )
+    inserted = pool_run()
+    assert inserted["graph_update"] == "incremental" and inserted["graph_pins_inserted"] == 1
+    with graph_copy.connect() as conn:  # and gone again: it leaves the pool, which then stands
+        conn.execute("DELETE FROM pins WHERE pin_id >= 10000000")
+    removed = pool_run()
+    assert removed["graph_update"] == "incremental" and removed["graph_pins_retired"] == 1
+    assert pool_run()["graph_update"] == "unchanged"
     with graph_copy.connect(read_only=True) as conn:
         assert {t: content_hash(conn, t) for t in before} == before
 
@@ -151,12 +171,14 @@ def test_a_pool_stands_only_while_its_catalog_settings_graph_and_tables_are_the_
     other = pool_run(quality_threshold=stricter)
     assert other["graph_update"] == "incremental" and other["graph_pins_retired"] > 0  # fewer pins pass
     assert pool_run(quality_threshold=stricter)["graph_update"] == "unchanged"
-    assert pool_run(quality_threshold=stricter, hnsw_m=resources["params"].hnsw_m + 2)["graph_update"] == "rebuild"
+    wider = {"quality_threshold": stricter, "hnsw_m": resources["params"].hnsw_m + 2}
+    assert pool_run(**wider)["graph_update"] == "rebuild"
+    shutil.rmtree(Path(resources["index_store"].root) / "pool_graph")  # the graph gone, the tables recorded
+    rebuilt = pool_run(**wider)
+    assert rebuilt["graph_update"] == "rebuild" and rebuilt["graph_update_reason"] == "no previous graph"
 
 
 def test_a_damaged_pool_graph_is_rebuilt_and_a_missing_one_fails_pin_index(graph_copy):
-    import shutil
-
     directory = Path(graph_copy.resources["index_store"].root) / "pool_graph"
     build = next((directory / "builds").iterdir())
     (build / "edges.npy").write_bytes(b"damaged")
