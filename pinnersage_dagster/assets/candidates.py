@@ -354,9 +354,10 @@ def _pool_settings(params: PinnerSageParams) -> dict[str, Any]:
 
 def _standing_pool(conn, catalog: guards.Lineage, settings: dict[str, Any], graph_dir: Path) -> guards.Lineage | None:
     """The recorded pool when this run would build exactly it again: built from this catalog
-    version, whose table holds the rows the pool read (0.5 s at 1M pins), with these settings, its published graph the recorded build with every file's
-    checksum intact (a damaged graph is rebuilt, as when it is loaded), and its tables the
-    recorded version. None otherwise: then the pool is computed."""
+    version, whose table still holds the rows the pool read (0.5 s at 1M pins), with these
+    settings; its published graph the recorded build with every file's checksum intact (a
+    damaged graph is rebuilt, as when it is loaded); its tables the recorded versions. None
+    otherwise: then the pool is computed."""
     recorded = guards.get(conn, "candidate_pool")
     if (
         recorded is None
